@@ -1,0 +1,251 @@
+//! The pvm ABI: the one definition of the contract between a pVM guest and its monitor.
+//!
+//! Both sides compile this crate: the guest runtime (`pvm`, freestanding) and the host monitor
+//! (`hypervisor-ext`). It holds the guest memory layout, the hypercall numbers and their argument
+//! structs, the boot-info block and the ABI version a guest image carries in an ELF note.
+//!
+//! # Hypercall convention
+//! A hypercall is one 8-byte store to `HYPERCALL_VA + 8 * nr` (an unbacked guest-physical page,
+//! so the store exits to the monitor as MMIO on PVM and on hardware KVM alike). The stored value
+//! is the guest address of the call's argument struct (or, where the call's doc says so, the
+//! value itself). Every field of an argument struct is marked IN (read by the monitor) or OUT
+//! (written by the monitor before the guest resumes). The monitor reads the struct once through
+//! its checked translation and never trusts any field.
+#![no_std]
+
+/// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
+/// an image without the note or with another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
+pub const NOTE_NAME: &str = "pvm";
+/// Note type of the ABI-version note; its descriptor is the `u32` ABI version, little-endian.
+pub const NOTE_TYPE_ABI_VERSION: u32 = 1;
+
+/// A plain-data type: `#[repr(C)]`, every bit pattern valid, no padding, no pointers the reader
+/// would follow. The monitor copies such structs out of and into guest memory.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` structs whose fields are all integers (or arrays of them)
+/// with no padding bytes.
+pub unsafe trait Plain: Copy + Default {}
+
+// SAFETY: integers are plain data.
+unsafe impl Plain for u64 {}
+// SAFETY: integers are plain data.
+unsafe impl Plain for i64 {}
+// SAFETY: integers are plain data.
+unsafe impl Plain for u32 {}
+
+/// Guest memory layout. Guest virtual addresses equal guest physical addresses for guest RAM
+/// (an identity map), except the hypercall window.
+pub mod layout {
+    /// Size of a small page.
+    pub const PAGE_SIZE: u64 = 0x1000;
+    /// Size of a large page (one page-directory entry).
+    pub const LARGE_PAGE_SIZE: u64 = 0x20_0000;
+
+    /// The hypercall window (one page, user-accessible, never backed by RAM). It sits at the top
+    /// of the lower canonical half; guest-physically it is page 0, which no memory slot covers.
+    pub const HYPERCALL_VA: u64 = 0x7fff_ffff_f000;
+    /// Guest-physical address of the hypercall window.
+    pub const HYPERCALL_GPA: u64 = 0;
+
+    /// Start of the monitor-reserved area (GDT, TSS, IDT, exception stubs, ring-0 stacks,
+    /// boot info, page tables). Page 0 stays unmapped so that null dereferences fault.
+    pub const RESERVED_START: u64 = 0x1000;
+    /// GDT and TSS (supervisor only).
+    pub const GDT_ADDR: u64 = 0x1000;
+    /// Offset of the TSS inside the GDT page.
+    pub const TSS_OFFSET: u64 = 0x800;
+    /// IDT (supervisor only).
+    pub const IDT_ADDR: u64 = 0x2000;
+    /// Ring-0 exception stubs (supervisor, read + execute).
+    pub const STUBS_ADDR: u64 = 0x3000;
+    /// Ring-0 stack for exceptions raised at CPL3 (TSS.RSP0): grows down from its top.
+    pub const RING0_STACK_ADDR: u64 = 0x4000;
+    /// Size of the ring-0 stack.
+    pub const RING0_STACK_SIZE: u64 = 0x3000;
+    /// Separate stack for #DF (TSS.IST1), so a bad RSP0 can still be reported.
+    pub const DF_STACK_ADDR: u64 = 0x7000;
+    /// Size of the #DF stack.
+    pub const DF_STACK_SIZE: u64 = 0x1000;
+    /// Boot info block followed by the argument strings (user, read-only).
+    pub const BOOT_INFO_ADDR: u64 = 0x10000;
+    /// Bytes available for the boot info block and the arguments.
+    pub const BOOT_INFO_SIZE: u64 = 0x10000;
+    /// Page tables, allocated by the monitor from here up to `IMAGE_BASE` (never mapped).
+    pub const PAGE_TABLES_ADDR: u64 = 0x20000;
+    /// Lowest address a guest image may load at; everything below is reserved.
+    pub const IMAGE_BASE: u64 = 0x20_0000;
+
+    /// Size of the guest's main stack, at the top of guest RAM.
+    pub const STACK_SIZE: u64 = 0x10_0000;
+    /// An unmapped guard page sits right below the stack, so an overflow faults.
+    pub const STACK_GUARD_SIZE: u64 = PAGE_SIZE;
+
+    /// Smallest guest RAM the monitor accepts: the reserved area, 2 MiB for the image and heap,
+    /// the guard page and the stack, rounded to large pages.
+    pub const MIN_MEM_SIZE: u64 = 4 * LARGE_PAGE_SIZE;
+    /// Largest guest RAM the monitor accepts.
+    pub const MAX_MEM_SIZE: u64 = 64 << 30;
+}
+
+/// Hypercall numbers.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Write bytes to the console. Argument: the address of a [`WriteArgs`].
+    Write = 1,
+    /// Terminate the pVM. Argument: the address of an [`ExitArgs`]. Does not return.
+    Exit = 2,
+    /// Report a CPU exception. Issued by the monitor's ring-0 stubs, never by guest code.
+    /// Argument: the address of the [`ExceptionFrame`] on the ring-0 stack. Does not return.
+    Exception = 3,
+}
+
+impl Hypercall {
+    /// All hypercalls, for decoding.
+    pub const ALL: [Hypercall; 3] = [Hypercall::Write, Hypercall::Exit, Hypercall::Exception];
+
+    /// Decodes a hypercall number.
+    pub fn from_nr(nr: u64) -> Option<Hypercall> {
+        Self::ALL.into_iter().find(|h| *h as u64 == nr)
+    }
+
+    /// Guest virtual address a guest stores to in order to make this hypercall.
+    pub const fn address(self) -> u64 {
+        layout::HYPERCALL_VA + 8 * self as u64
+    }
+}
+
+/// Error codes a hypercall reports in its `result` field (negated, as Linux does).
+pub mod errno {
+    /// An address or length the guest passed is outside its memory.
+    pub const EFAULT: i64 = 14;
+    /// An argument is invalid (unknown descriptor, bad flag...).
+    pub const EINVAL: i64 = 22;
+    /// The host failed to perform the operation.
+    pub const EIO: i64 = 5;
+}
+
+/// Console stream a [`WriteArgs`] targets.
+pub mod fd {
+    /// Standard output of the pVM.
+    pub const STDOUT: u64 = 1;
+    /// Standard error of the pVM.
+    pub const STDERR: u64 = 2;
+}
+
+/// Arguments of [`Hypercall::Write`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteArgs {
+    /// IN: [`fd::STDOUT`] or [`fd::STDERR`].
+    pub fd: u64,
+    /// IN: guest address of the bytes.
+    pub buf: u64,
+    /// IN: number of bytes.
+    pub len: u64,
+    /// OUT: bytes written, or a negated [`errno`] value.
+    pub result: i64,
+}
+// SAFETY: repr(C), four 8-byte integers, no padding.
+unsafe impl Plain for WriteArgs {}
+
+/// Arguments of [`Hypercall::Exit`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitArgs {
+    /// IN: the exit code; the host process status is its low 8 bits, as on Unix.
+    pub code: i64,
+}
+// SAFETY: repr(C), one 8-byte integer.
+unsafe impl Plain for ExitArgs {}
+
+/// What a ring-0 exception stub leaves on its stack before [`Hypercall::Exception`]: the vector
+/// and error code it pushed (0 for vectors without one) under the CPU's interrupt frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExceptionFrame {
+    /// Exception vector (0 = #DE, 6 = #UD, 13 = #GP, 14 = #PF ...).
+    pub vector: u64,
+    /// Error code pushed by the CPU, or 0.
+    pub error_code: u64,
+    /// Faulting instruction pointer.
+    pub rip: u64,
+    /// Code segment at the fault.
+    pub cs: u64,
+    /// Flags at the fault.
+    pub rflags: u64,
+    /// Stack pointer at the fault.
+    pub rsp: u64,
+    /// Stack segment at the fault.
+    pub ss: u64,
+}
+// SAFETY: repr(C), seven 8-byte integers, no padding.
+unsafe impl Plain for ExceptionFrame {}
+
+/// Magic value at the start of [`BootInfo`] ("pvmboot\0").
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"pvmboot\0");
+
+/// What the monitor tells a guest at boot; at [`layout::BOOT_INFO_ADDR`], its address is also
+/// passed in `rdi` to the entry point. The argument strings follow the struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] of the monitor.
+    pub abi_version: u64,
+    /// Host-unique id of this pVM.
+    pub pvm_id: u64,
+    /// Size of guest RAM in bytes.
+    pub mem_size: u64,
+    /// First byte of the heap (page-aligned, after the image).
+    pub heap_start: u64,
+    /// End of the heap (exclusive; the stack guard page starts here).
+    pub heap_end: u64,
+    /// Initial stack pointer's page end (the top of guest RAM).
+    pub stack_top: u64,
+    /// Number of arguments (argv[0] is the image name).
+    pub argc: u64,
+    /// Guest address of the argument bytes: `argc` strings, each followed by a NUL byte.
+    pub args_addr: u64,
+    /// Length in bytes of the argument bytes.
+    pub args_len: u64,
+}
+// SAFETY: repr(C), ten 8-byte integers, no padding.
+unsafe impl Plain for BootInfo {}
+
+/// Exception vectors with a CPU-pushed error code.
+pub const fn exception_has_error_code(vector: u64) -> bool {
+    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+/// Number of exception vectors the monitor installs stubs for.
+pub const EXCEPTION_VECTORS: u64 = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypercall_numbers_round_trip() {
+        for h in Hypercall::ALL {
+            assert_eq!(Hypercall::from_nr(h as u64), Some(h));
+        }
+        assert_eq!(Hypercall::from_nr(0), None);
+        assert_eq!(Hypercall::from_nr(999), None);
+    }
+
+    #[test]
+    fn layout_is_consistent() {
+        use layout::*;
+        assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
+        assert!(PAGE_TABLES_ADDR < IMAGE_BASE);
+        assert!(DF_STACK_ADDR + DF_STACK_SIZE <= BOOT_INFO_ADDR);
+        assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 80);
+    }
+}

@@ -1,0 +1,86 @@
+//! Line-buffered console: bytes collect in a buffer per stream and leave in one hypercall per
+//! line (or per full buffer), so printing costs no exit per character.
+use core::fmt::{self, Write};
+
+use spinning_top::Spinlock;
+
+use crate::hypercall::{self, fd};
+
+const BUF_SIZE: usize = 4096;
+
+struct Stream {
+    fd: u64,
+    len: usize,
+    buf: [u8; BUF_SIZE],
+}
+
+impl Stream {
+    const fn new(fd: u64) -> Self {
+        Stream {
+            fd,
+            len: 0,
+            buf: [0; BUF_SIZE],
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.len {
+            let n = hypercall::write(self.fd, &self.buf[done..self.len]);
+            if n <= 0 {
+                // The console is gone or refused the bytes: drop them rather than spin.
+                break;
+            }
+            done += n as usize;
+        }
+        self.len = 0;
+    }
+}
+
+impl Write for Stream {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == BUF_SIZE {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+            if b == b'\n' {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+}
+
+static STDOUT: Spinlock<Stream> = Spinlock::new(Stream::new(fd::STDOUT));
+static STDERR: Spinlock<Stream> = Spinlock::new(Stream::new(fd::STDERR));
+
+#[doc(hidden)]
+pub fn _print(stream: u64, args: fmt::Arguments<'_>) {
+    if stream == fd::STDERR {
+        // Keep the order of interleaved stdout and stderr output.
+        flush();
+        let mut err = STDERR.lock();
+        let _ = err.write_fmt(args);
+        err.flush();
+    } else {
+        let _ = STDOUT.lock().write_fmt(args);
+    }
+}
+
+/// Writes out any buffered console output.
+pub fn flush() {
+    STDOUT.lock().flush();
+    STDERR.lock().flush();
+}
+
+/// Prints from the panic handler: never waits for a lock a panicking print may hold.
+pub(crate) fn print_panic(args: fmt::Arguments<'_>) {
+    if let Some(mut out) = STDOUT.try_lock() {
+        out.flush();
+    }
+    let mut line = Stream::new(fd::STDERR);
+    let _ = line.write_fmt(args);
+    line.flush();
+}

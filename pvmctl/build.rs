@@ -1,0 +1,52 @@
+//! Builds the example guests (the nested `examples/` workspace) as part of the normal build, and
+//! tells pvmctl's tests where they are (`PVM_GUEST_DIR`).
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+#[allow(dead_code)]
+#[path = "src/guest_build.rs"]
+mod guest_build;
+
+fn watch(dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            watch(&path);
+        } else {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .expect("pvmctl lives in the workspace root")
+        .to_path_buf();
+    let examples = root.join("examples");
+    for dir in ["examples", "pvm-runtime", "abi"] {
+        watch(&root.join(dir));
+    }
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out.join("guests");
+    let cargo = PathBuf::from(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let status = guest_build::cargo_command(&cargo, &examples)
+        .args(["--workspace", "--target-dir"])
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo for the example guests");
+    if !status.success() {
+        panic!(
+            "building the example guests in {} failed ({status})",
+            examples.display()
+        );
+    }
+    let bins = target_dir.join(guest_build::GUEST_TARGET).join("release");
+    println!("cargo:rustc-env=PVM_GUEST_DIR={}", bins.display());
+}

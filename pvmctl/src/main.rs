@@ -1,0 +1,51 @@
+//! `pvmctl`: the pvm toolstack.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod guest_build;
+mod image;
+mod run;
+
+/// Exit status when pvmctl itself fails (bad image, KVM unavailable...), as container runtimes do.
+pub const EXIT_PVMCTL_ERROR: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "pvmctl",
+    version,
+    about = "Run and manage process-like VMs (pVMs) on KVM"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest image (or build and boot a guest crate directory) as a pVM.
+    Run(run::RunArgs),
+    /// Measure pvm against Linux baselines.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PVM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Bench(cmd) => bench::bench(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pvmctl: error: {e}");
+            ExitCode::from(EXIT_PVMCTL_ERROR)
+        }
+    }
+}
