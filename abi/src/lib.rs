@@ -89,7 +89,15 @@ pub mod layout {
     pub const MIN_MEM_SIZE: u64 = 4 * LARGE_PAGE_SIZE;
     /// Largest guest RAM the monitor accepts.
     pub const MAX_MEM_SIZE: u64 = 64 << 30;
+
+    // The layout is checked at compile time.
+    const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= BOOT_INFO_ADDR);
+    const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
+    const _: () = assert!(PAGE_TABLES_ADDR < IMAGE_BASE);
+    const _: () = assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
 }
+
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 80);
 
 /// Hypercall numbers.
 #[repr(u64)]
@@ -239,13 +247,4 @@ mod tests {
         assert_eq!(Hypercall::from_nr(999), None);
     }
 
-    #[test]
-    fn layout_is_consistent() {
-        use layout::*;
-        assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
-        assert!(PAGE_TABLES_ADDR < IMAGE_BASE);
-        assert!(DF_STACK_ADDR + DF_STACK_SIZE <= BOOT_INFO_ADDR);
-        assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
-        assert_eq!(core::mem::size_of::<BootInfo>(), 80);
-    }
 }

@@ -32,7 +32,7 @@ pub fn decode(addr: u64, data: &[u8]) -> Result<Call, Crash> {
             reason: "hypercalls are 8-byte stores",
         });
     };
-    if offset % 8 != 0 {
+    if !offset.is_multiple_of(8) {
         return Err(Crash::BadHypercall {
             addr,
             reason: "misaligned hypercall store",

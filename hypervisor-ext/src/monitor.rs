@@ -121,7 +121,7 @@ pub fn check_mem_size(size: u64) -> Result<(), MemSizeError> {
     if size > max {
         return Err(MemSizeError::TooLarge { size, max: max >> 20 });
     }
-    if size % layout::LARGE_PAGE_SIZE != 0 {
+    if !size.is_multiple_of(layout::LARGE_PAGE_SIZE) {
         return Err(MemSizeError::Unaligned(size));
     }
     Ok(())

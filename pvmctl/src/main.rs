@@ -37,9 +37,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Bench(cmd) => bench::bench(cmd),
+    let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
+        Command::Run(args) => run::run(args).map_err(Into::into),
+        Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

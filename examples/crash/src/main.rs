@@ -36,13 +36,38 @@ fn main() -> i32 {
         "stack-overflow" => {
             pvm::println!("depth {}", recurse(0));
         }
+        "bad-hypercall" => {
+            // SAFETY: deliberately stores to an unassigned hypercall number.
+            unsafe { core::ptr::write_volatile((pvm_abi_hypercall_va() + 8 * 200) as *mut u64, 0) };
+        }
+        "load-hypercall" => {
+            // SAFETY: deliberately loads from the hypercall window, which only takes stores.
+            let v = unsafe { core::ptr::read_volatile(pvm_abi_hypercall_va() as *const u64) };
+            pvm::println!("loaded {v}");
+        }
+        "hostile-write" => {
+            // Pointers outside the app's memory: the monitor answers with an error code.
+            for (addr, len) in [(0u64, 16u64), (0x2000, 16), (u64::MAX - 3, 16), (pvm::mem_size() - 4, 64)] {
+                // SAFETY: the slice is never read by the guest, only passed to the monitor,
+                // which checks it.
+                let buf = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };
+                pvm::println!("write({addr:#x}, {len}) = {}", pvm::hypercall::write(1, buf));
+            }
+            return 0;
+        }
         _ => {
-            pvm::eprintln!("usage: crash divide|ud2|gp|null|null-write|write-text|stack-overflow");
+            pvm::eprintln!(
+                "usage: crash divide|ud2|gp|null|null-write|write-text|stack-overflow|bad-hypercall|load-hypercall|hostile-write"
+            );
             return 2;
         }
     }
     pvm::println!("survived {kind}?");
     0
+}
+
+fn pvm_abi_hypercall_va() -> u64 {
+    pvm::hypercall::Hypercall::Write.address() - 8
 }
 
 #[inline(never)]

@@ -9,9 +9,11 @@ use alloc::vec::Vec;
 pvm::main!(main);
 
 fn main() {
-    pvm::println!("Hello from pVM {}!", pvm::id());
-    let args: Vec<&str> = pvm::args().skip(1).collect();
-    if !args.is_empty() {
-        pvm::println!("args: {}", args.join(" "));
+    let mut args = pvm::args();
+    let name = args.next().unwrap_or("?");
+    pvm::println!("Hello from pVM {} ({name}, {} MiB)!", pvm::id(), pvm::mem_size() >> 20);
+    let rest: Vec<&str> = args.collect();
+    if !rest.is_empty() {
+        pvm::println!("args: {}", rest.join(" "));
     }
 }
