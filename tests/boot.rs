@@ -21,7 +21,12 @@ fn hello_prints_and_exits_zero() {
 
 #[test]
 fn arguments_and_name_reach_the_guest() {
-    let out = run_guest("args", &["--name", "greeter"], "hello", &["one", "two words", "-x", "--"]);
+    let out = run_guest(
+        "args",
+        &["--name", "greeter"],
+        "hello",
+        &["one", "two words", "-x", "--"],
+    );
     out.expect_status(0);
     assert!(out.stdout.contains("(greeter, 64 MiB)!"), "{out:#?}");
     assert!(out.stdout.contains("args: one two words -x --\n"), "{out:#?}");
@@ -46,8 +51,14 @@ fn panic_prints_message_and_location_and_exits_101() {
     let out = run_guest("panic", &[], "panic", &["x"]);
     out.expect_status(101).expect_no_host_panic();
     assert_eq!(out.stdout, "about to panic\n");
-    assert!(out.stderr.contains("pVM panicked at panic/src/main.rs:"), "{out:#?}");
-    assert!(out.stderr.contains("deliberate panic with 2 argument(s)"), "{out:#?}");
+    assert!(
+        out.stderr.contains("pVM panicked at panic/src/main.rs:"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains("deliberate panic with 2 argument(s)"),
+        "{out:#?}"
+    );
 }
 
 #[test]
@@ -57,7 +68,10 @@ fn mem_limits_what_the_guest_can_allocate() {
     assert_eq!(out.stdout, "touched 40 MiB of 64 MiB: ok\n");
     let out = run_guest("mem-small", &["--mem", "16M"], "memtest", &["40"]);
     out.expect_status(101);
-    assert!(out.stderr.contains("memory allocation of 1048576 bytes failed"), "{out:#?}");
+    assert!(
+        out.stderr.contains("memory allocation of 1048576 bytes failed"),
+        "{out:#?}"
+    );
     let out = run_guest("mem-big", &["--mem", "1G"], "memtest", &["600"]);
     out.expect_status(0);
     assert_eq!(out.stdout, "touched 600 MiB of 1024 MiB: ok\n");
@@ -90,4 +104,55 @@ fn sigint_stops_a_spinning_pvm_promptly() {
     let out = finish(child);
     out.expect_status(130).expect_no_host_panic();
     assert!(out.stderr.contains("stopped by signal INT"), "{out:#?}");
+}
+
+#[test]
+fn missing_kvm_device_is_a_clear_error() {
+    let image = guest("hello");
+    let out = finish(
+        pvmctl("no-kvm")
+            .env("PVM_KVM_DEVICE", "/nonexistent/kvm")
+            .args(["run", image.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    out.expect_status(125).expect_no_host_panic();
+    assert_eq!(
+        out.stderr,
+        "pvmctl: error: /nonexistent/kvm not found: this host has no KVM (enable virtualization and load kvm_intel or kvm_amd)\n"
+    );
+}
+
+#[test]
+fn kvm_permission_error_says_how_to_fix() {
+    use std::os::unix::process::CommandExt;
+    let image = guest("hello");
+    let mut cmd = pvmctl("kvm-perm");
+    cmd.args(["run", image.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: geteuid has no preconditions.
+    let device = if unsafe { libc::geteuid() } == 0 {
+        // Root may open anything: run pvmctl as `nobody`, who may not open the real device.
+        cmd.uid(65534).gid(65534);
+        "/dev/kvm".to_string()
+    } else {
+        // Nobody but root may open a file with mode 000.
+        let dir = run_dir("kvm-perm-device");
+        let device = dir.join("kvm");
+        std::fs::write(&device, b"").unwrap();
+        std::fs::set_permissions(&device, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        cmd.env("PVM_KVM_DEVICE", &device);
+        device.to_str().unwrap().to_string()
+    };
+    let out = finish(cmd.spawn().unwrap());
+    out.expect_status(125).expect_no_host_panic();
+    assert_eq!(
+        out.stderr,
+        format!(
+            "pvmctl: error: permission denied opening {device}: add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again\n"
+        )
+    );
 }

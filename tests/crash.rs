@@ -23,10 +23,17 @@ fn crash(kind: &str, status: i32, message: &str) -> (String, u64) {
     let out = run_guest(&format!("crash-{kind}"), &[], "crash", &[kind]);
     out.expect_status(status).expect_no_host_panic();
     assert_eq!(out.stdout, format!("crashing: {kind}\n"));
-    let report = out.stderr.lines().find(|l| l.contains(" crashed: ")).unwrap_or_else(|| panic!("{out:#?}"));
+    let report = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(" crashed: "))
+        .unwrap_or_else(|| panic!("{out:#?}"));
     assert!(report.starts_with("pvm "), "{report}");
     let msg = report.split(" crashed: ").nth(1).unwrap().to_string();
-    assert!(msg.starts_with(message), "{kind}: got {msg:?}, want {message:?}...");
+    assert!(
+        msg.starts_with(message),
+        "{kind}: got {msg:?}, want {message:?}..."
+    );
     let rip = msg
         .rsplit("at rip 0x")
         .next()
@@ -38,13 +45,21 @@ fn crash(kind: &str, status: i32, message: &str) -> (String, u64) {
 #[test]
 fn divide_error_is_vector_0_in_the_dividing_function() {
     let (_, rip) = crash("divide", 136, "divide error at rip 0x");
-    assert!(symbol_at("crash", rip).contains("divide_by_zero"), "{}", symbol_at("crash", rip));
+    assert!(
+        symbol_at("crash", rip).contains("divide_by_zero"),
+        "{}",
+        symbol_at("crash", rip)
+    );
 }
 
 #[test]
 fn invalid_opcode_is_reported() {
     let (_, rip) = crash("ud2", 132, "invalid opcode at rip 0x");
-    assert!(symbol_at("crash", rip).contains("crash4main"), "{}", symbol_at("crash", rip));
+    assert!(
+        symbol_at("crash", rip).contains("crash4main"),
+        "{}",
+        symbol_at("crash", rip)
+    );
 }
 
 #[test]
@@ -62,7 +77,11 @@ fn null_read_and_write_are_page_faults_at_0() {
 #[test]
 fn writing_text_is_a_page_fault_on_the_text_address() {
     let (msg, rip) = crash("write-text", 139, "page fault writing 0x2");
-    let addr = u64::from_str_radix(msg.split_whitespace().nth(3).unwrap().trim_start_matches("0x"), 16).unwrap();
+    let addr = u64::from_str_radix(
+        msg.split_whitespace().nth(3).unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
     assert!(symbol_at("crash", addr).contains("crash4main"), "{msg}");
     assert!(symbol_at("crash", rip).contains("crash4main"), "{msg}");
 }
@@ -85,7 +104,11 @@ fn unknown_hypercall_and_hypercall_load_stop_the_pvm() {
 fn crash_no_rip(kind: &str) -> (String, i32) {
     let out = run_guest(&format!("crash-{kind}"), &[], "crash", &[kind]);
     out.expect_status(134).expect_no_host_panic();
-    let msg = out.stderr.lines().find_map(|l| l.split(" crashed: ").nth(1)).unwrap_or_else(|| panic!("{out:#?}"));
+    let msg = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split(" crashed: ").nth(1))
+        .unwrap_or_else(|| panic!("{out:#?}"));
     (msg.to_string(), out.status.unwrap())
 }
 
@@ -93,6 +116,11 @@ fn crash_no_rip(kind: &str) -> (String, i32) {
 fn hostile_write_pointers_get_efault_and_the_pvm_lives_on() {
     let out = run_guest("hostile-write", &[], "crash", &["hostile-write"]);
     out.expect_status(0).expect_no_host_panic();
-    let results: Vec<&str> = out.stdout.lines().skip(1).map(|l| l.rsplit(" = ").next().unwrap()).collect();
+    let results: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(" = ").next().unwrap())
+        .collect();
     assert_eq!(results, ["-14", "-14", "-14", "-14"], "{out:#?}");
 }

@@ -24,7 +24,11 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 fn load_phdr(b: &[u8], n: usize) -> usize {
     let phoff = u64_at(b, 0x20) as usize;
     let count = u16::from_le_bytes([b[0x38], b[0x39]]) as usize;
-    (0..count).map(|i| phoff + 56 * i).filter(|&p| b[p..p + 4] == [1, 0, 0, 0]).nth(n).unwrap()
+    (0..count)
+        .map(|i| phoff + 56 * i)
+        .filter(|&p| b[p..p + 4] == [1, 0, 0, 0])
+        .nth(n)
+        .unwrap()
 }
 
 /// File offset of the pvm ABI note's descriptor.
@@ -42,7 +46,10 @@ fn refused(test: &str, bytes: &[u8], opts: &[&str], message: &str) {
     let out = pvmctl_run(test, &args);
     out.expect_status(125).expect_no_host_panic();
     assert!(out.stderr.starts_with("pvmctl: error: "), "{out:#?}");
-    assert!(out.stderr.contains(message), "{test}: want {message:?} in {out:#?}");
+    assert!(
+        out.stderr.contains(message),
+        "{test}: want {message:?} in {out:#?}"
+    );
     assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
 }
 
@@ -50,7 +57,11 @@ fn refused(test: &str, bytes: &[u8], opts: &[&str], message: &str) {
 fn missing_file() {
     let out = pvmctl_run("missing", &["run", "/nonexistent/pvm-image"]);
     out.expect_status(125).expect_no_host_panic();
-    assert!(out.stderr.contains("/nonexistent/pvm-image: no such file or directory"), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("/nonexistent/pvm-image: no such file or directory"),
+        "{out:#?}"
+    );
 }
 
 #[test]
@@ -92,7 +103,12 @@ fn abi_note_missing_or_mismatched() {
     refused("no-note", &b, &[], "has no pvm ABI note");
     let mut b = hello_bytes();
     b[desc..desc + 4].copy_from_slice(&99u32.to_le_bytes());
-    refused("abi-99", &b, &[], "built for pvm ABI version 99, this monitor speaks version 1");
+    refused(
+        "abi-99",
+        &b,
+        &[],
+        "built for pvm ABI version 99, this monitor speaks version 1",
+    );
 }
 
 #[test]
@@ -116,7 +132,12 @@ fn segment_outside_guest_memory() {
     let mut b = hello_bytes();
     let data = load_phdr(&b, 2);
     b[data + 16..data + 24].copy_from_slice(&(1u64 << 36).to_le_bytes()); // p_vaddr: 64 GiB
-    refused("outside", &b, &[], "only 0x3eff000 is available below the stack with --mem 64 MiB");
+    refused(
+        "outside",
+        &b,
+        &[],
+        "only 0x3eff000 is available below the stack with --mem 64 MiB",
+    );
 }
 
 #[test]

@@ -246,5 +246,4 @@ mod tests {
         assert_eq!(Hypercall::from_nr(0), None);
         assert_eq!(Hypercall::from_nr(999), None);
     }
-
 }

@@ -9,6 +9,7 @@ pub mod hypercall;
 pub mod loader;
 pub mod monitor;
 pub mod outcome;
+pub mod teardown;
 pub mod vstate;
 
 pub use monitor::{parse_mem_size, Monitor, MonitorConfig, MonitorError, DEFAULT_MEM_SIZE};

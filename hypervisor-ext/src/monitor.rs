@@ -168,20 +168,29 @@ impl Monitor {
         image.check_fits(config.mem_size)?;
         let kvm = vstate::open_kvm()?;
         let mem = GuestMemory::new(config.mem_size)?;
-        image.load(&mem)?;
-        let cr3 = build_address_space(&mem, image)?;
-        arch::write_descriptor_tables(&mem)?;
-        write_boot_info(&mem, image, &config.args)?;
-
+        // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
+        mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
         let create_vm = Instant::now();
-        let vm = vm::create_vm(&kvm, &mem)?;
+        // The supported CPUID comes from a second thread while this one builds the VM; the
+        // thread is joined before the monitor runs (and long before any fork).
+        let (cpuid, built) = std::thread::scope(|s| {
+            let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
+            let built = Self::build_vm(&kvm, &mem, image, &config.args);
+            (
+                cpuid
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                built,
+            )
+        });
+        let (vm, vcpu, cr3) = built?;
         let entry = EntryState {
             rip: image.entry,
             rsp: mem.size(),
             rdi: layout::BOOT_INFO_ADDR,
             cr3,
         };
-        let vcpu = vcpu::create_vcpu(&kvm, &vm, &entry)?;
+        vcpu::setup_vcpu(&vcpu, &cpuid?, &entry)?;
         Ok(Monitor {
             vcpu,
             _vm: vm,
@@ -192,6 +201,23 @@ impl Monitor {
                 first_hypercall: None,
             },
         })
+    }
+
+    /// Creates the VM with its memory slot and the vCPU, and fills guest memory (image, page
+    /// tables, descriptor tables, boot info); returns them and the page-table root.
+    fn build_vm(
+        kvm: &Kvm,
+        mem: &GuestMemory,
+        image: &Image,
+        args: &[String],
+    ) -> Result<(VmFd, VcpuFd, u64), MonitorError> {
+        let vm = vm::create_vm(kvm, mem)?;
+        let vcpu = vcpu::create_vcpu(&vm)?;
+        image.load(mem)?;
+        let cr3 = build_address_space(mem, image)?;
+        arch::write_descriptor_tables(mem)?;
+        write_boot_info(mem, image, args)?;
+        Ok((vm, vcpu, cr3))
     }
 
     /// Boot timestamps.

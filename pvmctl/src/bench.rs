@@ -492,6 +492,11 @@ fn sig3(value: f64) -> String {
     format!("{rounded:.d$}")
 }
 
+/// `value` rounded to 3 decimals (nanoseconds, for microsecond values).
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
 /// A duration given in microseconds, in us, ms or s with 3 significant digits.
 fn format_us(us: f64) -> String {
     if us >= 999_500.0 {
@@ -644,10 +649,10 @@ impl Report<'_> {
             .map(|(name, s)| {
                 serde_json::json!({
                     "name": name.trim(),
-                    "median_us": s.median_us,
-                    "p99_us": s.p99_us,
-                    "min_us": s.min_us,
-                    "mean_us": s.mean_us,
+                    "median_us": round3(s.median_us),
+                    "p99_us": round3(s.p99_us),
+                    "min_us": round3(s.min_us),
+                    "mean_us": round3(s.mean_us),
                 })
             })
             .collect();
@@ -663,8 +668,8 @@ impl Report<'_> {
             "warmup_iterations": WARMUP_ITERATIONS,
             "rows": rows,
             "ratios": {
-                "run_over_exec_median": self.median_ratio,
-                "run_over_exec_p99": self.p99_ratio,
+                "run_over_exec_median": round3(self.median_ratio),
+                "run_over_exec_p99": round3(self.p99_ratio),
             },
             "target": {
                 "description": "(a) pvmctl run <= 2x (c) linux fork+exec",

@@ -59,7 +59,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
         Outcome::Crashed(crash) => eprintln!("pvm {id} crashed: {crash}"),
         Outcome::Signaled(sig) => eprintln!("pvm {id} stopped by signal {}", signal_name(*sig)),
     }
-    Ok(ExitCode::from(outcome.exit_status() as u8))
+    // The monitor (VM, vCPU, guest RAM) is still alive: its teardown happens after we are gone.
+    hypervisor_ext::teardown::exit_deferring_teardown(outcome.exit_status())
 }
 
 fn signal_name(sig: i32) -> String {

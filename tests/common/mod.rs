@@ -11,7 +11,11 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// Fails loudly when KVM is unavailable: these tests never skip.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         panic!("pvm's tests need /dev/kvm (read-write), and opening it failed: {e}");
     }
 }
@@ -56,7 +60,11 @@ pub struct Output {
 impl Output {
     /// Asserts the exit status, showing the output on failure.
     pub fn expect_status(&self, want: i32) -> &Self {
-        assert_eq!(self.status, Some(want), "unexpected exit status; output: {self:#?}");
+        assert_eq!(
+            self.status,
+            Some(want),
+            "unexpected exit status; output: {self:#?}"
+        );
         self
     }
 
@@ -97,7 +105,11 @@ pub fn finish(mut child: Child) -> Output {
     };
     let stdout = out.join().expect("stdout reader");
     let stderr = err.join().expect("stderr reader");
-    Output { status: status.code(), stdout, stderr }
+    Output {
+        status: status.code(),
+        stdout,
+        stderr,
+    }
 }
 
 /// Runs `pvmctl ARGS` to the end (with the time limit).

@@ -6,20 +6,26 @@ pub mod vm;
 
 use kvm_ioctls::Kvm;
 
+/// The KVM device, unless `PVM_KVM_DEVICE` names another path (e.g. where a container mounts it).
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
+
 /// Errors opening or talking to KVM.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
-    /// /dev/kvm does not exist.
-    #[error(
-        "/dev/kvm not found: this host has no KVM (enable virtualization and load kvm_intel or kvm_amd)"
-    )]
-    Missing,
-    /// /dev/kvm exists but this user may not open it.
-    #[error("permission denied opening /dev/kvm: add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again")]
-    Permission,
-    /// Opening /dev/kvm failed otherwise.
-    #[error("cannot open /dev/kvm: {0}")]
-    Open(kvm_ioctls::Error),
+    /// The KVM device does not exist.
+    #[error("{0} not found: this host has no KVM (enable virtualization and load kvm_intel or kvm_amd)")]
+    Missing(String),
+    /// The KVM device exists but this user may not open it.
+    #[error("permission denied opening {0}: add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again")]
+    Permission(String),
+    /// Opening the KVM device failed otherwise.
+    #[error("cannot use {path} as the KVM device: {source}")]
+    Open {
+        /// The device path.
+        path: String,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
     Ioctl {
@@ -37,11 +43,16 @@ impl KvmError {
     }
 }
 
-/// Opens /dev/kvm, turning the common failures into errors that say how to fix them.
+/// Opens the KVM device (`/dev/kvm` or `$PVM_KVM_DEVICE`), turning the common failures into
+/// errors that say how to fix them.
 pub fn open_kvm() -> Result<Kvm, KvmError> {
-    Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENXIO | libc::ENODEV => KvmError::Missing,
-        libc::EACCES | libc::EPERM => KvmError::Permission,
-        _ => KvmError::Open(e),
+    let path = std::env::var("PVM_KVM_DEVICE").unwrap_or_else(|_| DEFAULT_KVM_DEVICE.to_string());
+    let Ok(cpath) = std::ffi::CString::new(path.clone()) else {
+        return Err(KvmError::Missing(path));
+    };
+    Kvm::new_with_path(cpath).map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV | libc::ENOTDIR => KvmError::Missing(path),
+        libc::EACCES | libc::EPERM => KvmError::Permission(path),
+        _ => KvmError::Open { path, source: e },
     })
 }

@@ -1,7 +1,7 @@
 //! The vCPU: initial state, and a race-free kick (`immediate_exit` set from a signal handler).
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
-use kvm_bindings::{kvm_fpu, kvm_regs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_fpu, kvm_regs, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::KvmError;
@@ -19,14 +19,23 @@ pub struct EntryState {
     pub cr3: u64,
 }
 
-/// Creates vCPU 0 with the host's supported CPUID and sets it up to enter the guest at CPL3.
-pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, entry: &EntryState) -> Result<VcpuFd, KvmError> {
-    let vcpu = vm.create_vcpu(0).map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+/// The CPUID the host's KVM supports, given to the guest as is. Slow where the host is itself
+/// virtualized (every CPUID leaf the kernel probes exits to the outer hypervisor), so the monitor
+/// asks for it on a second thread while it builds the VM.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, KvmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// Creates vCPU 0 (set it up with [`setup_vcpu`] before running it).
+pub fn create_vcpu(vm: &VmFd) -> Result<VcpuFd, KvmError> {
+    vm.create_vcpu(0).map_err(KvmError::ioctl("KVM_CREATE_VCPU"))
+}
+
+/// Gives `vcpu` the CPUID and the registers to enter the guest at CPL3 in 64-bit mode.
+pub fn setup_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, entry: &EntryState) -> Result<(), KvmError> {
     // CPUID first: KVM sizes the FPU/XSAVE state from it.
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-    vcpu.set_cpuid2(&cpuid)
+    vcpu.set_cpuid2(cpuid)
         .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
 
     let mut sregs = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
@@ -47,8 +56,7 @@ pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, entry: &EntryState) -> Result<VcpuFd, K
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
-    Ok(vcpu)
+    vcpu.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))
 }
 
 /// The `immediate_exit` byte of the running vCPU, for the signal handler.
