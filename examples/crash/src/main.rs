@@ -47,7 +47,12 @@ fn main() -> i32 {
         }
         "hostile-write" => {
             // Pointers outside the app's memory: the monitor answers with an error code.
-            for (addr, len) in [(0u64, 16u64), (0x2000, 16), (u64::MAX - 3, 16), (pvm::mem_size() - 4, 64)] {
+            for (addr, len) in [
+                (0u64, 16u64),
+                (0x2000, 16),
+                (u64::MAX - 3, 16),
+                (pvm::mem_size() - 4, 64),
+            ] {
                 // SAFETY: the slice is never read by the guest, only passed to the monitor,
                 // which checks it.
                 let buf = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };

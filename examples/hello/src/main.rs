@@ -11,7 +11,11 @@ pvm::main!(main);
 fn main() {
     let mut args = pvm::args();
     let name = args.next().unwrap_or("?");
-    pvm::println!("Hello from pVM {} ({name}, {} MiB)!", pvm::id(), pvm::mem_size() >> 20);
+    pvm::println!(
+        "Hello from pVM {} ({name}, {} MiB)!",
+        pvm::id(),
+        pvm::mem_size() >> 20
+    );
     let rest: Vec<&str> = args.collect();
     if !rest.is_empty() {
         pvm::println!("args: {}", rest.join(" "));

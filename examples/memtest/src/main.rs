@@ -17,8 +17,15 @@ fn main() -> i32 {
     for i in 0..mib {
         blocks.push(alloc::vec![i as u8; 1 << 20]);
     }
-    let ok = blocks.iter().enumerate().all(|(i, b)| b.iter().all(|&x| x == i as u8));
-    pvm::println!("touched {mib} MiB of {} MiB: {}", pvm::mem_size() >> 20, if ok { "ok" } else { "CORRUPT" });
+    let ok = blocks
+        .iter()
+        .enumerate()
+        .all(|(i, b)| b.iter().all(|&x| x == i as u8));
+    pvm::println!(
+        "touched {mib} MiB of {} MiB: {}",
+        pvm::mem_size() >> 20,
+        if ok { "ok" } else { "CORRUPT" }
+    );
     if ok {
         0
     } else {
