@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -97,7 +97,7 @@ pub mod layout {
     const _: () = assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
 }
 
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 80);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 96);
 
 /// Hypercall numbers.
 #[repr(u64)]
@@ -110,11 +110,27 @@ pub enum Hypercall {
     /// Report a CPU exception. Issued by the monitor's ring-0 stubs, never by guest code.
     /// Argument: the address of the [`ExceptionFrame`] on the ring-0 stack. Does not return.
     Exception = 3,
+    /// Clone this pVM. Argument: the address of a [`ForkArgs`]. Returns twice.
+    Fork = 4,
+    /// Wait for a child pVM to end. Argument: the address of a [`WaitArgs`].
+    Wait = 5,
+    /// Read the host's monotonic clock. Argument: the address of a [`ClockArgs`].
+    Clock = 6,
+    /// Sleep until a signal arrives (nothing to do but be killed, for now). Argument: ignored.
+    Pause = 7,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 3] = [Hypercall::Write, Hypercall::Exit, Hypercall::Exception];
+    pub const ALL: [Hypercall; 7] = [
+        Hypercall::Write,
+        Hypercall::Exit,
+        Hypercall::Exception,
+        Hypercall::Fork,
+        Hypercall::Wait,
+        Hypercall::Clock,
+        Hypercall::Pause,
+    ];
 
     /// Decodes a hypercall number.
     pub fn from_nr(nr: u64) -> Option<Hypercall> {
@@ -135,6 +151,12 @@ pub mod errno {
     pub const EINVAL: i64 = 22;
     /// The host failed to perform the operation.
     pub const EIO: i64 = 5;
+    /// A limit was reached (pVMs per family or per host); try again later.
+    pub const EAGAIN: i64 = 11;
+    /// The host is out of memory.
+    pub const ENOMEM: i64 = 12;
+    /// No such child pVM (or none at all) to wait for.
+    pub const ECHILD: i64 = 10;
 }
 
 /// Console stream a [`WriteArgs`] targets.
@@ -171,6 +193,67 @@ pub struct ExitArgs {
 // SAFETY: repr(C), one 8-byte integer.
 unsafe impl Plain for ExitArgs {}
 
+/// Arguments of [`Hypercall::Fork`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForkArgs {
+    /// OUT: in the parent the child's id (> 0); in the child 0; on failure a negated [`errno`]
+    /// (`EAGAIN`: a pVM limit is reached; `ENOMEM`: the host is out of memory; `EIO`: other).
+    pub result: i64,
+}
+// SAFETY: repr(C), one 8-byte integer.
+unsafe impl Plain for ForkArgs {}
+
+/// How a child pVM ended, in [`WaitArgs::kind`].
+pub mod wait_kind {
+    /// `WAIT_NOHANG` was given and no child has ended yet.
+    pub const NONE: u64 = 0;
+    /// The child exited; `code` is its exit code.
+    pub const EXITED: u64 = 1;
+    /// The child crashed; `code` is the CPU exception vector, `fault_addr` and `rip` say where
+    /// (vector 256: a bad hypercall or a KVM error, no address).
+    pub const CRASHED: u64 = 2;
+    /// The child was stopped by a signal; `code` is the signal number.
+    pub const KILLED: u64 = 3;
+}
+
+/// [`WaitArgs::flags`]: return at once with [`wait_kind::NONE`] if no child has ended.
+pub const WAIT_NOHANG: u64 = 1;
+
+/// Arguments of [`Hypercall::Wait`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitArgs {
+    /// IN: the child's id, or 0 for any child.
+    pub id: u64,
+    /// IN: [`WAIT_NOHANG`] or 0.
+    pub flags: u64,
+    /// OUT: the child that ended.
+    pub child: u64,
+    /// OUT: a [`wait_kind`] value.
+    pub kind: u64,
+    /// OUT: exit code, exception vector or signal number (see [`wait_kind`]).
+    pub code: i64,
+    /// OUT: faulting address of a page fault.
+    pub fault_addr: u64,
+    /// OUT: faulting instruction of a crash.
+    pub rip: u64,
+    /// OUT: 0, or a negated [`errno`] (`ECHILD`: no such child).
+    pub result: i64,
+}
+// SAFETY: repr(C), eight 8-byte integers, no padding.
+unsafe impl Plain for WaitArgs {}
+
+/// Arguments of [`Hypercall::Clock`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClockArgs {
+    /// OUT: nanoseconds of the host's CLOCK_MONOTONIC.
+    pub nanos: u64,
+}
+// SAFETY: repr(C), one 8-byte integer.
+unsafe impl Plain for ClockArgs {}
+
 /// What a ring-0 exception stub leaves on its stack before [`Hypercall::Exception`]: the vector
 /// and error code it pushed (0 for vectors without one) under the CPU's interrupt frame.
 #[repr(C)]
@@ -206,8 +289,12 @@ pub struct BootInfo {
     pub magic: u64,
     /// [`ABI_VERSION`] of the monitor.
     pub abi_version: u64,
-    /// Host-unique id of this pVM.
+    /// Host-unique id of this pVM (rewritten by the child's monitor after a fork).
     pub pvm_id: u64,
+    /// Id of the parent pVM, 0 for the root of a family.
+    pub parent_id: u64,
+    /// Id of the family (its root's id).
+    pub family_id: u64,
     /// Size of guest RAM in bytes.
     pub mem_size: u64,
     /// First byte of the heap (page-aligned, after the image).
@@ -223,7 +310,7 @@ pub struct BootInfo {
     /// Length in bytes of the argument bytes.
     pub args_len: u64,
 }
-// SAFETY: repr(C), ten 8-byte integers, no padding.
+// SAFETY: repr(C), twelve 8-byte integers, no padding.
 unsafe impl Plain for BootInfo {}
 
 /// Exception vectors with a CPU-pushed error code.

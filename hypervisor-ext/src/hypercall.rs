@@ -1,6 +1,6 @@
 //! Hypercall handlers. Each reads its argument struct once through the checked translation,
 //! validates every field, and writes OUT fields back; nothing here trusts guest memory.
-use pvm_abi::{errno, fd, layout, ExceptionFrame, ExitArgs, Hypercall, WriteArgs};
+use pvm_abi::{errno, fd, layout, ClockArgs, ExceptionFrame, ExitArgs, Hypercall, WriteArgs};
 
 use crate::outcome::Crash;
 use crate::vstate::memory::{Access, GuestMemory};
@@ -83,6 +83,15 @@ fn write_to_host(mem: &GuestMemory, args: &WriteArgs) -> i64 {
         done += n as usize;
     }
     done as i64
+}
+
+/// [`Hypercall::Clock`]: the host's monotonic clock.
+pub fn clock(mem: &GuestMemory, arg: u64, nanos: u64) -> Result<(), Crash> {
+    mem.write_obj(arg, &ClockArgs { nanos }, Access::Guest)
+        .map_err(|_| Crash::BadHypercall {
+            addr: Hypercall::Clock.address(),
+            reason: "argument struct outside guest memory",
+        })
 }
 
 /// [`Hypercall::Exit`]: the exit code.

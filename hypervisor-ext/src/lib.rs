@@ -5,12 +5,19 @@
 //! [`Monitor::run`] runs the vCPU loop, dispatching hypercalls ([`hypercall`]) until the guest
 //! exits, crashes, or a host signal stops it ([`Outcome`]).
 pub mod arch;
+pub mod family;
+mod fork;
 pub mod hypercall;
 pub mod loader;
 pub mod monitor;
 pub mod outcome;
+pub mod registry;
 pub mod teardown;
 pub mod vstate;
 
-pub use monitor::{parse_mem_size, Monitor, MonitorConfig, MonitorError, DEFAULT_MEM_SIZE};
+pub use family::{Ids, Limits};
+pub use monitor::{
+    monotonic_ns, parse_mem_size, Monitor, MonitorConfig, MonitorError, BENCH_CHILD_READY,
+    BENCH_PARENT_PAUSE, DEFAULT_MEM_SIZE,
+};
 pub use outcome::{Crash, Exception, Outcome};

@@ -2,16 +2,29 @@
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_vcpu_events;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use pvm_abi::{layout, BootInfo, Hypercall, ABI_VERSION, BOOT_MAGIC};
+use pvm_abi::{
+    errno, layout, wait_kind, BootInfo, Hypercall, WaitArgs, ABI_VERSION, BOOT_MAGIC, WAIT_NOHANG,
+};
 
 use crate::arch::{self, PageTables, Perm};
+use crate::family::{describe_record, Collected, Family, FamilyCounter, FamilyError, Ids, Limits};
 use crate::hypercall;
 use crate::loader::{self, Image, LoadError};
 use crate::outcome::{Crash, Exception, Outcome};
+use crate::registry::{Entry, Registry, RegistryError, State};
 use crate::vstate::memory::{Access, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{self, EntryState};
 use crate::vstate::{self, vm, KvmError};
+
+/// Bench record kind: parent's pause in fork (fork hypercall to resuming the guest).
+pub const BENCH_PARENT_PAUSE: u64 = 1;
+/// Bench record kind: child ready (parent's fork hypercall to the child's first hypercall).
+pub const BENCH_CHILD_READY: u64 = 2;
 
 /// Guest RAM when `--mem` is not given.
 pub const DEFAULT_MEM_SIZE: u64 = 64 << 20;
@@ -45,6 +58,15 @@ pub enum MonitorError {
     /// KVM_RUN failed.
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
+    /// The registry cannot be used.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Family bookkeeping failed.
+    #[error(transparent)]
+    Family(#[from] FamilyError),
+    /// The host-wide pVM limit is reached.
+    #[error("the host runs {0} pVMs already, the limit (--max-pvms)")]
+    HostLimit(u32),
     /// KVM reported an exit the monitor does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),
@@ -134,6 +156,12 @@ pub struct MonitorConfig {
     pub mem_size: u64,
     /// Arguments: argv[0] (the image or pVM name) and the app's arguments.
     pub args: Vec<String>,
+    /// The runtime directory for the registry.
+    pub run_dir: PathBuf,
+    /// Limits on pVM counts.
+    pub limits: Limits,
+    /// Where to write fork timing records for `pvmctl bench fork`, if anywhere.
+    pub bench_fd: Option<RawFd>,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -152,21 +180,48 @@ impl BootTimes {
     }
 }
 
-/// One pVM: its KVM VM, vCPU and guest memory. Fields drop in order: vCPU and VM before memory.
+/// One pVM: its KVM VM, vCPU and guest memory, and its place in its family. Fields drop in
+/// order: vCPU and VM before memory.
 pub struct Monitor {
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    mem: GuestMemory,
-    _kvm: Kvm,
+    pub(crate) vcpu: VcpuFd,
+    pub(crate) vm: VmFd,
+    pub(crate) mem: GuestMemory,
+    pub(crate) kvm: Kvm,
+    pub(crate) cpuid: CpuId,
+    /// MSRs to carry across fork, found at the first fork.
+    pub(crate) msr_indices: Option<Vec<u32>>,
+    pub(crate) family: Family,
+    pub(crate) bench_fd: Option<RawFd>,
+    /// Set in a forked child until its first hypercall: when the parent's fork hypercall came.
+    pub(crate) fork_started_ns: Option<u64>,
     times: BootTimes,
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (comparable between the processes of a family).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with a valid clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Monitor {
-    /// Builds a pVM for `image`, ready to run.
+    /// Builds the root pVM of a new family for `image`, ready to run.
     pub fn new(image: &Image, config: &MonitorConfig) -> Result<Monitor, MonitorError> {
         check_mem_size(config.mem_size)?;
         image.check_fits(config.mem_size)?;
         let kvm = vstate::open_kvm()?;
+        let registry = Registry::open(&config.run_dir)?;
+        if registry.count() >= config.limits.per_host as usize {
+            return Err(MonitorError::HostLimit(config.limits.per_host));
+        }
+        let id = std::process::id();
+        let ids = Ids {
+            id,
+            parent: 0,
+            family: id,
+        };
         let mem = GuestMemory::new(config.mem_size)?;
         // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
         mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
@@ -175,7 +230,7 @@ impl Monitor {
         // thread is joined before the monitor runs (and long before any fork).
         let (cpuid, built) = std::thread::scope(|s| {
             let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
-            let built = Self::build_vm(&kvm, &mem, image, &config.args);
+            let built = Self::build_vm(&kvm, &mem, image, &config.args, ids);
             (
                 cpuid
                     .join()
@@ -184,18 +239,53 @@ impl Monitor {
             )
         });
         let (vm, vcpu, cr3) = built?;
+        let cpuid = cpuid?;
         let entry = EntryState {
             rip: image.entry,
             rsp: mem.size(),
             rdi: layout::BOOT_INFO_ADDR,
             cr3,
         };
-        vcpu::setup_vcpu(&vcpu, &cpuid?, &entry)?;
+        vcpu::setup_vcpu(&vcpu, &cpuid, &entry)?;
+        let entry = registry.register(Entry {
+            id,
+            parent: 0,
+            family: id,
+            name: config.args.first().cloned().unwrap_or_default(),
+            image: image
+                .path
+                .canonicalize()
+                .unwrap_or_else(|_| image.path.clone())
+                .display()
+                .to_string(),
+            mem_size: config.mem_size,
+            started_ms: 0,
+            state: State::Running,
+            exit_status: None,
+            outcome: None,
+        })?;
+        // The root collects the family's orphans, as init would.
+        // SAFETY: prctl with an integer argument.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let family = Family {
+            ids,
+            limits: config.limits,
+            counter: FamilyCounter::new()?,
+            registry,
+            entry: Some(entry),
+            children: Vec::new(),
+            to_parent: None,
+        };
         Ok(Monitor {
             vcpu,
-            _vm: vm,
+            vm,
             mem,
-            _kvm: kvm,
+            kvm,
+            cpuid,
+            msr_indices: None,
+            family,
+            bench_fd: config.bench_fd,
+            fork_started_ns: None,
             times: BootTimes {
                 create_vm,
                 first_hypercall: None,
@@ -210,13 +300,14 @@ impl Monitor {
         mem: &GuestMemory,
         image: &Image,
         args: &[String],
+        ids: Ids,
     ) -> Result<(VmFd, VcpuFd, u64), MonitorError> {
         let vm = vm::create_vm(kvm, mem)?;
         let vcpu = vcpu::create_vcpu(&vm)?;
         image.load(mem)?;
         let cr3 = build_address_space(mem, image)?;
         arch::write_descriptor_tables(mem)?;
-        write_boot_info(mem, image, args)?;
+        write_boot_info(mem, image, args, ids)?;
         Ok((vm, vcpu, cr3))
     }
 
@@ -225,18 +316,80 @@ impl Monitor {
         self.times
     }
 
-    /// Runs the pVM until it exits, crashes or a stop signal (SIGINT, SIGTERM, SIGHUP) arrives.
+    /// This pVM's ids.
+    pub fn ids(&self) -> Ids {
+        self.family.ids
+    }
+
+    /// Runs the pVM until it exits, crashes or a stop signal arrives; records the end in the
+    /// registry and tells the parent pVM (if any).
     pub fn run(&mut self) -> Result<Outcome, MonitorError> {
         vcpu::arm_kick(&mut self.vcpu);
         let outcome = self.run_loop();
         vcpu::disarm_kick();
-        outcome
+        let outcome = outcome?;
+        self.family.report_outcome(&outcome);
+        if let Some(entry) = &mut self.family.entry {
+            let _ = entry.set_exited(outcome.exit_status(), outcome.to_string());
+        }
+        Ok(outcome)
+    }
+
+    /// For a family's root, after its own end: waits until every pVM of the family has ended,
+    /// forwarding `forward` (the signal that stopped the root, if any) to them first. Returns
+    /// what became of the pVMs nobody waited for (orphans, and children the root left).
+    pub fn wait_for_family(&mut self, forward: Option<i32>) -> Vec<(u32, String)> {
+        if let Some(sig) = forward {
+            self.signal_family(sig);
+        }
+        let mut reports = Vec::new();
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a local.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    if let Some(sig) = vcpu::pending_signal() {
+                        self.signal_family(sig);
+                    }
+                    continue;
+                }
+                break; // ECHILD: the family is gone.
+            }
+            match self.family.collect(pid as u32, status) {
+                Collected::Child(id, record) => reports.push((id, describe_record(&record))),
+                Collected::Orphan(id, text) => reports.push((id, text)),
+                Collected::Other => {}
+            }
+        }
+        reports
+    }
+
+    fn signal_family(&self, sig: i32) {
+        let me = self.family.ids.id;
+        for e in self.family.registry.list().unwrap_or_default() {
+            if e.family == self.family.ids.family && e.id != me {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(e.id as i32, sig) };
+            }
+        }
+    }
+
+    /// Removes this pVM's registry entry (the root, when its family is gone).
+    pub fn unregister(&mut self) {
+        if self.family.entry.take().is_some() {
+            self.family.registry.remove(self.family.ids.id);
+        }
     }
 
     fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
         loop {
             if let Some(sig) = vcpu::pending_signal() {
                 return Ok(Outcome::Signaled(sig));
+            }
+            if vcpu::pause_requested() {
+                self.pause();
+                continue;
             }
             let call = match self.vcpu.run() {
                 Ok(VcpuExit::MmioWrite(addr, data)) => hypercall::decode(addr, data),
@@ -267,6 +420,9 @@ impl Monitor {
             if self.times.first_hypercall.is_none() {
                 self.times.first_hypercall = Some(Instant::now());
             }
+            if let Some(t0) = self.fork_started_ns.take() {
+                self.bench_record(BENCH_CHILD_READY, t0, monotonic_ns());
+            }
             let call = match call {
                 Ok(call) => call,
                 Err(crash) => return Ok(Outcome::Crashed(crash)),
@@ -280,12 +436,102 @@ impl Monitor {
                 Hypercall::Exception => self
                     .exception(call.arg)
                     .map(|e| Some(Outcome::Crashed(Crash::Exception(e)))),
+                Hypercall::Fork => self.fork(call.arg).map(|()| None),
+                Hypercall::Wait => self.wait(call.arg),
+                Hypercall::Clock => hypercall::clock(&self.mem, call.arg, monotonic_ns()).map(|()| None),
+                Hypercall::Pause => {
+                    vcpu::wait_for_stop_signal();
+                    Ok(None)
+                }
             };
             match result {
                 Ok(None) => {}
                 Ok(Some(outcome)) => return Ok(outcome),
                 Err(crash) => return Ok(Outcome::Crashed(crash)),
             }
+        }
+    }
+
+    /// `pvmctl pause`: the vCPU stays out of the guest until `pvmctl resume` (or a stop signal).
+    fn pause(&mut self) {
+        if let Some(entry) = &mut self.family.entry {
+            let _ = entry.set_state(State::Paused);
+        }
+        vcpu::wait_while_paused();
+        if let Some(entry) = &mut self.family.entry {
+            let _ = entry.set_state(State::Running);
+        }
+    }
+
+    /// [`Hypercall::Wait`]: blocks in `waitpid` (a stop signal interrupts it and ends this pVM).
+    fn wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
+        let bad = || Crash::BadHypercall {
+            addr: Hypercall::Wait.address(),
+            reason: "argument struct outside guest memory",
+        };
+        let mut args: WaitArgs = self.mem.read_obj(arg, Access::Guest).map_err(|_| bad())?;
+        let nohang = args.flags & WAIT_NOHANG != 0;
+        let target = args.id;
+        args.kind = wait_kind::NONE;
+        args.result = 0;
+        loop {
+            let known = if target == 0 {
+                !self.family.children.is_empty()
+            } else {
+                self.family.has_child(target as u32)
+            };
+            if !known || target > i32::MAX as u64 {
+                args.result = -errno::ECHILD;
+                break;
+            }
+            let pid = if target == 0 { -1 } else { target as i32 };
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a local.
+            let r = unsafe { libc::waitpid(pid, &mut status, if nohang { libc::WNOHANG } else { 0 }) };
+            if r == 0 {
+                break;
+            }
+            if r < 0 {
+                if let Some(sig) = vcpu::pending_signal() {
+                    return Ok(Some(Outcome::Signaled(sig)));
+                }
+                if vcpu::pause_requested() {
+                    self.pause();
+                }
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                args.result = -errno::ECHILD;
+                break;
+            }
+            match self.family.collect(r as u32, status) {
+                Collected::Child(id, record) => {
+                    args.child = u64::from(id);
+                    args.kind = record.kind;
+                    args.code = record.code;
+                    args.fault_addr = record.fault_addr;
+                    args.rip = record.rip;
+                    break;
+                }
+                Collected::Orphan(id, text) => eprintln!("pvm {id} (orphan) {text}"),
+                Collected::Other => {}
+            }
+        }
+        self.mem.write_obj(arg, &args, Access::Guest).map_err(|_| bad())?;
+        Ok(None)
+    }
+
+    /// Writes a timing record for `pvmctl bench fork`.
+    pub(crate) fn bench_record(&self, kind: u64, t0: u64, t1: u64) {
+        if let Some(fd) = self.bench_fd {
+            let mut rec = [0u8; 32];
+            rec[0..8].copy_from_slice(&kind.to_le_bytes());
+            rec[8..16].copy_from_slice(&u64::from(self.family.ids.id).to_le_bytes());
+            rec[16..24].copy_from_slice(&t0.to_le_bytes());
+            rec[24..32].copy_from_slice(&t1.to_le_bytes());
+            // SAFETY: writes a local buffer to an fd the bench passed us; one write of 32 bytes
+            // to a pipe is atomic, so records of a family never mix.
+            unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
         }
     }
 
@@ -376,7 +622,7 @@ fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::Ar
     Ok(pt.root())
 }
 
-fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String]) -> Result<(), MonitorError> {
+fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) -> Result<(), MonitorError> {
     let header = size_of::<BootInfo>() as u64;
     let mut bytes = Vec::new();
     for a in args {
@@ -393,7 +639,9 @@ fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String]) -> Result<
     let info = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: u64::from(ABI_VERSION),
-        pvm_id: u64::from(std::process::id()),
+        pvm_id: u64::from(ids.id),
+        parent_id: u64::from(ids.parent),
+        family_id: u64::from(ids.family),
         mem_size: mem.size(),
         heap_start: image.end(),
         heap_end: loader::image_limit(mem.size()),

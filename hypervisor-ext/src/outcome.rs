@@ -121,6 +121,16 @@ pub enum Outcome {
     Signaled(i32),
 }
 
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exited(code) => write!(f, "exited with status {}", code & 0xff),
+            Outcome::Crashed(crash) => write!(f, "crashed: {crash}"),
+            Outcome::Signaled(sig) => write!(f, "killed by signal {sig}"),
+        }
+    }
+}
+
 impl Outcome {
     /// The host exit status, Unix-style: the exit code's low 8 bits; for a crash 128 + the
     /// signal a Linux process would have died of (SIGFPE for #DE, SIGILL for #UD, SIGTRAP for

@@ -20,11 +20,14 @@ extern crate alloc;
 mod console;
 pub mod hypercall;
 mod mem;
+pub mod process;
 #[doc(hidden)]
 pub mod rt;
+pub mod time;
 
 pub use console::{_print, flush};
-pub use rt::{args, exit, id, mem_size, Termination};
+pub use process::{family_id, fork, id, parent_id, pause, wait_any, Child, ExitStatus, Fork};
+pub use rt::{args, exit, mem_size, Termination};
 
 /// Declares the app's main function: `pvm::main!(main);`.
 ///

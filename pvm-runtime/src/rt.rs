@@ -73,7 +73,7 @@ extern "C" fn rt_start(boot: *const BootInfo) -> ! {
     exit(code)
 }
 
-fn boot_info() -> &'static BootInfo {
+pub(crate) fn boot_info() -> &'static BootInfo {
     let p = BOOT_INFO.load(Ordering::Relaxed);
     // SAFETY: set once in rt_start before main runs, to the monitor's read-only boot block,
     // which stays mapped for the pVM's life.
@@ -84,11 +84,6 @@ fn boot_info() -> &'static BootInfo {
 pub fn exit(code: i32) -> ! {
     console::flush();
     hypercall::exit(code)
-}
-
-/// This pVM's host-unique id.
-pub fn id() -> u64 {
-    boot_info().pvm_id
 }
 
 /// Size of this pVM's RAM in bytes.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use hypervisor_ext::loader::{Image, LoadError};
-use hypervisor_ext::{Monitor, MonitorConfig, MonitorError, Outcome, DEFAULT_MEM_SIZE};
+use hypervisor_ext::{Limits, Monitor, MonitorConfig, MonitorError, Outcome, DEFAULT_MEM_SIZE};
 
 /// Benchmarks.
 #[derive(Subcommand)]
@@ -187,9 +187,14 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         return Err(BenchError::ImageMissing(image_path));
     }
     let image = Image::open(&image_path)?;
+    // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
+    let run_dir = std::env::temp_dir().join(format!("pvm-bench-{}", std::process::id()));
     let config = MonitorConfig {
         mem_size: DEFAULT_MEM_SIZE,
         args: vec!["noop".into()],
+        run_dir: run_dir.clone(),
+        limits: Limits::default(),
+        bench_fd: None,
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let devnull = File::options()
@@ -202,7 +207,13 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         })?;
     let run_child = Child::new(
         &exe,
-        &[exe.as_os_str(), OsStr::new("run"), image_path.as_os_str()],
+        &[
+            exe.as_os_str(),
+            OsStr::new("run"),
+            OsStr::new("--run-dir"),
+            run_dir.as_os_str(),
+            image_path.as_os_str(),
+        ],
         &devnull,
     )?;
     let exit0 = TempExecutable::create(&exit0_elf())?;
@@ -227,6 +238,7 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         }
     }
     drop(exit0);
+    let _ = fs::remove_dir_all(&run_dir);
 
     let rows: Vec<(&str, Stats)> = ROW_NAMES
         .iter()
@@ -255,6 +267,7 @@ fn boot_in_process(image: &Image, config: &MonitorConfig) -> Result<(Duration, D
     let mut monitor = Monitor::new(image, config)?;
     let outcome = monitor.run()?;
     let boot = monitor.boot_times().to_first_hypercall();
+    monitor.unregister();
     drop(monitor);
     let total = start.elapsed();
     if outcome != Outcome::Exited(0) {

@@ -4,9 +4,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ctl;
 mod guest_build;
 mod image;
 mod run;
+mod signal;
 
 /// Exit status when pvmctl itself fails (bad image, KVM unavailable...), as container runtimes do.
 pub const EXIT_PVMCTL_ERROR: u8 = 125;
@@ -26,6 +28,14 @@ struct Cli {
 enum Command {
     /// Boot a guest image (or build and boot a guest crate directory) as a pVM.
     Run(run::RunArgs),
+    /// List pVMs: id, parent, family, name, state, uptime, memory (private and shared).
+    Ps(ctl::PsArgs),
+    /// Send a signal to pVMs (default TERM: they end, their parent's wait sees "killed").
+    Kill(ctl::KillArgs),
+    /// Stop pVMs' vCPUs until `pvmctl resume`.
+    Pause(ctl::PauseArgs),
+    /// Resume paused pVMs.
+    Resume(ctl::PauseArgs),
     /// Measure pvm against Linux baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -39,6 +49,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
+        Command::Ps(args) => ctl::ps(args).map_err(Into::into),
+        Command::Kill(args) => ctl::kill(args).map_err(Into::into),
+        Command::Pause(args) => ctl::pause(args, true).map_err(Into::into),
+        Command::Resume(args) => ctl::pause(args, false).map_err(Into::into),
         Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
     };
     match result {

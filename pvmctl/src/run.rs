@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use hypervisor_ext::{parse_mem_size, Monitor, MonitorConfig, MonitorError, Outcome};
+use hypervisor_ext::{parse_mem_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome};
 
 use crate::image::{self, ImageError};
 
@@ -16,11 +16,37 @@ pub struct RunArgs {
     /// Name of the pVM (argv[0] in the guest; defaults to the image's file name).
     #[arg(long)]
     name: Option<String>,
+    /// Most pVMs alive at once in this pVM's family (a fork past it fails with LimitReached).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().per_family)]
+    max_family: u32,
+    /// Most pVMs alive at once on this host (entries in the runtime directory).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().per_host)]
+    max_pvms: u32,
+    #[command(flatten)]
+    run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
     image: PathBuf,
     /// Arguments for the app, after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// The registry's runtime directory option, shared by the commands that use it.
+#[derive(Args)]
+pub struct RunDir {
+    /// Runtime directory of the pVM registry [default: $PVM_RUN_DIR, $XDG_RUNTIME_DIR/pvm,
+    /// /run/pvm for root, /tmp/pvm-UID]
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+impl RunDir {
+    /// The directory to use.
+    pub fn path(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(hypervisor_ext::registry::default_dir)
+    }
 }
 
 /// Errors of `pvmctl run`.
@@ -34,7 +60,9 @@ pub enum RunError {
     Monitor(#[from] MonitorError),
 }
 
-/// Boots the image and runs it to the end; the exit status is the pVM's (see `Outcome::exit_status`).
+/// Boots the image and runs it to the end: the root pVM's, and then, since it is the family's
+/// root, until every pVM of its family has ended. Exit status: the root pVM's (see
+/// `Outcome::exit_status`).
 pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
     let image = image::resolve(&args.image)?;
     let name = args.name.unwrap_or_else(|| {
@@ -45,29 +73,40 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
     });
     let mut argv = vec![name];
     argv.extend(args.args);
-    let mut monitor = Monitor::new(
-        &image,
-        &MonitorConfig {
-            mem_size: args.mem,
-            args: argv,
+    let config = MonitorConfig {
+        mem_size: args.mem,
+        args: argv,
+        run_dir: args.run_dir.path(),
+        limits: Limits {
+            per_family: args.max_family,
+            per_host: args.max_pvms,
         },
-    )?;
+        bench_fd: bench_fd(),
+    };
+    let mut monitor = Monitor::new(&image, &config)?;
     let outcome = monitor.run()?;
-    let id = std::process::id();
+    // From here on this may be a forked child's monitor: it reports for its own pVM.
+    let ids = monitor.ids();
     match &outcome {
         Outcome::Exited(_) => {}
-        Outcome::Crashed(crash) => eprintln!("pvm {id} crashed: {crash}"),
-        Outcome::Signaled(sig) => eprintln!("pvm {id} stopped by signal {}", signal_name(*sig)),
+        Outcome::Crashed(crash) => eprintln!("pvm {} crashed: {crash}", ids.id),
+        Outcome::Signaled(sig) => eprintln!("pvm {} stopped by signal {}", ids.id, crate::signal::name(*sig)),
+    }
+    if ids.parent == 0 {
+        let forward = match outcome {
+            Outcome::Signaled(sig) => Some(sig),
+            _ => None,
+        };
+        for (id, what) in monitor.wait_for_family(forward) {
+            eprintln!("pvm {id} (family {}) {what}", ids.family);
+        }
+        monitor.unregister();
     }
     // The monitor (VM, vCPU, guest RAM) is still alive: its teardown happens after we are gone.
     hypervisor_ext::teardown::exit_deferring_teardown(outcome.exit_status())
 }
 
-fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGINT => "INT".into(),
-        libc::SIGTERM => "TERM".into(),
-        libc::SIGHUP => "HUP".into(),
-        other => other.to_string(),
-    }
+/// `PVM_BENCH_FD`: the fd `pvmctl bench fork` passes for fork timing records.
+fn bench_fd() -> Option<i32> {
+    std::env::var("PVM_BENCH_FD").ok()?.parse().ok()
 }

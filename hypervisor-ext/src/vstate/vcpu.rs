@@ -1,8 +1,11 @@
 //! The vCPU: initial state, and a race-free kick (`immediate_exit` set from a signal handler).
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 
-use kvm_bindings::{kvm_fpu, kvm_regs, CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_bindings::{
+    kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId,
+    Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 use super::KvmError;
 use crate::arch;
@@ -63,29 +66,60 @@ pub fn setup_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, entry: &EntryState) -> Result<()
 static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 /// The last stop signal received (0 = none).
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// A pause request arrived and no resume since.
+static PAUSE_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
-    PENDING_SIGNAL.store(sig, Ordering::SeqCst);
+/// Host signal `pvmctl pause` sends a monitor.
+pub fn pause_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// Host signal `pvmctl resume` sends a monitor.
+pub fn resume_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+/// Host signals that stop a pVM (its guest cannot handle signals yet, so all of them end it).
+pub const STOP_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn kick() {
     let p = IMMEDIATE_EXIT.load(Ordering::SeqCst);
     if !p.is_null() {
         // SAFETY: p points into the kvm_run mapping of the vCPU registered by `arm_kick`, which
-        // stays mapped until `disarm_kick` clears the pointer. A byte store is async-signal-safe.
+        // stays mapped until the pointer is replaced or cleared. A byte store is async-signal-safe.
         unsafe { std::ptr::write_volatile(p, 1) };
     }
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to a handler that stops `vcpu`: if it is inside KVM_RUN the
-/// signal interrupts it, and if it is about to enter, `immediate_exit` makes KVM_RUN return at
-/// once. The vCPU loop then sees [`pending_signal`].
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == pause_signal() {
+        PAUSE_REQUESTED.store(true, Ordering::SeqCst);
+    } else if sig == resume_signal() {
+        PAUSE_REQUESTED.store(false, Ordering::SeqCst);
+    } else {
+        PENDING_SIGNAL.store(sig, Ordering::SeqCst);
+    }
+    kick();
+}
+
+/// Routes the stop, pause and resume signals to a handler that kicks `vcpu`: if it is inside
+/// KVM_RUN the signal interrupts it, and if it is about to enter, `immediate_exit` makes KVM_RUN
+/// return at once. The vCPU loop then sees [`pending_signal`] or [`pause_requested`].
 pub fn arm_kick(vcpu: &mut VcpuFd) {
     let run = vcpu.get_kvm_run();
     IMMEDIATE_EXIT.store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for sig in STOP_SIGNALS.into_iter().chain([pause_signal(), resume_signal()]) {
         // SAFETY: installs a handler that only performs atomic stores; no SA_RESTART so a
-        // blocking KVM_RUN returns EINTR.
+        // blocking KVM_RUN or waitpid returns EINTR.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
@@ -102,5 +136,201 @@ pub fn pending_signal() -> Option<i32> {
     match PENDING_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         sig => Some(sig),
+    }
+}
+
+/// Whether a pause was requested and not yet resumed.
+pub fn pause_requested() -> bool {
+    PAUSE_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Sleeps until a resume or stop signal arrives, without losing one that arrives meanwhile.
+pub fn wait_while_paused() {
+    // SAFETY: sigset manipulation on local sets and sigprocmask/sigsuspend on this
+    // single-threaded process; the signals are unblocked again before returning.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for sig in STOP_SIGNALS.into_iter().chain([resume_signal()]) {
+            libc::sigaddset(&mut block, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
+        while pause_requested() && pending_signal().is_none() {
+            libc::sigsuspend(&old);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+/// Sleeps until a stop signal or a pause request arrives (the Pause hypercall; the vCPU loop
+/// then handles either).
+pub fn wait_for_stop_signal() {
+    // SAFETY: as in wait_while_paused.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for sig in STOP_SIGNALS.into_iter().chain([pause_signal()]) {
+            libc::sigaddset(&mut block, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
+        while pending_signal().is_none() && !pause_requested() {
+            libc::sigsuspend(&old);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+/// Lets KVM finish the exit the vCPU is in (the MMIO store of a hypercall), so that the captured
+/// state resumes after the instruction: KVM_RUN with `immediate_exit` set completes it and
+/// returns EINTR without entering the guest.
+pub fn complete_pending_exit(vcpu: &mut VcpuFd) -> Result<(), KvmError> {
+    vcpu.set_kvm_immediate_exit(1);
+    let r = vcpu.run().map(|_| ());
+    vcpu.set_kvm_immediate_exit(0);
+    match r {
+        Err(e) if e.errno() != libc::EINTR => Err(KvmError::Ioctl {
+            op: "KVM_RUN (complete exit)",
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Everything a vCPU needs to resume elsewhere (a forked pVM's new vCPU).
+pub struct VcpuState {
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    fpu: kvm_fpu,
+    xsave: Option<Box<kvm_xsave>>,
+    xcrs: Option<kvm_xcrs>,
+    msrs: Msrs,
+    events: kvm_vcpu_events,
+    debug_regs: kvm_debugregs,
+}
+
+/// MSRs that can be read back from a vCPU: the host's MSR index list less those KVM refuses to
+/// read. Computed once per family (a forked child inherits it).
+pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmError> {
+    let list = kvm
+        .get_msr_index_list()
+        .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
+    let mut indices: Vec<u32> = list.as_slice().to_vec();
+    let mut readable = Vec::with_capacity(indices.len());
+    while !indices.is_empty() {
+        let mut msrs = msrs_for(&indices)?;
+        let n = vcpu
+            .get_msrs(&mut msrs)
+            .map_err(KvmError::ioctl("KVM_GET_MSRS"))?;
+        readable.extend_from_slice(&indices[..n]);
+        // KVM stops at the first MSR it cannot read: skip it and go on.
+        indices.drain(..(n + 1).min(indices.len()));
+    }
+    Ok(readable)
+}
+
+fn msrs_for(indices: &[u32]) -> Result<Msrs, KvmError> {
+    let entries: Vec<kvm_msr_entry> = indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| KvmError::Ioctl {
+        op: "building the MSR list",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })
+}
+
+/// Whether KVM_GET/SET_XSAVE with the 4 KiB `kvm_xsave` holds the whole XSAVE state.
+fn xsave_fits(kvm: &Kvm) -> bool {
+    kvm.check_extension(Cap::Xsave) && kvm.check_extension_int(Cap::Xsave2) <= 4096
+}
+
+impl VcpuState {
+    /// Captures the state of a vCPU whose pending exit was completed.
+    pub fn capture(kvm: &Kvm, vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, KvmError> {
+        let mut msrs = msrs_for(msr_indices)?;
+        let n = vcpu
+            .get_msrs(&mut msrs)
+            .map_err(KvmError::ioctl("KVM_GET_MSRS"))?;
+        if n != msr_indices.len() {
+            return Err(KvmError::Ioctl {
+                op: "KVM_GET_MSRS (short read)",
+                source: kvm_ioctls::Error::new(libc::EIO),
+            });
+        }
+        let xsave = if xsave_fits(kvm) {
+            Some(Box::new(
+                vcpu.get_xsave().map_err(KvmError::ioctl("KVM_GET_XSAVE"))?,
+            ))
+        } else {
+            None
+        };
+        let xcrs = if kvm.check_extension(Cap::Xcrs) {
+            Some(vcpu.get_xcrs().map_err(KvmError::ioctl("KVM_GET_XCRS"))?)
+        } else {
+            None
+        };
+        Ok(VcpuState {
+            regs: vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?,
+            fpu: vcpu.get_fpu().map_err(KvmError::ioctl("KVM_GET_FPU"))?,
+            xsave,
+            xcrs,
+            msrs,
+            events: vcpu
+                .get_vcpu_events()
+                .map_err(KvmError::ioctl("KVM_GET_VCPU_EVENTS"))?,
+            debug_regs: vcpu
+                .get_debug_regs()
+                .map_err(KvmError::ioctl("KVM_GET_DEBUGREGS"))?,
+        })
+    }
+
+    /// Restores the state into a fresh vCPU (after its CPUID was set), checking every call.
+    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), KvmError> {
+        vcpu.set_sregs(&self.sregs)
+            .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&self.regs)
+            .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&self.fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
+        if let Some(xsave) = &self.xsave {
+            // SAFETY: captured with KVM_GET_XSAVE from a vCPU of the same host whose XSAVE state
+            // fits the 4 KiB struct (xsave_fits), so the kernel reads within it.
+            unsafe { vcpu.set_xsave(xsave) }.map_err(KvmError::ioctl("KVM_SET_XSAVE"))?;
+        }
+        if let Some(xcrs) = &self.xcrs {
+            vcpu.set_xcrs(xcrs).map_err(KvmError::ioctl("KVM_SET_XCRS"))?;
+        }
+        self.restore_msrs(vcpu)?;
+        vcpu.set_vcpu_events(&self.events)
+            .map_err(KvmError::ioctl("KVM_SET_VCPU_EVENTS"))?;
+        vcpu.set_debug_regs(&self.debug_regs)
+            .map_err(KvmError::ioctl("KVM_SET_DEBUGREGS"))?;
+        Ok(())
+    }
+
+    /// KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set: skip the
+    /// refused one (logged) and set the rest.
+    fn restore_msrs(&self, vcpu: &VcpuFd) -> Result<(), KvmError> {
+        let mut rest: &[kvm_msr_entry] = self.msrs.as_slice();
+        while !rest.is_empty() {
+            let msrs = Msrs::from_entries(rest).map_err(|_| KvmError::Ioctl {
+                op: "building the MSR list",
+                source: kvm_ioctls::Error::new(libc::E2BIG),
+            })?;
+            let n = vcpu.set_msrs(&msrs).map_err(KvmError::ioctl("KVM_SET_MSRS"))?;
+            if n < rest.len() {
+                tracing::debug!(
+                    msr = format_args!("{:#x}", rest[n].index),
+                    "KVM refused to restore an MSR"
+                );
+            }
+            rest = &rest[(n + 1).min(rest.len())..];
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,322 @@
+//! `pvmctl ps`, `kill`, `pause`, `resume`: the registry read and acted on.
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hypervisor_ext::registry::{Entry, Registry, RegistryError, State};
+use hypervisor_ext::vstate::vcpu::{pause_signal, resume_signal};
+use serde::Serialize;
+
+use crate::run::RunDir;
+
+/// Arguments of `pvmctl ps`.
+#[derive(Args)]
+pub struct PsArgs {
+    /// One JSON array for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Include pVMs that ended and wait to be collected by their parent.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    run_dir: RunDir,
+}
+
+/// Arguments of `pvmctl kill`.
+#[derive(Args)]
+pub struct KillArgs {
+    /// Signal to send: TERM (default), INT, HUP, KILL, USR1, USR2 (name or number).
+    #[arg(short = 's', long, default_value = "TERM", value_parser = crate::signal::parse)]
+    signal: i32,
+    /// Signal every pVM of the targets' families.
+    #[arg(long)]
+    family: bool,
+    #[command(flatten)]
+    run_dir: RunDir,
+    /// pVM ids or names.
+    #[arg(required = true, value_name = "ID|NAME")]
+    targets: Vec<String>,
+}
+
+/// Arguments of `pvmctl pause` and `pvmctl resume`.
+#[derive(Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    run_dir: RunDir,
+    /// pVM ids or names.
+    #[arg(required = true, value_name = "ID|NAME")]
+    targets: Vec<String>,
+}
+
+/// Errors of the registry commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The registry cannot be read.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// One `ps` row.
+#[derive(Serialize)]
+struct Row {
+    id: u32,
+    parent: u32,
+    family: u32,
+    name: String,
+    state: &'static str,
+    uptime_ms: u64,
+    mem_private_kib: u64,
+    mem_shared_kib: u64,
+    mem_pss_kib: u64,
+    mem_size: u64,
+    image: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_status: Option<i32>,
+}
+
+/// The process state letter of `pid` from /proc.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Private, shared and proportional memory of `pid` in KiB, from the host's accounting.
+fn memory(pid: u32) -> (u64, u64, u64) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return (0, 0, 0);
+    };
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Shared_Clean:") + field("Shared_Dirty:"),
+        field("Pss:"),
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn row(e: Entry) -> Row {
+    let state = match (e.state, proc_state(e.id)) {
+        (State::Exited, _) | (_, Some('Z') | Some('X') | None) => "exited",
+        (State::Paused, _) | (_, Some('T') | Some('t')) => "paused",
+        (_, Some('R')) => "running",
+        _ => "blocked",
+    };
+    let (private, shared, pss) = if state == "exited" {
+        (0, 0, 0)
+    } else {
+        memory(e.id)
+    };
+    Row {
+        id: e.id,
+        parent: e.parent,
+        family: e.family,
+        name: e.name,
+        state,
+        uptime_ms: now_ms().saturating_sub(e.started_ms),
+        mem_private_kib: private,
+        mem_shared_kib: shared,
+        mem_pss_kib: pss,
+        mem_size: e.mem_size,
+        image: e.image,
+        exit_status: e.exit_status,
+    }
+}
+
+fn human_kib(kib: u64) -> String {
+    match kib {
+        k if k >= 10 * 1024 * 1024 => format!("{}G", k / (1024 * 1024)),
+        k if k >= 10 * 1024 => format!("{}M", k / 1024),
+        k if k >= 1024 => format!("{:.1}M", k as f64 / 1024.0),
+        k => format!("{k}K"),
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{:.1}s", ms as f64 / 1000.0),
+    }
+}
+
+/// `pvmctl ps`; a reader that goes away early (`| head`) is no error.
+pub fn ps(args: PsArgs) -> Result<ExitCode, CtlError> {
+    match print_ps(args) {
+        Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
+    let registry = Registry::open(args.run_dir.path())?;
+    let rows: Vec<Row> = registry
+        .list()?
+        .into_iter()
+        .map(row)
+        .filter(|r| args.all || r.state != "exited")
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dash = |n: u32| if n == 0 { "-".to_string() } else { n.to_string() };
+    let table: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                dash(r.parent),
+                r.family.to_string(),
+                r.name.clone(),
+                r.state.to_string(),
+                human_ms(r.uptime_ms),
+                human_kib(r.mem_private_kib),
+                human_kib(r.mem_shared_kib),
+                r.image.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID", "PARENT", "FAMILY", "NAME", "STATE", "UPTIME", "PRIVATE", "SHARED", "IMAGE",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &table {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else if (5..8).contains(&i) || i < 3 {
+                s.push_str(&format!("{cell:>w$}  "));
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(&header.map(String::from)))?;
+    for r in &table {
+        writeln!(out, "{}", line(r))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The live entries `target` names (an id, or every pVM with that name).
+fn resolve<'a>(entries: &'a [Entry], target: &str) -> Vec<&'a Entry> {
+    let live = entries.iter().filter(|e| e.state != State::Exited);
+    match target.parse::<u32>() {
+        Ok(id) => live.filter(|e| e.id == id).collect(),
+        Err(_) => live.filter(|e| e.name == target).collect(),
+    }
+}
+
+/// Sends `sig` to the pVMs the targets name; reports the ones that do not exist.
+fn signal_targets(
+    run_dir: &RunDir,
+    targets: &[String],
+    family: bool,
+    sig: i32,
+) -> Result<(Vec<u32>, bool), CtlError> {
+    let registry = Registry::open(run_dir.path())?;
+    let entries = registry.list()?;
+    let mut ids = Vec::new();
+    let mut missing = false;
+    for target in targets {
+        let found = resolve(&entries, target);
+        if found.is_empty() {
+            eprintln!("pvmctl: error: no pVM {target}");
+            missing = true;
+            continue;
+        }
+        for e in found {
+            if family {
+                ids.extend(
+                    entries
+                        .iter()
+                        .filter(|m| m.family == e.family && m.state != State::Exited)
+                        .map(|m| m.id),
+                );
+            } else {
+                ids.push(e.id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut sent = Vec::new();
+    for id in ids {
+        // SAFETY: kill has no memory-safety preconditions; the id comes from a live registry entry.
+        if unsafe { libc::kill(id as i32, sig) } == 0 {
+            sent.push(id);
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            // It ended meanwhile (e.g. its family's root stopped it first).
+        } else {
+            eprintln!(
+                "pvmctl: error: cannot signal pVM {id}: {}",
+                std::io::Error::last_os_error()
+            );
+            missing = true;
+        }
+    }
+    Ok((sent, missing))
+}
+
+fn status(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `pvmctl kill`.
+pub fn kill(args: KillArgs) -> Result<ExitCode, CtlError> {
+    let (_, failed) = signal_targets(&args.run_dir, &args.targets, args.family, args.signal)?;
+    Ok(status(failed))
+}
+
+/// `pvmctl pause` / `pvmctl resume`: signals the monitors, then waits (up to 2 s) until their
+/// registry entries say so, so that a `ps` right after shows the new state.
+pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
+    let sig = if pause { pause_signal() } else { resume_signal() };
+    let (ids, mut failed) = signal_targets(&args.run_dir, &args.targets, false, sig)?;
+    let registry = Registry::open(args.run_dir.path())?;
+    let want = if pause { State::Paused } else { State::Running };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for id in ids {
+        while registry
+            .read(id)
+            .is_some_and(|e| e.state != want && e.state != State::Exited)
+        {
+            if Instant::now() > deadline {
+                eprintln!("pvmctl: error: pVM {id} did not confirm within 2 s");
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(status(failed))
+}
