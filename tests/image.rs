@@ -103,7 +103,10 @@ fn abi_note_missing_or_mismatched() {
     refused("no-note", &b, &[], "has no pvm ABI note");
     let mut b = hello_bytes();
     b[desc..desc + 4].copy_from_slice(&99u32.to_le_bytes());
-    let message = format!("built for pvm ABI version 99, this monitor speaks version {}", pvm_abi::ABI_VERSION);
+    let message = format!(
+        "built for pvm ABI version 99, this monitor speaks version {}",
+        pvm_abi::ABI_VERSION
+    );
     refused("abi-99", &b, &[], &message);
 }
 

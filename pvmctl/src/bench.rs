@@ -25,6 +25,11 @@ pub enum BenchCommand {
     /// Boot latency: `pvmctl run` of a guest that exits at once, against fork + exec of a static
     /// Linux executable, measured in the same run.
     Boot(BootArgs),
+    /// Fork latency: a pVM's fork (parent pause, child ready, sustained rate) with 1 and 64 MiB
+    /// touched, against Linux fork() of the same footprint, measured in the same run.
+    Fork(crate::bench_fork::ForkArgs),
+    /// Density: N idle forked pVMs (creation time, host memory, private memory per monitor).
+    Density(crate::bench_fork::DensityArgs),
 }
 
 /// Arguments of `pvmctl bench boot`.
@@ -118,6 +123,9 @@ pub enum BenchError {
         /// How it ended.
         status: ChildStatus,
     },
+    /// `bench fork` or `bench density` failed.
+    #[error(transparent)]
+    ForkBench(#[from] crate::bench_fork::ForkBenchError),
 }
 
 /// How a child process ended (a decoded `waitpid` status).
@@ -132,7 +140,7 @@ pub enum ChildStatus {
 }
 
 impl ChildStatus {
-    fn from_wait_status(status: libc::c_int) -> ChildStatus {
+    pub(crate) fn from_wait_status(status: libc::c_int) -> ChildStatus {
         if libc::WIFEXITED(status) {
             ChildStatus::Exited(libc::WEXITSTATUS(status))
         } else if libc::WIFSIGNALED(status) {
@@ -158,6 +166,8 @@ impl fmt::Display for ChildStatus {
 pub fn bench(cmd: BenchCommand) -> Result<ExitCode, BenchError> {
     match cmd {
         BenchCommand::Boot(args) => boot(args),
+        BenchCommand::Fork(args) => crate::bench_fork::fork(args),
+        BenchCommand::Density(args) => crate::bench_fork::density(args),
     }
 }
 
@@ -282,7 +292,7 @@ fn boot_in_process(image: &Image, config: &MonitorConfig) -> Result<(Duration, D
 
 /// A program run with fork + execv + waitpid, its output sent to /dev/null. Everything the child
 /// needs is prepared here, so that it makes only async-signal-safe calls between fork and exec.
-struct Child {
+pub(crate) struct Child {
     path: CString,
     /// Keeps the strings `argv` points into alive.
     _args: Vec<CString>,
@@ -295,7 +305,7 @@ struct Child {
 
 impl Child {
     /// `devnull` must stay open as long as the `Child` is used.
-    fn new(program: &Path, args: &[&OsStr], devnull: &File) -> Result<Child, BenchError> {
+    pub(crate) fn new(program: &Path, args: &[&OsStr], devnull: &File) -> Result<Child, BenchError> {
         let cstring = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| BenchError::NulInPath(s.into()));
         let path = cstring(program.as_os_str())?;
         let args = args.iter().map(|a| cstring(a)).collect::<Result<Vec<_>, _>>()?;
@@ -317,7 +327,7 @@ impl Child {
     }
 
     /// Runs the program to its end; the time from just before fork to waitpid's return.
-    fn run(&self) -> Result<Duration, BenchError> {
+    pub(crate) fn run(&self) -> Result<Duration, BenchError> {
         let start = Instant::now();
         // SAFETY: the child only calls async-signal-safe functions (dup2, execv, _exit) on data
         // prepared before the fork, then either execs or exits without unwinding or flushing.
@@ -455,16 +465,16 @@ impl Drop for TempExecutable {
 
 /// Summary of one row, in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Stats {
-    median_us: f64,
-    p99_us: f64,
-    min_us: f64,
-    mean_us: f64,
+pub(crate) struct Stats {
+    pub(crate) median_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) min_us: f64,
+    pub(crate) mean_us: f64,
 }
 
 impl Stats {
     /// `samples` must not be empty.
-    fn new(samples: &[Duration]) -> Stats {
+    pub(crate) fn new(samples: &[Duration]) -> Stats {
         let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
         us.sort_by(f64::total_cmp);
         let n = us.len();
@@ -493,7 +503,7 @@ impl Stats {
 }
 
 /// `value` with 3 significant digits.
-fn sig3(value: f64) -> String {
+pub(crate) fn sig3(value: f64) -> String {
     if !value.is_finite() || value <= 0.0 {
         return format!("{value}");
     }
@@ -506,12 +516,12 @@ fn sig3(value: f64) -> String {
 }
 
 /// `value` rounded to 3 decimals (nanoseconds, for microsecond values).
-fn round3(value: f64) -> f64 {
+pub(crate) fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
 /// A duration given in microseconds, in us, ms or s with 3 significant digits.
-fn format_us(us: f64) -> String {
+pub(crate) fn format_us(us: f64) -> String {
     if us >= 999_500.0 {
         format!("{} s", sig3(us / 1e6))
     } else if us >= 999.5 {
@@ -522,18 +532,18 @@ fn format_us(us: f64) -> String {
 }
 
 /// The machine the benchmark ran on.
-struct HostInfo {
+pub(crate) struct HostInfo {
     /// Seconds since the Unix epoch.
-    unix_time: u64,
+    pub(crate) unix_time: u64,
     /// "YYYY-MM-DD HH:MM:SS UTC".
-    date: String,
-    hostname: String,
-    kernel: String,
-    cpu: String,
+    pub(crate) date: String,
+    pub(crate) hostname: String,
+    pub(crate) kernel: String,
+    pub(crate) cpu: String,
 }
 
 impl HostInfo {
-    fn get() -> HostInfo {
+    pub(crate) fn get() -> HostInfo {
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

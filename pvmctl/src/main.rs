@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_fork;
 mod ctl;
 mod guest_build;
 mod image;

@@ -1,9 +1,10 @@
 //! Shared helpers of the integration tests: run `pvmctl` on real KVM with a time limit.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Longest a pVM in a test may run; past it the test fails as hung.
@@ -30,10 +31,9 @@ pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples")
 }
 
-/// A private runtime directory for one test.
+/// A private runtime directory for one test (the test process's pid keeps runs apart).
 pub fn run_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pvm-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test runtime dir");
     dir
 }
@@ -134,4 +134,99 @@ pub fn run_guest(test: &str, opts: &[&str], guest_name: &str, args: &[&str]) -> 
     all.push("--");
     all.extend_from_slice(args);
     pvmctl_run(test, &all)
+}
+
+/// A pVM family running in the background, its stdout read line by line.
+pub struct Running {
+    /// The `pvmctl run` process (the family's root monitor).
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+    unclaimed: Vec<String>,
+}
+
+impl Running {
+    /// Starts `pvmctl run [OPTS] GUEST -- ARGS` in the background.
+    pub fn start(test: &str, opts: &[&str], guest_name: &str, args: &[&str]) -> Running {
+        let image = guest(guest_name);
+        let mut cmd = pvmctl(test);
+        cmd.arg("run").args(opts).arg(image).arg("--").args(args);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            unclaimed: Vec::new(),
+        }
+    }
+
+    /// Waits (at most [`TIME_LIMIT`]) for a line starting with `prefix` that no earlier call
+    /// returned (lines of a family come in any order); returns the rest of it.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        if let Some(i) = self.unclaimed.iter().position(|l| l.starts_with(prefix)) {
+            return self.unclaimed.remove(i)[prefix.len()..].to_string();
+        }
+        let deadline = Instant::now() + TIME_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                    self.unclaimed.push(line);
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no line starting with {prefix:?}; saw {:#?}", self.seen);
+                }
+            }
+        }
+    }
+
+    /// The family root's pVM id (its monitor is the `pvmctl run` process).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the end; returns the status and the rest of stdout and the whole stderr.
+    pub fn finish(mut self) -> Output {
+        let mut out = finish(self.child);
+        let mut rest: Vec<String> = std::mem::take(&mut self.seen);
+        rest.extend(self.lines.iter());
+        out.stdout = rest.join("\n");
+        out
+    }
+}
+
+/// Runs a registry command (`ps`, `kill`, ...) against the test's runtime directory.
+pub fn ctl(test: &str, args: &[&str]) -> Output {
+    pvmctl_run(test, args)
+}
+
+/// `pvmctl ps --json [--all]` parsed.
+pub fn ps_json(test: &str, all: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["ps", "--json"];
+    if all {
+        args.push("--all");
+    }
+    let out = ctl(test, &args);
+    out.expect_status(0);
+    serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
 }

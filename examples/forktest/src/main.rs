@@ -26,6 +26,7 @@ fn main() -> i32 {
         "limit" => limit(),
         "touch" => touch(n),
         "idle" => idle(n),
+        "chain" => chain(),
         _ => {
             pvm::eprintln!(
                 "usage: forktest basic|diverge|registers|nested|statuses|wait-any N|limit|touch MIB|idle N"
@@ -344,4 +345,24 @@ fn idle(n: u64) -> i32 {
     }
     pvm::println!("idle: {n} children forked");
     pvm::pause()
+}
+
+/// Root -> child -> grandchild; the root waits for the child, the others idle. Killing the
+/// child must leave the grandchild running (an orphan, collected by the family's root).
+fn chain() -> i32 {
+    match fork() {
+        Fork::Child => {
+            if let Fork::Child = fork() {
+                pvm::println!("grandchild ready: {}", pvm::id());
+                pvm::pause();
+            }
+            pvm::println!("child ready: {}", pvm::id());
+            pvm::pause()
+        }
+        Fork::Parent(child) => {
+            let id = child.id();
+            pvm::println!("chain: child {id} {}", wait(child));
+            pvm::pause()
+        }
+    }
 }

@@ -1,0 +1,206 @@
+//! The toolstack on running families: `pvmctl ps`, `kill`, `pause`, `resume`.
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn ids(rows: &[Value]) -> Vec<u64> {
+    rows.iter().map(|r| r["id"].as_u64().unwrap()).collect()
+}
+
+fn row(rows: &[Value], id: u64) -> &Value {
+    rows.iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no pVM {id} in {rows:#?}"))
+}
+
+#[test]
+fn ps_lists_a_family_with_its_fields_and_a_fresh_child_mostly_shared() {
+    let test = "ps-json";
+    let mut family = Running::start(test, &["--name", "psfam"], "forktest", &["idle", "2"]);
+    family.expect("idle: 2 children forked");
+    let root = u64::from(family.id());
+    let rows = ps_json(test, false);
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for r in &rows {
+        assert_eq!(r["family"], root);
+        assert_eq!(r["name"], "psfam");
+        assert_eq!(r["state"], "blocked", "an idle pVM sleeps in a hypercall: {r:#}");
+        assert!(r["image"].as_str().unwrap().ends_with("/forktest"), "{r:#}");
+        assert_eq!(r["mem_size"], 64u64 << 20);
+        assert!(r["uptime_ms"].as_u64().is_some());
+        if r["id"] == root {
+            assert_eq!(r["parent"], 0);
+        } else {
+            assert_eq!(r["parent"], root);
+            // The promise of fork: a fresh child's guest memory is its parent's pages, shared.
+            let (private, shared) = (
+                r["mem_private_kib"].as_u64().unwrap(),
+                r["mem_shared_kib"].as_u64().unwrap(),
+            );
+            assert!(
+                shared > 4 * private,
+                "a fresh child should be mostly shared: {r:#}"
+            );
+        }
+    }
+    let text = ctl(test, &["ps"]);
+    text.expect_status(0);
+    let header = text.stdout.lines().next().unwrap();
+    for column in [
+        "ID", "PARENT", "FAMILY", "NAME", "STATE", "UPTIME", "PRIVATE", "SHARED", "IMAGE",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert_eq!(text.stdout.lines().count(), 4, "{text:#?}");
+    let image_col = header.find("IMAGE").unwrap();
+    assert!(
+        text.stdout
+            .lines()
+            .skip(1)
+            .all(|l| l[image_col..].starts_with('/')),
+        "columns align: {text:#?}"
+    );
+    ctl(test, &["kill", "--family", "psfam"]).expect_status(0);
+    family.finish().expect_status(143);
+    assert!(ps_json(test, true).is_empty());
+}
+
+#[test]
+fn kill_of_a_child_leaves_the_rest_and_pause_resume_show_in_ps() {
+    let test = "kill-child";
+    let mut family = Running::start(test, &[], "forktest", &["idle", "2"]);
+    family.expect("idle: 2 children forked");
+    let root = u64::from(family.id());
+    let rows = ps_json(test, false);
+    let victim = ids(&rows).into_iter().find(|&id| id != root).unwrap();
+    ctl(test, &["kill", &victim.to_string()]).expect_status(0);
+    // Its parent has not waited yet: like a zombie, it shows as exited only with --all.
+    let mut left = ps_json(test, false);
+    for _ in 0..1000 {
+        if !ids(&left).contains(&victim) {
+            break;
+        }
+        std::thread::yield_now();
+        left = ps_json(test, false);
+    }
+    assert_eq!(left.len(), 2, "{left:#?}");
+    assert_eq!(row(&ps_json(test, true), victim)["state"], "exited");
+
+    ctl(test, &["pause", &root.to_string()]).expect_status(0);
+    assert_eq!(row(&ps_json(test, false), root)["state"], "paused");
+    ctl(test, &["resume", &root.to_string()]).expect_status(0);
+    assert_eq!(row(&ps_json(test, false), root)["state"], "blocked");
+
+    ctl(test, &["kill", "--family", &root.to_string()]).expect_status(0);
+    let out = family.finish();
+    out.expect_status(143);
+    assert!(ps_json(test, true).is_empty());
+}
+
+#[test]
+fn kill_of_a_parent_leaves_its_child_running_as_an_orphan() {
+    let test = "kill-parent";
+    let mut family = Running::start(test, &[], "forktest", &["chain"]);
+    let child: u64 = family.expect("child ready: ").parse().unwrap();
+    let grandchild: u64 = family.expect("grandchild ready: ").parse().unwrap();
+    ctl(test, &["kill", &child.to_string()]).expect_status(0);
+    assert_eq!(
+        family.expect("chain: child "),
+        format!("{child} killed by signal 15")
+    );
+    let rows = ps_json(test, false);
+    assert!(!ids(&rows).contains(&child), "{rows:#?}");
+    assert_eq!(
+        row(&rows, grandchild)["state"],
+        "blocked",
+        "the orphan keeps running"
+    );
+    ctl(test, &["kill", "--family", &family.id().to_string()]).expect_status(0);
+    let out = family.finish();
+    out.expect_status(143);
+    // The family's root collected the orphan and said so.
+    assert!(
+        out.stderr.contains(&format!(
+            "pvm {grandchild} (family {})",
+            family_id(&out, grandchild)
+        )),
+        "{out:#?}"
+    );
+    assert!(ps_json(test, true).is_empty());
+}
+
+fn family_id(out: &Output, grandchild: u64) -> String {
+    out.stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("pvm {grandchild} (family ")))
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn sigkill_of_monitors_leaves_no_stale_entries() {
+    let test = "kill-9";
+    let mut family = Running::start(test, &[], "forktest", &["idle", "2"]);
+    family.expect("idle: 2 children forked");
+    let root = u64::from(family.id());
+    let rows = ps_json(test, false);
+    let child = ids(&rows).into_iter().find(|&id| id != root).unwrap();
+    // SAFETY: signals a monitor process of this test.
+    assert_eq!(unsafe { libc::kill(child as i32, libc::SIGKILL) }, 0);
+    let mut rows = ps_json(test, true);
+    for _ in 0..1000 {
+        if !ids(&rows).contains(&child) {
+            break;
+        }
+        std::thread::yield_now();
+        rows = ps_json(test, true);
+    }
+    assert!(
+        !ids(&rows).contains(&child),
+        "a SIGKILLed monitor's entry must vanish: {rows:#?}"
+    );
+    // Now the root too: its remaining child is orphaned to the host, still listed and killable.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(root as i32, libc::SIGKILL) }, 0);
+    // (Not `finish`: the orphan still holds the family's stdout, so it is not at its end yet.)
+    let status = family.child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let rows = ps_json(test, true);
+    assert_eq!(rows.len(), 1, "only the orphan is left: {rows:#?}");
+    assert_eq!(rows[0]["family"], root);
+    // The root's entry is gone, so the family is named through the orphan.
+    ctl(test, &["kill", "--family", &rows[0]["id"].to_string()]).expect_status(0);
+    let mut rows = ps_json(test, true);
+    for _ in 0..1000 {
+        if rows.is_empty() {
+            break;
+        }
+        std::thread::yield_now();
+        rows = ps_json(test, true);
+    }
+    assert!(rows.is_empty(), "{rows:#?}");
+    assert_eq!(family.finish().status, None, "killed by SIGKILL");
+}
+
+#[test]
+fn kill_of_a_missing_id_is_an_error_and_the_others_are_still_killed() {
+    let test = "kill-missing";
+    let mut family = Running::start(test, &["--name", "lonely"], "forktest", &["idle", "0"]);
+    family.expect("idle: 0 children forked");
+    let out = ctl(test, &["kill", "999999999", "lonely", "nosuchname"]);
+    out.expect_status(1).expect_no_host_panic();
+    assert!(out.stderr.contains("pvmctl: error: no pVM 999999999"), "{out:#?}");
+    assert!(
+        out.stderr.contains("pvmctl: error: no pVM nosuchname"),
+        "{out:#?}"
+    );
+    family.finish().expect_status(143);
+    let bad = ctl(test, &["kill", "-s", "STOP", "1"]);
+    bad.expect_status(2);
+    assert!(bad.stderr.contains("unknown signal"), "{bad:#?}");
+}
