@@ -169,3 +169,22 @@ fn fork_bomb_hits_the_family_limit_and_kill_family_cleans_up() {
     out.expect_status(143).expect_no_host_panic();
     assert!(ps_json(test, true).is_empty(), "the family left entries behind");
 }
+
+#[test]
+fn console_lines_of_a_family_never_mix() {
+    let out = run_guest("fork-chatter", &[], "forktest", &["chatter", "4"]);
+    out.expect_status(0);
+    let pad = "x".repeat(300);
+    let mut count = 0;
+    for line in out.stdout.lines() {
+        let mut words = line.split(' ');
+        assert_eq!(words.next(), Some("chatter"), "mixed line: {line:?}");
+        let child: u32 = words.next().and_then(|w| w.parse().ok()).expect(line);
+        let i: u32 = words.next().and_then(|w| w.parse().ok()).expect(line);
+        assert!(child < 4 && i < 40, "{line}");
+        assert_eq!(words.next(), Some(pad.as_str()), "mixed line: {line:?}");
+        assert_eq!(words.next(), None, "mixed line: {line:?}");
+        count += 1;
+    }
+    assert_eq!(count, 4 * 40);
+}

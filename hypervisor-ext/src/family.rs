@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use pvm_abi::wait_kind;
 
 use crate::outcome::{Crash, Outcome};
-use crate::registry::{EntryHandle, Registry};
+use crate::registry::{EntryHandle, HostCounter, Registry};
 
 /// Errors of family bookkeeping.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +227,8 @@ pub struct Family {
     pub counter: FamilyCounter,
     /// The runtime directory.
     pub registry: Registry,
+    /// The host-wide pVM counter of the runtime directory.
+    pub host: HostCounter,
     /// This pVM's registry entry.
     pub entry: Option<EntryHandle>,
     /// Children not yet waited for.
@@ -238,10 +240,20 @@ pub struct Family {
 impl Family {
     /// Whether one more pVM may be forked; counts it if so.
     pub fn admit_fork(&self) -> bool {
-        if self.registry.count() >= self.limits.per_host as usize {
+        if !self.host.try_acquire(self.limits.per_host, &self.registry) {
             return false;
         }
-        self.counter.try_acquire(self.limits.per_family)
+        if !self.counter.try_acquire(self.limits.per_family) {
+            self.host.release();
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`Family::admit_fork`] counted (the fork failed).
+    pub fn unadmit_fork(&self) {
+        self.counter.release();
+        self.host.release();
     }
 
     /// In the parent after fork: remember the child.
@@ -252,7 +264,13 @@ impl Family {
     /// In the child after fork: become pVM `id`, child of the previous one. The parent's
     /// children are not ours: their pipes are closed (the parent keeps its own copies).
     pub fn become_child(&mut self, id: u32, to_parent: File) {
-        self.children.clear();
+        // Close the parent's children's pipes without freeing the list: freeing would write the
+        // heap and so copy pages that are otherwise still shared with the parent.
+        for child in &self.children {
+            // SAFETY: closes this process's copy of an fd owned by the (forgotten) list.
+            unsafe { libc::close(child.outcome.as_raw_fd()) };
+        }
+        std::mem::forget(std::mem::take(&mut self.children));
         self.entry = None;
         self.ids = Ids {
             id,
@@ -281,13 +299,13 @@ impl Family {
                 Err(_) => OutcomeRecord::from_wait_status(status),
             };
             self.registry.remove(pid);
-            self.counter.release();
+            self.unadmit_fork();
             return Collected::Child(pid, record);
         }
         match self.registry.read(pid) {
             Some(entry) if entry.family == self.ids.family => {
                 self.registry.remove(pid);
-                self.counter.release();
+                self.unadmit_fork();
                 let outcome = entry.outcome.unwrap_or_else(|| describe_wait_status(status));
                 Collected::Orphan(pid, outcome)
             }

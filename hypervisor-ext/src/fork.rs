@@ -17,7 +17,7 @@ use crate::monitor::{monotonic_ns, Monitor, MonitorError, BENCH_PARENT_PAUSE};
 use crate::outcome::{Crash, Outcome};
 use crate::registry::{Entry, State};
 use crate::vstate::memory::Access;
-use crate::vstate::vcpu::{self, VcpuState};
+use crate::vstate::vcpu::{self, CaptureSetup, VcpuState};
 use crate::vstate::{vm, KvmError};
 
 impl Monitor {
@@ -51,7 +51,7 @@ impl Monitor {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "fork failed before forking");
-                self.family.counter.release();
+                self.family.unadmit_fork();
                 return -errno::EIO;
             }
         };
@@ -63,7 +63,7 @@ impl Monitor {
         match pid {
             -1 => {
                 let err = std::io::Error::last_os_error().raw_os_error();
-                self.family.counter.release();
+                self.family.unadmit_fork();
                 if err == Some(libc::ENOMEM) {
                     -errno::ENOMEM
                 } else {
@@ -93,11 +93,13 @@ impl Monitor {
     /// Completes the pending exit and captures the vCPU state.
     fn prepare_fork(&mut self) -> Result<VcpuState, MonitorError> {
         vcpu::complete_pending_exit(&mut self.vcpu)?;
-        if self.msr_indices.is_none() {
-            self.msr_indices = Some(vcpu::readable_msrs(&self.kvm, &self.vcpu)?);
-        }
-        let msrs = self.msr_indices.as_deref().unwrap_or_default();
-        Ok(VcpuState::capture(&self.kvm, &self.vcpu, msrs)?)
+        let setup = match self.capture_setup.take() {
+            Some(setup) => setup,
+            None => CaptureSetup::probe(&self.kvm, &self.vcpu)?,
+        };
+        let state = VcpuState::capture(&setup, &self.vcpu);
+        self.capture_setup = Some(setup);
+        Ok(state?)
     }
 
     /// In the child: a new VM and vCPU over the inherited memory, the captured state, a new
@@ -109,6 +111,8 @@ impl Monitor {
         t0: u64,
     ) -> Result<(), MonitorError> {
         let id = std::process::id();
+        // The parent's entry (inherited, still locked by the parent) is the template of ours.
+        let template = self.family.entry.as_ref().map(|h| h.entry.clone());
         self.family.become_child(id, to_parent);
         vcpu::disarm_kick();
         let new_vm = vm::create_vm(&self.kvm, &self.mem)?;
@@ -135,18 +139,26 @@ impl Monitor {
                 Access::Monitor,
             )?;
         }
-        let parent_entry = self.family.registry.read(ids.parent);
-        let entry = self.family.registry.register(Entry {
+        let template = template.unwrap_or_else(|| Entry {
             id,
-            parent: ids.parent,
+            parent: 0,
             family: ids.family,
-            name: parent_entry.as_ref().map_or_else(String::new, |e| e.name.clone()),
-            image: parent_entry.map_or_else(String::new, |e| e.image),
+            name: String::new(),
+            image: String::new(),
             mem_size: self.mem.size(),
             started_ms: 0,
             state: State::Running,
             exit_status: None,
             outcome: None,
+        });
+        let entry = self.family.registry.register(Entry {
+            id,
+            parent: ids.parent,
+            family: ids.family,
+            state: State::Running,
+            exit_status: None,
+            outcome: None,
+            ..template
         })?;
         self.family.entry = Some(entry);
         self.fork_started_ns = Some(t0);

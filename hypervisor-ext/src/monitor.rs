@@ -16,9 +16,9 @@ use crate::family::{describe_record, Collected, Family, FamilyCounter, FamilyErr
 use crate::hypercall;
 use crate::loader::{self, Image, LoadError};
 use crate::outcome::{Crash, Exception, Outcome};
-use crate::registry::{Entry, Registry, RegistryError, State};
+use crate::registry::{Entry, HostCounter, Registry, RegistryError, State};
 use crate::vstate::memory::{Access, GuestMemory, MemoryError};
-use crate::vstate::vcpu::{self, EntryState};
+use crate::vstate::vcpu::{self, CaptureSetup, EntryState};
 use crate::vstate::{self, vm, KvmError};
 
 /// Bench record kind: parent's pause in fork (fork hypercall to resuming the guest).
@@ -188,8 +188,8 @@ pub struct Monitor {
     pub(crate) mem: GuestMemory,
     pub(crate) kvm: Kvm,
     pub(crate) cpuid: CpuId,
-    /// MSRs to carry across fork, found at the first fork.
-    pub(crate) msr_indices: Option<Vec<u32>>,
+    /// What capturing the vCPU for a fork needs, found at the first fork.
+    pub(crate) capture_setup: Option<CaptureSetup>,
     pub(crate) family: Family,
     pub(crate) bench_fd: Option<RawFd>,
     /// Set in a forked child until its first hypercall: when the parent's fork hypercall came.
@@ -209,13 +209,32 @@ pub fn monotonic_ns() -> u64 {
 impl Monitor {
     /// Builds the root pVM of a new family for `image`, ready to run.
     pub fn new(image: &Image, config: &MonitorConfig) -> Result<Monitor, MonitorError> {
+        // One malloc arena: the CPUID thread would otherwise get its own, whose pages every
+        // forked child copies (glibc resets arena locks in the child after fork).
+        // SAFETY: mallopt has no memory-safety preconditions.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
         check_mem_size(config.mem_size)?;
         image.check_fits(config.mem_size)?;
         let kvm = vstate::open_kvm()?;
         let registry = Registry::open(&config.run_dir)?;
-        if registry.count() >= config.limits.per_host as usize {
+        let host = registry.host_counter()?;
+        if !host.try_acquire(config.limits.per_host, &registry) {
             return Err(MonitorError::HostLimit(config.limits.per_host));
         }
+        let built = Self::build(image, config, kvm, registry, host);
+        if built.is_err() {
+            host.release();
+        }
+        built
+    }
+
+    fn build(
+        image: &Image,
+        config: &MonitorConfig,
+        kvm: Kvm,
+        registry: Registry,
+        host: HostCounter,
+    ) -> Result<Monitor, MonitorError> {
         let id = std::process::id();
         let ids = Ids {
             id,
@@ -264,6 +283,7 @@ impl Monitor {
             exit_status: None,
             outcome: None,
         })?;
+        raise_fd_limit();
         // The root collects the family's orphans, as init would.
         // SAFETY: prctl with an integer argument.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -272,6 +292,7 @@ impl Monitor {
             limits: config.limits,
             counter: FamilyCounter::new()?,
             registry,
+            host,
             entry: Some(entry),
             children: Vec::new(),
             to_parent: None,
@@ -282,7 +303,7 @@ impl Monitor {
             mem,
             kvm,
             cpuid,
-            msr_indices: None,
+            capture_setup: None,
             family,
             bench_fd: config.bench_fd,
             fork_started_ns: None,
@@ -379,6 +400,7 @@ impl Monitor {
     pub fn unregister(&mut self) {
         if self.family.entry.take().is_some() {
             self.family.registry.remove(self.family.ids.id);
+            self.family.host.release();
         }
     }
 
@@ -580,6 +602,19 @@ impl Monitor {
         let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
         let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
         format!("KVM internal error, suberror {suberror}, at rip {rip:#x}")
+    }
+}
+
+/// A parent pVM holds one pipe per child: lift the soft open-file limit to the hard one, so a
+/// family of a thousand pVMs does not run out of descriptors at the default 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

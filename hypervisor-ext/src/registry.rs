@@ -11,6 +11,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,41 @@ pub struct Entry {
     /// How it ended, in words, once exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+}
+
+/// The number of pVMs registered in a runtime directory, in a shared page (`live.count`) that
+/// every monitor using the directory maps, so that checking the host-wide limit at a fork costs
+/// an atomic add instead of a directory scan. It can only overcount (a monitor killed with
+/// SIGKILL never gives its unit back): when it says the limit is reached, the directory is
+/// counted for real before a pVM is refused.
+#[derive(Clone, Copy)]
+pub struct HostCounter {
+    live: &'static AtomicU32,
+}
+
+impl HostCounter {
+    /// Counts one more pVM unless that would pass `max`.
+    pub fn try_acquire(&self, max: u32, registry: &Registry) -> bool {
+        let add = || {
+            self.live
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+                .is_ok()
+        };
+        if add() {
+            return true;
+        }
+        let actual = registry.list().map_or(max as usize, |l| l.len());
+        self.live
+            .store(actual.min(u32::MAX as usize) as u32, Ordering::SeqCst);
+        add()
+    }
+
+    /// Counts one pVM less.
+    pub fn release(&self) {
+        let _ = self
+            .live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
 }
 
 /// The runtime directory.
@@ -192,12 +228,53 @@ impl Registry {
         Ok(handle)
     }
 
-    /// Number of entries (live or not yet reaped): the host-wide pVM count.
+    /// Number of entries (live or not yet reaped), by scanning the directory.
     pub fn count(&self) -> usize {
         fs::read_dir(&self.dir).map_or(0, |d| {
             d.flatten()
                 .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".json"))
                 .count()
+        })
+    }
+
+    /// Maps the directory's [`HostCounter`], creating it if needed.
+    pub fn host_counter(&self) -> Result<HostCounter, RegistryError> {
+        let path = self.dir.join("live.count");
+        let err = |source| RegistryError::Entry {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(err)?;
+        if file.metadata().map_err(err)?.len() < 4096 {
+            file.set_len(4096).map_err(err)?;
+        }
+        // SAFETY: maps one page of a regular file of at least that size; the mapping outlives
+        // the fd (closed on return) and is never unmapped.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: the page is mapped for the rest of the process's life (and inherited by
+        // fork), page-aligned, and only ever accessed atomically.
+        Ok(HostCounter {
+            live: unsafe { &*(p as *const AtomicU32) },
         })
     }
 
@@ -310,8 +387,8 @@ mod tests {
         let me = std::process::id();
         let mut handle = reg.register(entry(me)).unwrap();
         handle.set_state(State::Paused).unwrap();
-        // Our own lock is invisible to F_GETLK from our own process, so a same-process reader
-        // sees the entry as unlocked: check the content, then the stale path with a dead pid.
+        // Our own lock is invisible to F_GETLK from our own process, so check the content here
+        // and the stale path with an entry no process holds.
         assert_eq!(reg.read(me).unwrap().state, State::Paused);
         fs::write(
             reg.path(999_999_999),
@@ -322,6 +399,23 @@ mod tests {
         let listed = reg.list().unwrap();
         assert!(listed.iter().all(|e| e.id != 999_999_999));
         assert!(!reg.path(999_999_999).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn host_counter_limits_and_recounts_when_full() {
+        let dir = std::env::temp_dir().join(format!("pvm-registry-count-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let reg = Registry::open(&dir).unwrap();
+        let counter = reg.host_counter().unwrap();
+        assert!(counter.try_acquire(2, &reg));
+        assert!(counter.try_acquire(2, &reg));
+        // Full by the counter, but the directory holds no entry: the recount makes room.
+        assert!(counter.try_acquire(2, &reg));
+        // A second mapping (another monitor) sees the same count.
+        let other = reg.host_counter().unwrap();
+        other.release();
+        assert!(counter.try_acquire(2, &reg));
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -27,6 +27,7 @@ fn main() -> i32 {
         "touch" => touch(n),
         "idle" => idle(n),
         "chain" => chain(),
+        "chatter" => chatter(n),
         _ => {
             pvm::eprintln!(
                 "usage: forktest basic|diverge|registers|nested|statuses|wait-any N|limit|touch MIB|idle N"
@@ -365,4 +366,27 @@ fn chain() -> i32 {
             pvm::pause()
         }
     }
+}
+
+/// N children print long lines at the same time: the console must never mix two lines.
+fn chatter(n: u64) -> i32 {
+    let mut children = Vec::new();
+    for c in 0..n {
+        match fork() {
+            Fork::Child => {
+                let pad = "x".repeat(300);
+                for i in 0..40 {
+                    pvm::println!("chatter {c} {i} {pad}");
+                }
+                pvm::exit(0)
+            }
+            Fork::Parent(child) => children.push(child),
+        }
+    }
+    for child in children {
+        if !wait(child).success() {
+            return 1;
+        }
+    }
+    0
 }

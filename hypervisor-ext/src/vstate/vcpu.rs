@@ -202,7 +202,7 @@ pub fn complete_pending_exit(vcpu: &mut VcpuFd) -> Result<(), KvmError> {
 pub struct VcpuState {
     regs: kvm_regs,
     sregs: kvm_sregs,
-    fpu: kvm_fpu,
+    fpu: Option<kvm_fpu>,
     xsave: Option<Box<kvm_xsave>>,
     xcrs: Option<kvm_xcrs>,
     msrs: Msrs,
@@ -210,24 +210,42 @@ pub struct VcpuState {
     debug_regs: kvm_debugregs,
 }
 
-/// MSRs that can be read back from a vCPU: the host's MSR index list less those KVM refuses to
-/// read. Computed once per family (a forked child inherits it).
-pub fn readable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmError> {
-    let list = kvm
-        .get_msr_index_list()
-        .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
-    let mut indices: Vec<u32> = list.as_slice().to_vec();
-    let mut readable = Vec::with_capacity(indices.len());
-    while !indices.is_empty() {
-        let mut msrs = msrs_for(&indices)?;
-        let n = vcpu
-            .get_msrs(&mut msrs)
-            .map_err(KvmError::ioctl("KVM_GET_MSRS"))?;
-        readable.extend_from_slice(&indices[..n]);
-        // KVM stops at the first MSR it cannot read: skip it and go on.
-        indices.drain(..(n + 1).min(indices.len()));
+/// What capturing a vCPU needs to know about the host, found once per family (a forked child
+/// inherits it): the MSRs to carry and which optional state KVM offers.
+#[derive(Clone, Debug)]
+pub struct CaptureSetup {
+    /// MSRs that can be read back: the host's MSR index list less those KVM refuses to read.
+    msrs: Vec<u32>,
+    /// KVM_GET/SET_XSAVE with the 4 KiB `kvm_xsave` holds the whole XSAVE state (and then the
+    /// legacy FPU ioctls are redundant).
+    xsave: bool,
+    /// KVM_GET/SET_XCRS are available.
+    xcrs: bool,
+}
+
+impl CaptureSetup {
+    /// Probes the host with `vcpu`.
+    pub fn probe(kvm: &Kvm, vcpu: &VcpuFd) -> Result<CaptureSetup, KvmError> {
+        let list = kvm
+            .get_msr_index_list()
+            .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
+        let mut indices: Vec<u32> = list.as_slice().to_vec();
+        let mut readable = Vec::with_capacity(indices.len());
+        while !indices.is_empty() {
+            let mut msrs = msrs_for(&indices)?;
+            let n = vcpu
+                .get_msrs(&mut msrs)
+                .map_err(KvmError::ioctl("KVM_GET_MSRS"))?;
+            readable.extend_from_slice(&indices[..n]);
+            // KVM stops at the first MSR it cannot read: skip it and go on.
+            indices.drain(..(n + 1).min(indices.len()));
+        }
+        Ok(CaptureSetup {
+            msrs: readable,
+            xsave: kvm.check_extension(Cap::Xsave) && kvm.check_extension_int(Cap::Xsave2) <= 4096,
+            xcrs: kvm.check_extension(Cap::Xcrs),
+        })
     }
-    Ok(readable)
 }
 
 fn msrs_for(indices: &[u32]) -> Result<Msrs, KvmError> {
@@ -244,32 +262,35 @@ fn msrs_for(indices: &[u32]) -> Result<Msrs, KvmError> {
     })
 }
 
-/// Whether KVM_GET/SET_XSAVE with the 4 KiB `kvm_xsave` holds the whole XSAVE state.
-fn xsave_fits(kvm: &Kvm) -> bool {
-    kvm.check_extension(Cap::Xsave) && kvm.check_extension_int(Cap::Xsave2) <= 4096
-}
-
 impl VcpuState {
-    /// Captures the state of a vCPU whose pending exit was completed.
-    pub fn capture(kvm: &Kvm, vcpu: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, KvmError> {
-        let mut msrs = msrs_for(msr_indices)?;
+    /// Captures the state of a vCPU whose pending exit was completed. Every ioctl costs ~8 us
+    /// where the host is itself virtualized, so nothing is read twice: with XSAVE the legacy
+    /// FPU state is part of it.
+    pub fn capture(setup: &CaptureSetup, vcpu: &VcpuFd) -> Result<VcpuState, KvmError> {
+        let mut msrs = msrs_for(&setup.msrs)?;
         let n = vcpu
             .get_msrs(&mut msrs)
             .map_err(KvmError::ioctl("KVM_GET_MSRS"))?;
-        if n != msr_indices.len() {
+        if n != setup.msrs.len() {
             return Err(KvmError::Ioctl {
                 op: "KVM_GET_MSRS (short read)",
                 source: kvm_ioctls::Error::new(libc::EIO),
             });
         }
-        let xsave = if xsave_fits(kvm) {
-            Some(Box::new(
-                vcpu.get_xsave().map_err(KvmError::ioctl("KVM_GET_XSAVE"))?,
-            ))
+        let (fpu, xsave) = if setup.xsave {
+            (
+                None,
+                Some(Box::new(
+                    vcpu.get_xsave().map_err(KvmError::ioctl("KVM_GET_XSAVE"))?,
+                )),
+            )
         } else {
-            None
+            (
+                Some(vcpu.get_fpu().map_err(KvmError::ioctl("KVM_GET_FPU"))?),
+                None,
+            )
         };
-        let xcrs = if kvm.check_extension(Cap::Xcrs) {
+        let xcrs = if setup.xcrs {
             Some(vcpu.get_xcrs().map_err(KvmError::ioctl("KVM_GET_XCRS"))?)
         } else {
             None
@@ -277,7 +298,7 @@ impl VcpuState {
         Ok(VcpuState {
             regs: vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?,
             sregs: vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?,
-            fpu: vcpu.get_fpu().map_err(KvmError::ioctl("KVM_GET_FPU"))?,
+            fpu,
             xsave,
             xcrs,
             msrs,
@@ -296,10 +317,12 @@ impl VcpuState {
             .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
         vcpu.set_regs(&self.regs)
             .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
-        vcpu.set_fpu(&self.fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
+        if let Some(fpu) = &self.fpu {
+            vcpu.set_fpu(fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
+        }
         if let Some(xsave) = &self.xsave {
             // SAFETY: captured with KVM_GET_XSAVE from a vCPU of the same host whose XSAVE state
-            // fits the 4 KiB struct (xsave_fits), so the kernel reads within it.
+            // fits the 4 KiB struct (CaptureSetup::xsave), so the kernel reads within it.
             unsafe { vcpu.set_xsave(xsave) }.map_err(KvmError::ioctl("KVM_SET_XSAVE"))?;
         }
         if let Some(xcrs) = &self.xcrs {
