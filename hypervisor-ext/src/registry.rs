@@ -273,9 +273,8 @@ impl Registry {
         }
         // SAFETY: the page is mapped for the rest of the process's life (and inherited by
         // fork), page-aligned, and only ever accessed atomically.
-        Ok(HostCounter {
-            live: unsafe { &*(p as *const AtomicU32) },
-        })
+        let live = unsafe { &*(p as *const AtomicU32) };
+        Ok(HostCounter { live })
     }
 
     /// Reads entry `id`, if present.
