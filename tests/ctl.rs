@@ -20,7 +20,10 @@ fn ps_lists_a_family_with_its_fields_and_a_fresh_child_mostly_shared() {
     let mut family = Running::start(test, &["--name", "psfam"], "forktest", &["idle", "2"]);
     family.expect("idle: 2 children forked");
     let root = u64::from(family.id());
-    let rows = ps_json(test, false);
+    // The last child may still be on its way into its idle hypercall.
+    let rows = ps_until(test, false, |rows| {
+        rows.len() == 3 && rows.iter().all(|r| r["state"] == "blocked")
+    });
     assert_eq!(rows.len(), 3, "{rows:#?}");
     for r in &rows {
         assert_eq!(r["family"], root);
@@ -72,25 +75,21 @@ fn kill_of_a_child_leaves_the_rest_and_pause_resume_show_in_ps() {
     let mut family = Running::start(test, &[], "forktest", &["idle", "2"]);
     family.expect("idle: 2 children forked");
     let root = u64::from(family.id());
-    let rows = ps_json(test, false);
+    // Children register as they start, a little after their parent's fork returned.
+    let rows = ps_until(test, false, |rows| rows.len() == 3);
     let victim = ids(&rows).into_iter().find(|&id| id != root).unwrap();
     ctl(test, &["kill", &victim.to_string()]).expect_status(0);
     // Its parent has not waited yet: like a zombie, it shows as exited only with --all.
-    let mut left = ps_json(test, false);
-    for _ in 0..1000 {
-        if !ids(&left).contains(&victim) {
-            break;
-        }
-        std::thread::yield_now();
-        left = ps_json(test, false);
-    }
+    let left = ps_until(test, false, |rows| !ids(rows).contains(&victim));
     assert_eq!(left.len(), 2, "{left:#?}");
     assert_eq!(row(&ps_json(test, true), victim)["state"], "exited");
 
     ctl(test, &["pause", &root.to_string()]).expect_status(0);
     assert_eq!(row(&ps_json(test, false), root)["state"], "paused");
     ctl(test, &["resume", &root.to_string()]).expect_status(0);
-    assert_eq!(row(&ps_json(test, false), root)["state"], "blocked");
+    // Resumed, it goes back into its idle hypercall.
+    let rows = ps_until(test, false, |rows| row(rows, root)["state"] == "blocked");
+    assert_eq!(row(&rows, root)["state"], "blocked");
 
     ctl(test, &["kill", "--family", &root.to_string()]).expect_status(0);
     let out = family.finish();
@@ -109,7 +108,7 @@ fn kill_of_a_parent_leaves_its_child_running_as_an_orphan() {
         family.expect("chain: child "),
         format!("{child} killed by signal 15")
     );
-    let rows = ps_json(test, false);
+    let rows = ps_until(test, false, |rows| !ids(rows).contains(&child));
     assert!(!ids(&rows).contains(&child), "{rows:#?}");
     assert_eq!(
         row(&rows, grandchild)["state"],
@@ -145,18 +144,12 @@ fn sigkill_of_monitors_leaves_no_stale_entries() {
     let mut family = Running::start(test, &[], "forktest", &["idle", "2"]);
     family.expect("idle: 2 children forked");
     let root = u64::from(family.id());
-    let rows = ps_json(test, false);
+    // Children register as they start, a little after their parent's fork returned.
+    let rows = ps_until(test, false, |rows| rows.len() == 3);
     let child = ids(&rows).into_iter().find(|&id| id != root).unwrap();
     // SAFETY: signals a monitor process of this test.
     assert_eq!(unsafe { libc::kill(child as i32, libc::SIGKILL) }, 0);
-    let mut rows = ps_json(test, true);
-    for _ in 0..1000 {
-        if !ids(&rows).contains(&child) {
-            break;
-        }
-        std::thread::yield_now();
-        rows = ps_json(test, true);
-    }
+    let rows = ps_until(test, true, |rows| !ids(rows).contains(&child));
     assert!(
         !ids(&rows).contains(&child),
         "a SIGKILLed monitor's entry must vanish: {rows:#?}"
@@ -175,14 +168,7 @@ fn sigkill_of_monitors_leaves_no_stale_entries() {
     assert_eq!(rows[0]["family"], root);
     // The root's entry is gone, so the family is named through the orphan.
     ctl(test, &["kill", "--family", &rows[0]["id"].to_string()]).expect_status(0);
-    let mut rows = ps_json(test, true);
-    for _ in 0..1000 {
-        if rows.is_empty() {
-            break;
-        }
-        std::thread::yield_now();
-        rows = ps_json(test, true);
-    }
+    let rows = ps_until(test, true, |rows| rows.is_empty());
     assert!(rows.is_empty(), "{rows:#?}");
     assert_eq!(family.finish().status, None, "killed by SIGKILL");
 }

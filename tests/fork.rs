@@ -162,7 +162,7 @@ fn fork_bomb_hits_the_family_limit_and_kill_family_cleans_up() {
     let mut family = Running::start(test, &["--max-family", "6"], "forktest", &["limit"]);
     assert_eq!(family.expect("forked "), "5 children, then: pVM limit reached");
     family.expect("still running after the refused fork");
-    assert_eq!(ps_json(test, false).len(), 6);
+    assert_eq!(ps_until(test, false, |rows| rows.len() == 6).len(), 6);
     let root = family.id().to_string();
     ctl(test, &["kill", "--family", &root]).expect_status(0);
     let out = family.finish();

@@ -230,3 +230,20 @@ pub fn ps_json(test: &str, all: bool) -> Vec<serde_json::Value> {
     out.expect_status(0);
     serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
 }
+
+/// `ps --json` until `done(rows)` holds (the pVMs reach the state a test waits for), at most
+/// [`TIME_LIMIT`]; returns the last rows either way, for the test to assert on.
+pub fn ps_until(
+    test: &str,
+    all: bool,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        let rows = ps_json(test, all);
+        if done(&rows) || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -144,42 +144,39 @@ pub fn pause_requested() -> bool {
     PAUSE_REQUESTED.load(Ordering::SeqCst)
 }
 
-/// Sleeps until a resume or stop signal arrives, without losing one that arrives meanwhile.
-pub fn wait_while_paused() {
+/// Sleeps until `done()` holds, woken by any of `signals`, without losing one that arrives
+/// between the check and the sleep (they are blocked while checking).
+fn sleep_until(signals: &[libc::c_int], done: impl Fn() -> bool) {
     // SAFETY: sigset manipulation on local sets and sigprocmask/sigsuspend on this
-    // single-threaded process; the signals are unblocked again before returning.
+    // single-threaded process; the old mask is restored before returning.
     unsafe {
         let mut block: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut block);
-        for sig in STOP_SIGNALS.into_iter().chain([resume_signal()]) {
+        for &sig in signals {
             libc::sigaddset(&mut block, sig);
         }
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
-        while pause_requested() && pending_signal().is_none() {
+        while !done() {
             libc::sigsuspend(&old);
         }
         libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
 }
 
+/// Sleeps until a resume or stop signal arrives.
+pub fn wait_while_paused() {
+    let mut signals = STOP_SIGNALS.to_vec();
+    signals.push(resume_signal());
+    sleep_until(&signals, || !pause_requested() || pending_signal().is_some());
+}
+
 /// Sleeps until a stop signal or a pause request arrives (the Pause hypercall; the vCPU loop
 /// then handles either).
 pub fn wait_for_stop_signal() {
-    // SAFETY: as in wait_while_paused.
-    unsafe {
-        let mut block: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut block);
-        for sig in STOP_SIGNALS.into_iter().chain([pause_signal()]) {
-            libc::sigaddset(&mut block, sig);
-        }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
-        while pending_signal().is_none() && !pause_requested() {
-            libc::sigsuspend(&old);
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    }
+    let mut signals = STOP_SIGNALS.to_vec();
+    signals.push(pause_signal());
+    sleep_until(&signals, || pending_signal().is_some() || pause_requested());
 }
 
 /// Lets KVM finish the exit the vCPU is in (the MMIO store of a hypercall), so that the captured
