@@ -115,6 +115,7 @@ impl Monitor {
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
         self.family.become_child(id, to_parent);
         vcpu::disarm_kick();
+        vcpu::clear_requests();
         let new_vm = vm::create_vm(&self.kvm, &self.mem)?;
         let new_vcpu = vcpu::create_vcpu(&new_vm)?;
         new_vcpu

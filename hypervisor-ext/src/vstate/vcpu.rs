@@ -139,6 +139,13 @@ pub fn pending_signal() -> Option<i32> {
     }
 }
 
+/// Forgets stop and pause requests (a forked child: as on Unix, signals pending in the parent
+/// at fork time are not the child's).
+pub fn clear_requests() {
+    PENDING_SIGNAL.store(0, Ordering::SeqCst);
+    PAUSE_REQUESTED.store(false, Ordering::SeqCst);
+}
+
 /// Whether a pause was requested and not yet resumed.
 pub fn pause_requested() -> bool {
     PAUSE_REQUESTED.load(Ordering::SeqCst)
