@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -90,6 +90,15 @@ pub mod layout {
     /// Largest guest RAM the monitor accepts.
     pub const MAX_MEM_SIZE: u64 = 64 << 30;
 
+    /// The IPC window: shared regions (pipes, queues, shared memory) are mapped here, each in
+    /// its own memory slot. The page tables map the whole window at boot; a part no region
+    /// backs exits to the monitor like any unbacked address.
+    pub const IPC_BASE: u64 = MAX_MEM_SIZE;
+    /// Size of the IPC window.
+    pub const IPC_SIZE: u64 = 1 << 30;
+    /// Each region starts at a multiple of this in the window (and is at most this large).
+    pub const IPC_SLOT_SIZE: u64 = LARGE_PAGE_SIZE;
+
     // The layout is checked at compile time.
     const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= BOOT_INFO_ADDR);
     const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
@@ -97,7 +106,7 @@ pub mod layout {
     const _: () = assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
 }
 
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 96);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 104);
 
 /// Hypercall numbers.
 #[repr(u64)]
@@ -118,11 +127,29 @@ pub enum Hypercall {
     Clock = 6,
     /// Sleep until a signal arrives (nothing to do but be killed, for now). Argument: ignored.
     Pause = 7,
+    /// Create a pipe. Argument: the address of a [`PipeArgs`].
+    PipeCreate = 8,
+    /// Sleep until the peer of an IPC handle signals progress, or is gone. Argument: the
+    /// address of an [`IpcWaitArgs`].
+    IpcWait = 9,
+    /// Wake the peer of an IPC handle (it sleeps in [`Hypercall::IpcWait`]). Argument: the
+    /// handle itself.
+    IpcNotify = 10,
+    /// Close an IPC handle. Argument: the handle itself.
+    IpcClose = 11,
+    /// Handle a signal or restore its default action. Argument: the address of a
+    /// [`SigActionArgs`].
+    SigAction = 12,
+    /// Take the pending signals (clearing [`BootInfo::pending_signals`]). Argument: the address
+    /// of a [`SigTakeArgs`].
+    SigTake = 13,
+    /// Send a signal to a pVM of the same family. Argument: the address of a [`KillArgs`].
+    Kill = 14,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 7] = [
+    pub const ALL: [Hypercall; 14] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -130,6 +157,13 @@ impl Hypercall {
         Hypercall::Wait,
         Hypercall::Clock,
         Hypercall::Pause,
+        Hypercall::PipeCreate,
+        Hypercall::IpcWait,
+        Hypercall::IpcNotify,
+        Hypercall::IpcClose,
+        Hypercall::SigAction,
+        Hypercall::SigTake,
+        Hypercall::Kill,
     ];
 
     /// Decodes a hypercall number.
@@ -151,8 +185,20 @@ pub mod errno {
     pub const EINVAL: i64 = 22;
     /// The host failed to perform the operation.
     pub const EIO: i64 = 5;
-    /// A limit was reached (pVMs per family or per host); try again later.
+    /// A limit was reached (pVMs per family or per host, IPC regions); try again later. For a
+    /// non-blocking IPC call: it would block.
     pub const EAGAIN: i64 = 11;
+    /// The sleep was interrupted by a signal the guest handles.
+    pub const EINTR: i64 = 4;
+    /// The peer of an IPC handle is gone (no writer left for a reader: end of file; no reader
+    /// left for a writer: broken pipe).
+    pub const EPIPE: i64 = 32;
+    /// Not allowed (a pVM of another family).
+    pub const EPERM: i64 = 1;
+    /// No such pVM.
+    pub const ESRCH: i64 = 3;
+    /// Bad handle.
+    pub const EBADF: i64 = 9;
     /// The host is out of memory.
     pub const ENOMEM: i64 = 12;
     /// No such child pVM (or none at all) to wait for.
@@ -254,6 +300,94 @@ pub struct ClockArgs {
 // SAFETY: repr(C), one 8-byte integer.
 unsafe impl Plain for ClockArgs {}
 
+/// Arguments of [`Hypercall::PipeCreate`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipeArgs {
+    /// IN: ring capacity in bytes, a power of two from 4 KiB to 1 MiB.
+    pub capacity: u64,
+    /// OUT: handle of the read end.
+    pub read_handle: u64,
+    /// OUT: handle of the write end.
+    pub write_handle: u64,
+    /// OUT: guest address of the ring (a `pvm_ipc::PipeRing` header, its data a page later).
+    pub ring: u64,
+    /// OUT: 0 or a negated [`errno`] (`EINVAL` bad capacity, `EAGAIN` no region left).
+    pub result: i64,
+}
+// SAFETY: repr(C), five 8-byte integers.
+unsafe impl Plain for PipeArgs {}
+
+/// Arguments of [`Hypercall::IpcWait`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IpcWaitArgs {
+    /// IN: the handle whose peer to wait for.
+    pub handle: u64,
+    /// OUT: 0 (woken: look again), or a negated [`errno`]: `EPIPE` (the peer end is closed
+    /// everywhere), `EINTR` (a handled signal arrived), `EBADF`.
+    pub result: i64,
+}
+// SAFETY: repr(C), two 8-byte integers.
+unsafe impl Plain for IpcWaitArgs {}
+
+/// Signal numbers, as on Linux x86-64.
+pub mod signal {
+    /// Hangup.
+    pub const HUP: u64 = 1;
+    /// Interrupt (Ctrl-C).
+    pub const INT: u64 = 2;
+    /// Kill (cannot be handled).
+    pub const KILL: u64 = 9;
+    /// User signal 1.
+    pub const USR1: u64 = 10;
+    /// User signal 2.
+    pub const USR2: u64 = 12;
+    /// Terminate.
+    pub const TERM: u64 = 15;
+    /// A child pVM ended (ignored unless handled).
+    pub const CHLD: u64 = 17;
+}
+
+/// Arguments of [`Hypercall::SigAction`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SigActionArgs {
+    /// IN: the signal number (not KILL).
+    pub signal: u64,
+    /// IN: 1 if the guest handles it, 0 for the default action.
+    pub handled: u64,
+    /// OUT: 0 or `-EINVAL`.
+    pub result: i64,
+}
+// SAFETY: repr(C), three 8-byte integers.
+unsafe impl Plain for SigActionArgs {}
+
+/// Arguments of [`Hypercall::SigTake`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SigTakeArgs {
+    /// OUT: the pending handled signals, one bit per number; now cleared.
+    pub mask: u64,
+}
+// SAFETY: repr(C), one 8-byte integer.
+unsafe impl Plain for SigTakeArgs {}
+
+/// Arguments of [`Hypercall::Kill`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KillArgs {
+    /// IN: the target pVM's id.
+    pub id: u64,
+    /// IN: the signal number.
+    pub signal: u64,
+    /// OUT: 0 or a negated [`errno`] (`EPERM`: another family; `ESRCH`: no such pVM;
+    /// `EINVAL`: bad signal).
+    pub result: i64,
+}
+// SAFETY: repr(C), three 8-byte integers.
+unsafe impl Plain for KillArgs {}
+
 /// What a ring-0 exception stub leaves on its stack before [`Hypercall::Exception`]: the vector
 /// and error code it pushed (0 for vectors without one) under the CPU's interrupt frame.
 #[repr(C)]
@@ -295,6 +429,9 @@ pub struct BootInfo {
     pub parent_id: u64,
     /// Id of the family (its root's id).
     pub family_id: u64,
+    /// Signals that arrived for handlers the guest registered, one bit per signal number
+    /// (set by the monitor, taken with [`Hypercall::SigTake`]).
+    pub pending_signals: u64,
     /// Size of guest RAM in bytes.
     pub mem_size: u64,
     /// First byte of the heap (page-aligned, after the image).
@@ -310,7 +447,7 @@ pub struct BootInfo {
     /// Length in bytes of the argument bytes.
     pub args_len: u64,
 }
-// SAFETY: repr(C), twelve 8-byte integers, no padding.
+// SAFETY: repr(C), thirteen 8-byte integers, no padding.
 unsafe impl Plain for BootInfo {}
 
 /// Exception vectors with a CPU-pushed error code.

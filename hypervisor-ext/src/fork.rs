@@ -16,6 +16,7 @@ use crate::family::{outcome_pipe, FamilyError};
 use crate::monitor::{monotonic_ns, Monitor, MonitorError, BENCH_PARENT_PAUSE};
 use crate::outcome::{Crash, Outcome};
 use crate::registry::{Entry, State};
+use crate::signals;
 use crate::vstate::memory::Access;
 use crate::vstate::vcpu::{self, CaptureSetup, VcpuState};
 use crate::vstate::{vm, KvmError};
@@ -57,6 +58,7 @@ impl Monitor {
         };
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
+        let inherited = signals::snapshot();
         // SAFETY: the monitor is single-threaded here (the only helper thread, started in
         // Monitor::new, was joined), so the child starts with consistent locks and heap.
         let pid = unsafe { libc::fork() };
@@ -71,6 +73,7 @@ impl Monitor {
                 }
             }
             0 => {
+                signals::forget_inherited(inherited);
                 drop(from_child);
                 if let Err(e) = self.become_child(&state, to_parent, t0) {
                     // The parent already has our id; tell it (and the user) how we ended.
@@ -114,8 +117,7 @@ impl Monitor {
         // The parent's entry (inherited, still locked by the parent) is the template of ours.
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
         self.family.become_child(id, to_parent);
-        vcpu::disarm_kick();
-        vcpu::clear_requests();
+        signals::disarm_kick();
         let new_vm = vm::create_vm(&self.kvm, &self.mem)?;
         let new_vcpu = vcpu::create_vcpu(&new_vm)?;
         new_vcpu
@@ -126,13 +128,15 @@ impl Monitor {
         // old kvm_run page without any ioctl.
         drop(std::mem::replace(&mut self.vcpu, new_vcpu));
         drop(std::mem::replace(&mut self.vm, new_vm));
-        vcpu::arm_kick(&mut self.vcpu);
+        signals::arm_kick(&mut self.vcpu);
+        self.ipc.register_all(&self.vm).map_err(MonitorError::Ipc)?;
 
         let ids = self.family.ids;
         for (offset, value) in [
             (std::mem::offset_of!(BootInfo, pvm_id), ids.id),
             (std::mem::offset_of!(BootInfo, parent_id), ids.parent),
             (std::mem::offset_of!(BootInfo, family_id), ids.family),
+            (std::mem::offset_of!(BootInfo, pending_signals), 0),
         ] {
             self.mem.write_obj(
                 layout::BOOT_INFO_ADDR + offset as u64,

@@ -19,6 +19,12 @@ pub struct Call {
 
 /// Decodes an MMIO store at guest-physical `addr` with `data` into a hypercall.
 pub fn decode(addr: u64, data: &[u8]) -> Result<Call, Crash> {
+    if (layout::IPC_BASE..layout::IPC_BASE + layout::IPC_SIZE).contains(&addr) {
+        return Err(Crash::BadHypercall {
+            addr,
+            reason: "access to a part of the IPC window no region backs",
+        });
+    }
     let offset = addr.wrapping_sub(layout::HYPERCALL_GPA);
     if offset >= layout::PAGE_SIZE {
         return Err(Crash::BadHypercall {

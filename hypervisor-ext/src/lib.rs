@@ -7,11 +7,14 @@
 pub mod arch;
 pub mod family;
 mod fork;
+mod guest_calls;
 pub mod hypercall;
+pub mod ipc;
 pub mod loader;
 pub mod monitor;
 pub mod outcome;
 pub mod registry;
+pub mod signals;
 pub mod teardown;
 pub mod vstate;
 

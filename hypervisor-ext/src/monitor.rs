@@ -14,9 +14,11 @@ use pvm_abi::{
 use crate::arch::{self, PageTables, Perm};
 use crate::family::{describe_record, Collected, Family, FamilyCounter, FamilyError, Ids, Limits};
 use crate::hypercall;
+use crate::ipc::Ipc;
 use crate::loader::{self, Image, LoadError};
 use crate::outcome::{Crash, Exception, Outcome};
 use crate::registry::{Entry, HostCounter, Registry, RegistryError, State};
+use crate::signals;
 use crate::vstate::memory::{Access, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{self, CaptureSetup, EntryState};
 use crate::vstate::{self, vm, KvmError};
@@ -67,6 +69,9 @@ pub enum MonitorError {
     /// The host-wide pVM limit is reached.
     #[error("the host runs {0} pVMs already, the limit (--max-pvms)")]
     HostLimit(u32),
+    /// The IPC regions could not be registered in a forked child's VM.
+    #[error("cannot register the IPC regions in the new VM (errno {})", -.0)]
+    Ipc(i64),
     /// KVM reported an exit the monitor does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),
@@ -191,10 +196,23 @@ pub struct Monitor {
     /// What capturing the vCPU for a fork needs, found at the first fork.
     pub(crate) capture_setup: Option<CaptureSetup>,
     pub(crate) family: Family,
+    pub(crate) ipc: Ipc,
+    /// Signals the guest handles, one bit per number.
+    pub(crate) handled_signals: u64,
     pub(crate) bench_fd: Option<RawFd>,
     /// Set in a forked child until its first hypercall: when the parent's fork hypercall came.
     pub(crate) fork_started_ns: Option<u64>,
     times: BootTimes,
+}
+
+/// What the vCPU loop must do after signals arrived.
+pub(crate) enum Attention {
+    /// Nothing (or only a pause, now over).
+    None,
+    /// A signal was given to the guest: a blocking hypercall returns `EINTR`.
+    Guest,
+    /// A signal ends the pVM.
+    End(Outcome),
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (comparable between the processes of a family).
@@ -305,6 +323,8 @@ impl Monitor {
             cpuid,
             capture_setup: None,
             family,
+            ipc: Ipc::default(),
+            handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,
             times: BootTimes {
@@ -345,9 +365,9 @@ impl Monitor {
     /// Runs the pVM until it exits, crashes or a stop signal arrives; records the end in the
     /// registry and tells the parent pVM (if any).
     pub fn run(&mut self) -> Result<Outcome, MonitorError> {
-        vcpu::arm_kick(&mut self.vcpu);
+        signals::arm_kick(&mut self.vcpu);
         let outcome = self.run_loop();
-        vcpu::disarm_kick();
+        signals::disarm_kick();
         let outcome = outcome?;
         self.family.report_outcome(&outcome);
         if let Some(entry) = &mut self.family.entry {
@@ -370,8 +390,11 @@ impl Monitor {
             let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
             if pid < 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    if let Some(sig) = vcpu::pending_signal() {
-                        self.signal_family(sig);
+                    let mask = signals::take();
+                    for sig in signals::GUEST_SIGNALS.into_iter().filter(|&s| s != libc::SIGCHLD) {
+                        if mask & (1 << sig) != 0 {
+                            self.signal_family(sig);
+                        }
                     }
                     continue;
                 }
@@ -406,12 +429,8 @@ impl Monitor {
 
     fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
         loop {
-            if let Some(sig) = vcpu::pending_signal() {
-                return Ok(Outcome::Signaled(sig));
-            }
-            if vcpu::pause_requested() {
-                self.pause();
-                continue;
+            if let Attention::End(outcome) = self.attend() {
+                return Ok(outcome);
             }
             let call = match self.vcpu.run() {
                 Ok(VcpuExit::MmioWrite(addr, data)) => hypercall::decode(addr, data),
@@ -461,10 +480,14 @@ impl Monitor {
                 Hypercall::Fork => self.fork(call.arg).map(|()| None),
                 Hypercall::Wait => self.wait(call.arg),
                 Hypercall::Clock => hypercall::clock(&self.mem, call.arg, monotonic_ns()).map(|()| None),
-                Hypercall::Pause => {
-                    vcpu::wait_for_stop_signal();
-                    Ok(None)
-                }
+                Hypercall::Pause => Ok(self.pause_hypercall()),
+                Hypercall::PipeCreate => self.pipe_create(call.arg).map(|()| None),
+                Hypercall::IpcWait => self.ipc_wait(call.arg),
+                Hypercall::IpcNotify => Ok(self.ipc.notify(call.arg)).map(|_| None),
+                Hypercall::IpcClose => Ok(self.ipc.close(&self.vm, call.arg)).map(|_| None),
+                Hypercall::SigAction => self.sig_action(call.arg).map(|()| None),
+                Hypercall::SigTake => self.sig_take(call.arg).map(|()| None),
+                Hypercall::Kill => self.kill(call.arg).map(|()| None),
             };
             match result {
                 Ok(None) => {}
@@ -474,18 +497,76 @@ impl Monitor {
         }
     }
 
-    /// `pvmctl pause`: the vCPU stays out of the guest until `pvmctl resume` (or a stop signal).
+    /// `pvmctl pause`: the vCPU stays out of the guest until `pvmctl resume` (or a signal).
     fn pause(&mut self) {
         if let Some(entry) = &mut self.family.entry {
             let _ = entry.set_state(State::Paused);
         }
-        vcpu::wait_while_paused();
+        signals::sleep_until(|| !signals::pause_requested() || signals::attention_without_pause());
         if let Some(entry) = &mut self.family.entry {
             let _ = entry.set_state(State::Running);
         }
     }
 
-    /// [`Hypercall::Wait`]: blocks in `waitpid` (a stop signal interrupts it and ends this pVM).
+    /// Acts on the signals and pause requests that arrived: ends the pVM (a signal whose
+    /// default action ends it), gives handled signals to the guest, or pauses.
+    pub(crate) fn attend(&mut self) -> Attention {
+        let mut delivered = false;
+        loop {
+            let mask = signals::take();
+            if mask != 0 {
+                tracing::debug!(
+                    mask = format_args!("{mask:#x}"),
+                    handled = format_args!("{:#x}", self.handled_signals),
+                    "signals"
+                );
+            }
+            let mut guest = 0u64;
+            for sig in 1..64 {
+                if mask & (1 << sig) == 0 {
+                    continue;
+                }
+                if self.handled_signals & (1 << sig) != 0 {
+                    guest |= 1 << sig;
+                } else if sig != libc::SIGCHLD {
+                    return Attention::End(Outcome::Signaled(sig));
+                }
+            }
+            if guest != 0 {
+                self.deliver_to_guest(guest);
+                delivered = true;
+            }
+            if signals::pause_requested() {
+                self.pause();
+                continue;
+            }
+            return if delivered {
+                Attention::Guest
+            } else {
+                Attention::None
+            };
+        }
+    }
+
+    /// [`Hypercall::Pause`]: sleeps until a signal; returns the end of the pVM, if it is one.
+    fn pause_hypercall(&mut self) -> Option<Outcome> {
+        loop {
+            if self.guest_signals_pending() {
+                tracing::debug!("pause: guest has pending signals");
+                return None;
+            }
+            tracing::debug!("pause: sleeping");
+            signals::sleep_until(signals::attention);
+            match self.attend() {
+                Attention::End(outcome) => return Some(outcome),
+                Attention::Guest => return None,
+                Attention::None => {}
+            }
+        }
+    }
+
+    /// [`Hypercall::Wait`]: blocks in `waitpid` (a signal interrupts it: one the guest handles
+    /// makes it return `EINTR`, one that ends the pVM ends it).
     fn wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
         let bad = || Crash::BadHypercall {
             addr: Hypercall::Wait.address(),
@@ -506,6 +587,10 @@ impl Monitor {
                 args.result = -errno::ECHILD;
                 break;
             }
+            if !nohang && self.guest_signals_pending() {
+                args.result = -errno::EINTR;
+                break;
+            }
             let pid = if target == 0 { -1 } else { target as i32 };
             let mut status = 0;
             // SAFETY: waitpid writes the status into a local.
@@ -514,17 +599,18 @@ impl Monitor {
                 break;
             }
             if r < 0 {
-                if let Some(sig) = vcpu::pending_signal() {
-                    return Ok(Some(Outcome::Signaled(sig)));
+                if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    args.result = -errno::ECHILD;
+                    break;
                 }
-                if vcpu::pause_requested() {
-                    self.pause();
+                match self.attend() {
+                    Attention::End(outcome) => return Ok(Some(outcome)),
+                    Attention::Guest => {
+                        args.result = -errno::EINTR;
+                        break;
+                    }
+                    Attention::None => continue,
                 }
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                args.result = -errno::ECHILD;
-                break;
             }
             match self.family.collect(r as u32, status) {
                 Collected::Child(id, record) => {
@@ -654,6 +740,13 @@ fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::Ar
         layout::PAGE_SIZE,
         Perm::USER_RW,
     )?;
+    // The whole IPC window, backed later region by region (each its own memory slot).
+    identity(
+        &mut pt,
+        layout::IPC_BASE,
+        layout::IPC_BASE + layout::IPC_SIZE,
+        Perm::USER_RW,
+    )?;
     Ok(pt.root())
 }
 
@@ -677,6 +770,7 @@ fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) 
         pvm_id: u64::from(ids.id),
         parent_id: u64::from(ids.parent),
         family_id: u64::from(ids.family),
+        pending_signals: 0,
         mem_size: mem.size(),
         heap_start: image.end(),
         heap_end: loader::image_limit(mem.size()),

@@ -19,10 +19,12 @@ extern crate alloc;
 
 mod console;
 pub mod hypercall;
+pub mod ipc;
 mod mem;
 pub mod process;
 #[doc(hidden)]
 pub mod rt;
+pub mod signal;
 pub mod time;
 
 pub use console::{_print, flush};

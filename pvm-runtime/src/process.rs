@@ -143,6 +143,7 @@ pub fn fork() -> Result<Fork, Error> {
     crate::console::flush();
     let mut args = ForkArgs::default();
     raw(Hypercall::Fork, &mut args as *mut ForkArgs as u64);
+    crate::signal::dispatch();
     match args.result {
         0 => Ok(Fork::Child),
         id if id > 0 => Ok(Fork::Parent(Child { id: id as u64 })),
@@ -191,5 +192,6 @@ pub fn pause() -> ! {
     crate::console::flush();
     loop {
         raw(Hypercall::Pause, 0);
+        crate::signal::dispatch();
     }
 }

@@ -12,6 +12,7 @@ impl Instant {
     pub fn now() -> Instant {
         let mut args = ClockArgs::default();
         crate::hypercall::raw(Hypercall::Clock, &mut args as *mut ClockArgs as u64);
+        crate::signal::dispatch();
         Instant(args.nanos)
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hypervisor_ext::registry::{Entry, Registry, RegistryError, State};
-use hypervisor_ext::vstate::vcpu::{pause_signal, resume_signal};
+use hypervisor_ext::signals::{pause_signal, resume_signal};
 use serde::Serialize;
 
 use crate::run::RunDir;

@@ -1,0 +1,353 @@
+//! IPC scenarios the integration tests check; the first argument names one.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pvm::ipc::{self, Error};
+use pvm::signal::{self, Signal};
+use pvm::Fork;
+
+pvm::main!(main);
+
+fn main() -> i32 {
+    let mut args = pvm::args().skip(1);
+    let what = args.next().unwrap_or("");
+    let arg: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let result = match what {
+        "pipe" => pipe(),
+        "broken" => broken(),
+        "nonblock" => nonblock(),
+        "interrupt" => interrupt(),
+        "default-action" => default_action(),
+        "chld" => chld(),
+        "kill-other" => kill_other(arg),
+        "peer-death-reader" => peer_death_reader(),
+        "peer-death-writer" => peer_death_writer(),
+        "scribble" => scribble(),
+        "hostile" => hostile(),
+        "handled-term" => handled_term(),
+        _ => {
+            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term");
+            return 2;
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            pvm::println!("error: {e}");
+            1
+        }
+    }
+}
+
+fn fork() -> Fork {
+    match pvm::fork() {
+        Ok(f) => f,
+        Err(e) => {
+            pvm::println!("fork failed: {e}");
+            pvm::exit(90)
+        }
+    }
+}
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 251) as u8
+}
+
+/// 300 KB through a 64 KiB pipe from a child, then end of file.
+fn pipe() -> Result<(), Error> {
+    let (mut r, mut w) = ipc::pipe()?;
+    const TOTAL: usize = 300_000;
+    match fork() {
+        Fork::Child => {
+            drop(r);
+            let data: alloc::vec::Vec<u8> = (0..TOTAL).map(pattern).collect();
+            for chunk in data.chunks(7_777) {
+                w.write_all(chunk)?;
+            }
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            drop(w);
+            let mut got = 0usize;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                for (k, b) in buf[..n].iter().enumerate() {
+                    if *b != pattern(got + k) {
+                        pvm::println!("pipe: wrong byte at {}", got + k);
+                        pvm::exit(1);
+                    }
+                }
+                got += n;
+            }
+            pvm::println!(
+                "pipe: read {got} bytes in order, then end of file; writer {:?}",
+                child.wait()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Every reader gone: the writer gets BrokenPipe once the ring is full.
+fn broken() -> Result<(), Error> {
+    let (r, mut w) = ipc::pipe_with_capacity(4096)?;
+    match fork() {
+        Fork::Child => {
+            drop(r);
+            let mut sent = 0usize;
+            let err = loop {
+                match w.write(&[1u8; 1000]) {
+                    Ok(n) => sent += n,
+                    Err(e) => break e,
+                }
+            };
+            pvm::println!("broken: wrote {sent} bytes, then {err:?}");
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            drop(r);
+            drop(w);
+            let _ = child.wait();
+            Ok(())
+        }
+    }
+}
+
+fn nonblock() -> Result<(), Error> {
+    let (mut r, mut w) = ipc::pipe_with_capacity(8192)?;
+    r.set_nonblocking(true);
+    w.set_nonblocking(true);
+    let empty = r.read(&mut [0u8; 16]);
+    let mut written = 0usize;
+    let full = loop {
+        match w.write(&[3u8; 3000]) {
+            Ok(n) => written += n,
+            Err(e) => break e,
+        }
+    };
+    pvm::println!("nonblock: empty read {empty:?}; wrote {written} then {full:?}");
+    Ok(())
+}
+
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+fn count(_: Signal) {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A read blocked on an empty pipe returns Interrupted after the handler for the signal a
+/// child sent ran.
+fn interrupt() -> Result<(), Error> {
+    let (mut r, w) = ipc::pipe()?;
+    if signal::on(Signal::Usr1, count).is_err() {
+        pvm::exit(3);
+    }
+    let parent = pvm::id();
+    match fork() {
+        Fork::Child => {
+            let sent = signal::kill(parent, Signal::Usr1);
+            drop(w);
+            pvm::exit(if sent.is_ok() { 0 } else { 1 })
+        }
+        Fork::Parent(child) => {
+            let result = r.read(&mut [0u8; 8]);
+            pvm::println!(
+                "interrupt: read {result:?}, handler ran {} time(s)",
+                HANDLED.load(Ordering::SeqCst)
+            );
+            pvm::println!("interrupt: child {:?}", child.wait());
+            drop(w);
+            Ok(())
+        }
+    }
+}
+
+/// Signals without a handler take their default action: USR2 ends the child.
+fn default_action() -> Result<(), Error> {
+    match fork() {
+        Fork::Child => pvm::pause(),
+        Fork::Parent(child) => {
+            let sent = signal::kill(child.id(), Signal::Usr2);
+            pvm::println!("default-action: sent {sent:?}, child {:?}", child.wait());
+            Ok(())
+        }
+    }
+}
+
+fn on_chld(_: Signal) {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// CHLD is ignored by default and runs a handler when one is set.
+fn chld() -> Result<(), Error> {
+    if let Fork::Child = fork() {
+        pvm::exit(4);
+    }
+    let _ = pvm::wait_any();
+    pvm::println!("chld: unhandled CHLD ignored");
+    if signal::on(Signal::Chld, on_chld).is_err() {
+        pvm::exit(3);
+    }
+    if let Fork::Child = fork() {
+        pvm::exit(5);
+    }
+    let status = pvm::wait_any();
+    // The CHLD may arrive just after the wait returned: poll until the handler ran.
+    let start = pvm::time::Instant::now();
+    while HANDLED.load(Ordering::SeqCst) == 0 && start.elapsed().as_secs() < 10 {
+        signal::dispatch();
+        let _ = pvm::time::Instant::now();
+    }
+    pvm::println!(
+        "chld: handler ran {} time(s); {status:?}",
+        HANDLED.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
+/// Signalling a pVM of another family is refused.
+fn kill_other(id: u64) -> Result<(), Error> {
+    pvm::println!("kill-other: {:?}", signal::kill(id, Signal::Term));
+    pvm::println!(
+        "kill-other: nonexistent {:?}",
+        signal::kill(999_999_999, Signal::Term)
+    );
+    Ok(())
+}
+
+/// The writer is killed (SIGKILL, by the test) while the reader waits: the reader sees EOF.
+fn peer_death_reader() -> Result<(), Error> {
+    let (mut r, mut w) = ipc::pipe()?;
+    match fork() {
+        Fork::Child => {
+            drop(r);
+            w.write_all(b"0123456789")?;
+            pvm::println!("writer ready: {}", pvm::id());
+            pvm::pause()
+        }
+        Fork::Parent(child) => {
+            drop(w);
+            let mut buf = [0u8; 10];
+            r.read_exact(&mut buf)?;
+            pvm::println!("reader got 10 bytes, waiting for more");
+            let n = r.read(&mut buf)?;
+            pvm::println!(
+                "reader: read returned {n} after the writer died; {:?}",
+                child.wait()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The reader is killed while the writer waits for room: the writer gets BrokenPipe.
+fn peer_death_writer() -> Result<(), Error> {
+    let (r, mut w) = ipc::pipe_with_capacity(4096)?;
+    match fork() {
+        Fork::Child => {
+            drop(w);
+            pvm::println!("reader ready: {}", pvm::id());
+            let _keep = r;
+            pvm::pause()
+        }
+        Fork::Parent(child) => {
+            drop(r);
+            w.write_all(&[9u8; 4096])?;
+            pvm::println!("writer filled the pipe, waiting for room");
+            let result = w.write(&[9u8; 10]);
+            pvm::println!("writer: {result:?} after the reader died; {:?}", child.wait());
+            Ok(())
+        }
+    }
+}
+
+/// A child scribbles over the ring's indices: the parent's read reports corruption; both
+/// monitors go on.
+fn scribble() -> Result<(), Error> {
+    let (mut r, w) = ipc::pipe_with_capacity(4096)?;
+    match fork() {
+        Fork::Child => {
+            // The ring header is at the start of the region, right where the reader looks.
+            // SAFETY: deliberately corrupts the shared ring through its mapping.
+            unsafe {
+                let header = r_addr(&r) as *mut u64;
+                core::ptr::write_volatile(header.add(8), u64::MAX / 3); // head
+            }
+            drop(w);
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            let _ = child.wait();
+            let result = r.read(&mut [0u8; 16]);
+            pvm::println!("scribble: read {result:?}");
+            drop(w);
+            Ok(())
+        }
+    }
+}
+
+/// Where the ring of this pVM's first pipe is: the first region of the IPC window.
+fn r_addr(_: &ipc::Reader) -> u64 {
+    pvm_abi::layout::IPC_BASE
+}
+
+/// Bogus handles and capacities from the guest get errors; the pVM lives on.
+fn hostile() -> Result<(), Error> {
+    pvm::println!("hostile: capacity 5000 {:?}", ipc::pipe_with_capacity(5000).err());
+    pvm::println!(
+        "hostile: capacity 2 MiB {:?}",
+        ipc::pipe_with_capacity(2 << 20).err()
+    );
+    let mut args = pvm_abi::IpcWaitArgs {
+        handle: 12345,
+        result: 0,
+    };
+    pvm::hypercall::raw(
+        pvm::hypercall::Hypercall::IpcWait,
+        &mut args as *mut pvm_abi::IpcWaitArgs as u64,
+    );
+    pvm::println!("hostile: wait on a bad handle {}", args.result);
+    pvm::hypercall::raw(pvm::hypercall::Hypercall::IpcClose, 999);
+    pvm::hypercall::raw(pvm::hypercall::Hypercall::IpcNotify, u64::MAX);
+    // Many pipes: the window runs out and the call says so.
+    let mut pipes = alloc::vec::Vec::new();
+    let err = loop {
+        match ipc::pipe_with_capacity(4096) {
+            Ok(p) => pipes.push(p),
+            Err(e) => break e,
+        }
+    };
+    pvm::println!("hostile: {} pipes, then {err:?}", pipes.len());
+    drop(pipes);
+    let (_r, _w) = ipc::pipe()?;
+    pvm::println!("hostile: a pipe again after closing them all");
+    Ok(())
+}
+
+/// A TERM handler replaces the default action: `pvmctl kill -s TERM` runs it.
+fn handled_term() -> Result<(), Error> {
+    if signal::on(Signal::Term, count).is_err() {
+        pvm::exit(3);
+    }
+    pvm::println!("handled-term: ready {}", pvm::id());
+    while HANDLED.load(Ordering::SeqCst) == 0 {
+        // Sleeps in the monitor; returns (at once, if the signal came meanwhile) so that the
+        // handler runs.
+        pause_once();
+    }
+    pvm::println!("handled-term: TERM handled, exiting normally");
+    Ok(())
+}
+
+fn pause_once() {
+    pvm::hypercall::raw(pvm::hypercall::Hypercall::Pause, 0);
+    signal::dispatch();
+}

@@ -1,0 +1,191 @@
+//! Host signals of a monitor: how they reach the vCPU loop.
+//!
+//! Handlers only store to atomics and set `kvm_run.immediate_exit` (the race-free kick of
+//! Firecracker): inside KVM_RUN the signal makes it return EINTR, and about to enter it makes it
+//! return at once. Blocking waits (waitpid, poll, sigsuspend) check the atomics with the signals
+//! blocked and sleep with them unblocked atomically, so no signal is lost in between.
+//!
+//! Guest-visible signals (HUP, INT, USR1, USR2, TERM, CHLD) are host signals of the same number
+//! sent to the monitor: by `pvmctl kill -s`, by another pVM's `Kill` hypercall, or by the kernel
+//! (SIGCHLD). The monitor gives a signal its guest handles to the guest; otherwise it applies
+//! the default action (CHLD: ignore; the others: end the pVM).
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use kvm_ioctls::VcpuFd;
+
+/// The `immediate_exit` byte of the running vCPU, for the handler.
+static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+/// Guest-visible signals received and not yet taken, one bit per number.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+/// A pause request arrived and no resume since.
+static PAUSE_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Host signal `pvmctl pause` sends a monitor.
+pub fn pause_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+/// Host signal `pvmctl resume` sends a monitor.
+pub fn resume_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+/// Guest-visible signals.
+pub const GUEST_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTERM,
+    libc::SIGCHLD,
+];
+
+/// Every signal a monitor handles.
+pub fn all_signals() -> Vec<libc::c_int> {
+    let mut all = GUEST_SIGNALS.to_vec();
+    all.extend([pause_signal(), resume_signal()]);
+    all
+}
+
+fn kick() {
+    let p = IMMEDIATE_EXIT.load(Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: p points into the kvm_run mapping of the vCPU registered by `arm_kick`, which
+        // stays mapped until the pointer is replaced or cleared. A byte store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == pause_signal() {
+        PAUSE_REQUESTED.store(true, Ordering::SeqCst);
+    } else if sig == resume_signal() {
+        PAUSE_REQUESTED.store(false, Ordering::SeqCst);
+    } else if (1..64).contains(&sig) {
+        PENDING.fetch_or(1 << sig, Ordering::SeqCst);
+    }
+    kick();
+}
+
+/// Installs the handlers and makes them kick `vcpu`.
+pub fn arm_kick(vcpu: &mut VcpuFd) {
+    let run = vcpu.get_kvm_run();
+    IMMEDIATE_EXIT.store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);
+    for sig in all_signals() {
+        // SAFETY: installs a handler that only performs atomic stores; no SA_RESTART so a
+        // blocking KVM_RUN, waitpid or poll returns EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Forgets the vCPU registered by [`arm_kick`] (call before dropping it).
+pub fn disarm_kick() {
+    IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
+}
+
+/// Takes the guest-visible signals received so far (one bit per number).
+pub fn take() -> u64 {
+    PENDING.swap(0, Ordering::SeqCst)
+}
+
+/// Puts signals back (a sleep that was not theirs to handle).
+pub fn put_back(mask: u64) {
+    PENDING.fetch_or(mask, Ordering::SeqCst);
+}
+
+/// Whether a guest-visible signal or a pause request waits for the vCPU loop.
+pub fn attention() -> bool {
+    PENDING.load(Ordering::SeqCst) != 0 || PAUSE_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Whether a guest-visible signal waits for the vCPU loop.
+pub fn attention_without_pause() -> bool {
+    PENDING.load(Ordering::SeqCst) != 0
+}
+
+/// Whether a pause was requested and not yet resumed.
+pub fn pause_requested() -> bool {
+    PAUSE_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// What was pending in the monitor when it forked (see [`forget_inherited`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Inherited {
+    pending: u64,
+    pause: bool,
+}
+
+/// Notes what is pending, right before a fork.
+pub fn snapshot() -> Inherited {
+    Inherited {
+        pending: PENDING.load(Ordering::SeqCst),
+        pause: PAUSE_REQUESTED.load(Ordering::SeqCst),
+    }
+}
+
+/// In a forked child: forgets what was pending in the parent at fork time (as on Unix, those
+/// signals are not the child's), but not what was sent to the child since.
+pub fn forget_inherited(inherited: Inherited) {
+    PENDING.fetch_and(!inherited.pending, Ordering::SeqCst);
+    if inherited.pause {
+        PAUSE_REQUESTED.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs `sleep(old_mask)` with the monitor's signals blocked around a check of `done()`, so a
+/// signal arriving between the check and the sleep is not lost: `sleep` must unblock them
+/// atomically (sigsuspend, ppoll). Repeats until `done()`.
+fn with_signals_blocked<T>(
+    done: impl Fn() -> bool,
+    mut sleep: impl FnMut(&libc::sigset_t) -> Option<T>,
+) -> Option<T> {
+    // SAFETY: sigset manipulation on local sets and sigprocmask on this single-threaded
+    // process; the old mask is restored before returning.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for sig in all_signals() {
+            libc::sigaddset(&mut block, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
+        let mut result = None;
+        while !done() {
+            if let Some(r) = sleep(&old) {
+                result = Some(r);
+                break;
+            }
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+/// Sleeps until `done()` holds (checked after every signal).
+pub fn sleep_until(done: impl Fn() -> bool) {
+    with_signals_blocked(done, |old| {
+        // SAFETY: sigsuspend with a valid mask; it returns after a handler ran.
+        unsafe { libc::sigsuspend(old) };
+        None::<()>
+    });
+}
+
+/// Polls `fd` for input until it is ready (returns its revents) or `interrupted()` holds
+/// (returns None).
+pub fn poll_unless(fd: libc::c_int, interrupted: impl Fn() -> bool) -> Option<i16> {
+    with_signals_blocked(interrupted, |old| {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: ppoll on one valid pollfd with a valid signal mask, no timeout.
+        let r = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), old) };
+        (r > 0).then_some(pfd.revents)
+    })
+}

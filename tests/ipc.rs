@@ -1,0 +1,184 @@
+//! IPC within a family on real KVM: pipes across fork, EOF and broken pipe, signals and their
+//! default actions, family isolation, peer death, hostile arguments and ring corruption.
+mod common;
+
+use common::*;
+
+fn ipctest(test: &str, scenario: &str) -> Output {
+    let out = run_guest(test, &[], "ipctest", &[scenario]);
+    out.expect_no_host_panic();
+    out
+}
+
+#[test]
+fn a_pipe_across_fork_streams_in_order_then_ends() {
+    let out = ipctest("ipc-pipe", "pipe");
+    out.expect_status(0);
+    assert!(
+        out.stdout
+            .contains("pipe: read 300000 bytes in order, then end of file; writer Ok(Exited(0))"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn writing_with_every_reader_gone_is_a_broken_pipe() {
+    let out = ipctest("ipc-broken", "broken");
+    out.expect_status(0);
+    assert!(
+        out.stdout.contains("broken: wrote 4096 bytes, then BrokenPipe"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn non_blocking_ends_say_would_block() {
+    let out = ipctest("ipc-nonblock", "nonblock");
+    out.expect_status(0);
+    assert!(
+        out.stdout
+            .contains("nonblock: empty read Err(WouldBlock); wrote 8192 then WouldBlock"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn a_blocked_read_returns_interrupted_after_the_handler_ran() {
+    let out = ipctest("ipc-interrupt", "interrupt");
+    out.expect_status(0);
+    assert!(
+        out.stdout
+            .contains("interrupt: read Err(Interrupted), handler ran 1 time(s)"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("interrupt: child Ok(Exited(0))"), "{out:#?}");
+}
+
+#[test]
+fn an_unhandled_signal_takes_its_default_action() {
+    let out = ipctest("ipc-default", "default-action");
+    out.expect_status(0);
+    assert!(
+        out.stdout
+            .contains("default-action: sent Ok(()), child Ok(Killed(12))"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn chld_is_ignored_by_default_and_handled_on_request() {
+    let out = ipctest("ipc-chld", "chld");
+    out.expect_status(0);
+    assert!(out.stdout.contains("chld: unhandled CHLD ignored"), "{out:#?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("chld: handler ran"))
+        .unwrap();
+    assert!(!line.starts_with("chld: handler ran 0 "), "{line}");
+    assert!(line.ends_with("Exited(5)))"), "{line}");
+}
+
+#[test]
+fn pvmctl_kill_delivers_a_guest_visible_signal() {
+    let test = "ipc-pvmctl-term";
+    let mut pvm = Running::start(test, &[], "ipctest", &["handled-term"]);
+    let id = pvm.expect("handled-term: ready ");
+    ctl(test, &["kill", "-s", "TERM", &id]).expect_status(0);
+    pvm.expect("handled-term: TERM handled, exiting normally");
+    pvm.finish().expect_status(0);
+}
+
+#[test]
+fn signals_to_another_family_are_refused() {
+    let test = "ipc-isolation";
+    let mut other = Running::start(test, &[], "forktest", &["idle", "0"]);
+    other.expect("idle: 0 children forked");
+    let target = other.id().to_string();
+    let out = run_guest(test, &[], "ipctest", &["kill-other", &target]);
+    out.expect_status(0);
+    assert!(
+        out.stdout.contains("kill-other: Err(PermissionDenied)"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("kill-other: nonexistent Err(NoSuchPvm)"),
+        "{out:#?}"
+    );
+    // The other family was not touched.
+    let rows = ps_json(test, false);
+    assert!(
+        rows.iter()
+            .any(|r| r["id"].as_u64() == Some(u64::from(other.id()))),
+        "{rows:#?}"
+    );
+    ctl(test, &["kill", &target]).expect_status(0);
+    other.finish().expect_status(143);
+}
+
+#[test]
+fn a_reader_sees_end_of_file_when_its_writer_is_killed() {
+    let test = "ipc-peer-death-reader";
+    let mut family = Running::start(test, &[], "ipctest", &["peer-death-reader"]);
+    let writer: i32 = family.expect("writer ready: ").parse().unwrap();
+    family.expect("reader got 10 bytes, waiting for more");
+    // SAFETY: kills a monitor process of this test.
+    assert_eq!(unsafe { libc::kill(writer, libc::SIGKILL) }, 0);
+    assert_eq!(
+        family.expect("reader: "),
+        "read returned 0 after the writer died; Ok(Killed(9))"
+    );
+    family.finish().expect_status(0);
+}
+
+#[test]
+fn a_writer_sees_a_broken_pipe_when_its_reader_is_killed() {
+    let test = "ipc-peer-death-writer";
+    let mut family = Running::start(test, &[], "ipctest", &["peer-death-writer"]);
+    let reader: i32 = family.expect("reader ready: ").parse().unwrap();
+    family.expect("writer filled the pipe, waiting for room");
+    // SAFETY: kills a monitor process of this test.
+    assert_eq!(unsafe { libc::kill(reader, libc::SIGKILL) }, 0);
+    assert_eq!(
+        family.expect("writer: "),
+        "Err(BrokenPipe) after the reader died; Ok(Killed(9))"
+    );
+    family.finish().expect_status(0);
+}
+
+#[test]
+fn a_scribbled_ring_corrupts_only_its_channel() {
+    let out = ipctest("ipc-scribble", "scribble");
+    out.expect_status(0);
+    assert!(out.stdout.contains("scribble: read Err(Corrupted)"), "{out:#?}");
+}
+
+#[test]
+fn hostile_ipc_arguments_get_errors() {
+    let out = ipctest("ipc-hostile", "hostile");
+    out.expect_status(0);
+    for line in [
+        "hostile: capacity 5000 Some(Unavailable)",
+        "hostile: capacity 2 MiB Some(Unavailable)",
+        "hostile: wait on a bad handle -9",
+        "hostile: 512 pipes, then Unavailable",
+        "hostile: a pipe again after closing them all",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+}
+
+#[test]
+fn pingpong_bounces_with_and_without_spinning() {
+    for opts in [&["300"][..], &["100", "--no-spin"][..]] {
+        let out = run_guest("ipc-pingpong", &[], "pingpong", opts);
+        out.expect_status(0);
+        let rounds = opts[0];
+        assert!(
+            out.stdout
+                .starts_with(&format!("pingpong: {rounds} round trips of 1 byte(s): median ")),
+            "{out:#?}"
+        );
+        assert!(out.stdout.contains("peer Ok(Exited(0))"), "{out:#?}");
+    }
+}
