@@ -66,6 +66,8 @@ pub mod layout {
     pub const RING0_STACK_ADDR: u64 = 0x4000;
     /// Size of the ring-0 stack.
     pub const RING0_STACK_SIZE: u64 = 0x3000;
+    /// The guest status page (user read-write): a [`crate::GuestStatus`].
+    pub const STATUS_ADDR: u64 = 0x8000;
     /// Separate stack for #DF (TSS.IST1), so a bad RSP0 can still be reported.
     pub const DF_STACK_ADDR: u64 = 0x7000;
     /// Size of the #DF stack.
@@ -100,13 +102,14 @@ pub mod layout {
     pub const IPC_SLOT_SIZE: u64 = LARGE_PAGE_SIZE;
 
     // The layout is checked at compile time.
-    const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= BOOT_INFO_ADDR);
+    const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= STATUS_ADDR);
+    const _: () = assert!(STATUS_ADDR + PAGE_SIZE <= BOOT_INFO_ADDR);
     const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
     const _: () = assert!(PAGE_TABLES_ADDR < IMAGE_BASE);
     const _: () = assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
 }
 
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 104);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 96);
 
 /// Hypercall numbers.
 #[repr(u64)]
@@ -140,16 +143,13 @@ pub enum Hypercall {
     /// Handle a signal or restore its default action. Argument: the address of a
     /// [`SigActionArgs`].
     SigAction = 12,
-    /// Take the pending signals (clearing [`BootInfo::pending_signals`]). Argument: the address
-    /// of a [`SigTakeArgs`].
-    SigTake = 13,
     /// Send a signal to a pVM of the same family. Argument: the address of a [`KillArgs`].
-    Kill = 14,
+    Kill = 13,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 14] = [
+    pub const ALL: [Hypercall; 13] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -162,7 +162,6 @@ impl Hypercall {
         Hypercall::IpcNotify,
         Hypercall::IpcClose,
         Hypercall::SigAction,
-        Hypercall::SigTake,
         Hypercall::Kill,
     ];
 
@@ -363,15 +362,17 @@ pub struct SigActionArgs {
 // SAFETY: repr(C), three 8-byte integers.
 unsafe impl Plain for SigActionArgs {}
 
-/// Arguments of [`Hypercall::SigTake`].
+/// The guest status page at [`layout::STATUS_ADDR`], shared by guest and monitor while the
+/// vCPU is stopped (single vCPU: never concurrently).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SigTakeArgs {
-    /// OUT: the pending handled signals, one bit per number; now cleared.
-    pub mask: u64,
+pub struct GuestStatus {
+    /// Signals that arrived for handlers the guest registered, one bit per number: set by the
+    /// monitor, taken by the guest (an atomic swap with 0), so delivery costs no extra exit.
+    pub pending_signals: u64,
 }
 // SAFETY: repr(C), one 8-byte integer.
-unsafe impl Plain for SigTakeArgs {}
+unsafe impl Plain for GuestStatus {}
 
 /// Arguments of [`Hypercall::Kill`].
 #[repr(C)]
@@ -429,9 +430,6 @@ pub struct BootInfo {
     pub parent_id: u64,
     /// Id of the family (its root's id).
     pub family_id: u64,
-    /// Signals that arrived for handlers the guest registered, one bit per signal number
-    /// (set by the monitor, taken with [`Hypercall::SigTake`]).
-    pub pending_signals: u64,
     /// Size of guest RAM in bytes.
     pub mem_size: u64,
     /// First byte of the heap (page-aligned, after the image).
@@ -447,7 +445,7 @@ pub struct BootInfo {
     /// Length in bytes of the argument bytes.
     pub args_len: u64,
 }
-// SAFETY: repr(C), thirteen 8-byte integers, no padding.
+// SAFETY: repr(C), twelve 8-byte integers, no padding.
 unsafe impl Plain for BootInfo {}
 
 /// Exception vectors with a CPU-pushed error code.

@@ -10,7 +10,7 @@
 //! and 0 in the child. The monitor is single-threaded when it forks.
 use std::io::Write;
 
-use pvm_abi::{errno, layout, BootInfo, ForkArgs, Hypercall};
+use pvm_abi::{errno, layout, BootInfo, ForkArgs, GuestStatus, Hypercall};
 
 use crate::family::{outcome_pipe, FamilyError};
 use crate::monitor::{monotonic_ns, Monitor, MonitorError, BENCH_PARENT_PAUSE};
@@ -136,7 +136,6 @@ impl Monitor {
             (std::mem::offset_of!(BootInfo, pvm_id), ids.id),
             (std::mem::offset_of!(BootInfo, parent_id), ids.parent),
             (std::mem::offset_of!(BootInfo, family_id), ids.family),
-            (std::mem::offset_of!(BootInfo, pending_signals), 0),
         ] {
             self.mem.write_obj(
                 layout::BOOT_INFO_ADDR + offset as u64,
@@ -144,6 +143,9 @@ impl Monitor {
                 Access::Monitor,
             )?;
         }
+        // Signals pending for the parent's handlers are not the child's.
+        self.mem
+            .write_obj(layout::STATUS_ADDR, &GuestStatus::default(), Access::Monitor)?;
         let template = template.unwrap_or_else(|| Entry {
             id,
             parent: 0,

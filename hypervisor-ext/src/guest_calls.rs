@@ -1,6 +1,6 @@
 //! Hypercalls for IPC and guest-visible signals.
 use pvm_abi::{
-    errno, layout, signal, BootInfo, Hypercall, IpcWaitArgs, KillArgs, PipeArgs, SigActionArgs, SigTakeArgs,
+    errno, layout, signal, GuestStatus, Hypercall, IpcWaitArgs, KillArgs, PipeArgs, SigActionArgs,
 };
 
 use crate::ipc::Woken;
@@ -27,7 +27,7 @@ fn bad(call: Hypercall) -> Crash {
     }
 }
 
-const PENDING_AT: u64 = layout::BOOT_INFO_ADDR + std::mem::offset_of!(BootInfo, pending_signals) as u64;
+const PENDING_AT: u64 = layout::STATUS_ADDR + std::mem::offset_of!(GuestStatus, pending_signals) as u64;
 
 impl Monitor {
     /// [`Hypercall::PipeCreate`].
@@ -80,12 +80,13 @@ impl Monitor {
 
     /// Whether signals given to the guest wait for its handlers (then it must not sleep).
     pub(crate) fn guest_signals_pending(&self) -> bool {
+        // The guest may write this page: any value just means "run your handlers first".
         self.mem
             .read_obj::<u64>(PENDING_AT, Access::Monitor)
             .is_ok_and(|p| p != 0)
     }
 
-    /// Adds `mask` to the guest's pending signals (in its boot block).
+    /// Adds `mask` to the guest's pending signals (in its status page).
     pub(crate) fn deliver_to_guest(&mut self, mask: u64) {
         let pending: u64 = self.mem.read_obj(PENDING_AT, Access::Monitor).unwrap_or(0);
         let _ = self.mem.write_obj(PENDING_AT, &(pending | mask), Access::Monitor);
@@ -111,16 +112,6 @@ impl Monitor {
         self.mem
             .write_obj(arg, &args, Access::Guest)
             .map_err(|_| bad(Hypercall::SigAction))
-    }
-
-    /// [`Hypercall::SigTake`].
-    pub(crate) fn sig_take(&mut self, arg: u64) -> Result<(), Crash> {
-        let mask: u64 = self.mem.read_obj(PENDING_AT, Access::Monitor).unwrap_or(0);
-        let _ = self.mem.write_obj(PENDING_AT, &0u64, Access::Monitor);
-        tracing::debug!(mask = format_args!("{mask:#x}"), "sigtake");
-        self.mem
-            .write_obj(arg, &SigTakeArgs { mask }, Access::Guest)
-            .map_err(|_| bad(Hypercall::SigTake))
     }
 
     /// [`Hypercall::Kill`]: only within the family (KylinX's rule); the signal travels as the

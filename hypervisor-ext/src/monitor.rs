@@ -486,7 +486,6 @@ impl Monitor {
                 Hypercall::IpcNotify => Ok(self.ipc.notify(call.arg)).map(|_| None),
                 Hypercall::IpcClose => Ok(self.ipc.close(&self.vm, call.arg)).map(|_| None),
                 Hypercall::SigAction => self.sig_action(call.arg).map(|()| None),
-                Hypercall::SigTake => self.sig_take(call.arg).map(|()| None),
                 Hypercall::Kill => self.kill(call.arg).map(|()| None),
             };
             match result {
@@ -719,6 +718,8 @@ fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::Ar
     )?;
     let stacks_end = layout::DF_STACK_ADDR + layout::DF_STACK_SIZE;
     identity(&mut pt, layout::RING0_STACK_ADDR, stacks_end, Perm::KERNEL_RW)?;
+    let status_end = layout::STATUS_ADDR + layout::PAGE_SIZE;
+    identity(&mut pt, layout::STATUS_ADDR, status_end, Perm::USER_RW)?;
     let boot_end = layout::BOOT_INFO_ADDR + layout::BOOT_INFO_SIZE;
     identity(&mut pt, layout::BOOT_INFO_ADDR, boot_end, Perm::USER_RO)?;
     for s in &image.segments {
@@ -770,7 +771,6 @@ fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) 
         pvm_id: u64::from(ids.id),
         parent_id: u64::from(ids.parent),
         family_id: u64::from(ids.family),
-        pending_signals: 0,
         mem_size: mem.size(),
         heap_start: image.end(),
         heap_end: loader::image_limit(mem.size()),

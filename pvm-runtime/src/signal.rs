@@ -4,12 +4,11 @@
 //! exits to the monitor, except console output) or while the pVM sleeps in the monitor: a
 //! blocked pipe read then returns `Interrupted` after the handler ran. A signal without a
 //! handler takes its default action: CHLD is ignored, the others end the pVM.
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use pvm_abi::{errno, signal, Hypercall, KillArgs, SigActionArgs, SigTakeArgs};
+use pvm_abi::{errno, layout, signal, Hypercall, KillArgs, SigActionArgs};
 
 use crate::hypercall::raw;
-use crate::rt::boot_info;
 
 /// A signal.
 #[repr(u64)]
@@ -123,16 +122,15 @@ pub fn kill(id: u64, sig: Signal) -> Result<(), Error> {
 /// Runs the handlers of signals that arrived (also done after every hypercall this crate makes,
 /// except console output, so call it only to run handlers while computing without hypercalls).
 pub fn dispatch() {
-    // SAFETY: reads the monitor's boot block, mapped read-only for the pVM's life; volatile
-    // because the monitor writes it while the guest runs no code.
-    let pending = unsafe { core::ptr::read_volatile(&boot_info().pending_signals) };
-    if pending == 0 || DISPATCHING.swap(true, Ordering::SeqCst) {
+    // SAFETY: the monitor maps the status page user read-write for the pVM's life; the monitor
+    // only writes it while the vCPU is stopped, so an atomic view of the word is sound.
+    let pending = unsafe { &*(layout::STATUS_ADDR as *const AtomicU64) };
+    if pending.load(Ordering::SeqCst) == 0 || DISPATCHING.swap(true, Ordering::SeqCst) {
         return;
     }
-    let mut take = SigTakeArgs::default();
-    raw(Hypercall::SigTake, &mut take as *mut SigTakeArgs as u64);
+    let mask = pending.swap(0, Ordering::SeqCst);
     for (n, slot) in HANDLERS.iter().enumerate().skip(1) {
-        if take.mask & (1 << n) == 0 {
+        if mask & (1 << n) == 0 {
             continue;
         }
         let h = slot.load(Ordering::SeqCst);

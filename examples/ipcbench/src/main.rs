@@ -1,0 +1,145 @@
+//! The guest side of `pvmctl bench ipc`:
+//! - `stream MIB [--no-spin]`: a child writes MIB MiB in 64 KiB writes through a pipe, the
+//!   parent reads it all; prints the throughput.
+//! - `signal N`: parent and child bounce USR1 N times (kill, handler, kill back); prints the
+//!   round trip (two deliveries) median and p99.
+//!
+//! Times come from the TSC (no exit), calibrated against the host clock over the whole run.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pvm::ipc;
+use pvm::signal::{self, Signal};
+use pvm::Fork;
+
+pvm::main!(main);
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects and is allowed at CPL3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn main() -> i32 {
+    let mut args = pvm::args().skip(1);
+    let what = args.next().unwrap_or("");
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    if args.next() == Some("--no-spin") {
+        ipc::set_spin(0);
+    }
+    let result = match (what, n) {
+        ("stream", mib) if mib > 0 => stream(mib),
+        ("signal", rounds) if rounds > 0 => signal_pingpong(rounds),
+        _ => {
+            pvm::eprintln!("usage: ipcbench stream MIB [--no-spin] | signal N");
+            return 2;
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            pvm::eprintln!("ipcbench: {e}");
+            1
+        }
+    }
+}
+
+fn stream(mib: usize) -> Result<(), ipc::Error> {
+    let (mut r, mut w) = ipc::pipe_with_capacity(1 << 20)?;
+    let chunk = alloc::vec![0x5au8; 64 * 1024];
+    let total = mib << 20;
+    match pvm::fork() {
+        Ok(Fork::Child) => {
+            drop(r);
+            let mut sent = 0;
+            while sent < total {
+                w.write_all(&chunk)?;
+                sent += chunk.len();
+            }
+            pvm::exit(0)
+        }
+        Ok(Fork::Parent(child)) => {
+            drop(w);
+            let mut buf = alloc::vec![0u8; 64 * 1024];
+            let start = pvm::time::Instant::now();
+            let mut got = 0usize;
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let nanos = start.elapsed().as_nanos() as u64;
+            let _ = child.wait();
+            pvm::println!("ipcbench stream: {got} bytes in {nanos} ns");
+            Ok(())
+        }
+        Err(_) => Err(ipc::Error::Unavailable),
+    }
+}
+
+static GOT: AtomicU32 = AtomicU32::new(0);
+
+fn on_usr1(_: Signal) {
+    GOT.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Sleeps in the monitor until a USR1 handler ran since `seen`; returns the new count.
+fn await_signal(seen: u32) -> u32 {
+    loop {
+        let now = GOT.load(Ordering::SeqCst);
+        if now != seen {
+            return now;
+        }
+        pvm::hypercall::raw(pvm::hypercall::Hypercall::Pause, 0);
+        signal::dispatch();
+    }
+}
+
+fn signal_pingpong(rounds: usize) -> Result<(), ipc::Error> {
+    if signal::on(Signal::Usr1, on_usr1).is_err() {
+        return Err(ipc::Error::Unavailable);
+    }
+    let parent = pvm::id();
+    match pvm::fork() {
+        Ok(Fork::Child) => {
+            let mut seen = 0;
+            for _ in 0..rounds {
+                seen = await_signal(seen);
+                let _ = signal::kill(parent, Signal::Usr1);
+            }
+            pvm::exit(0)
+        }
+        Ok(Fork::Parent(child)) => {
+            let mut samples = Vec::with_capacity(rounds);
+            let clock0 = pvm::time::Instant::now();
+            let tsc0 = rdtsc();
+            let mut seen = 0;
+            for _ in 0..rounds {
+                let t = rdtsc();
+                if signal::kill(child.id(), Signal::Usr1).is_err() {
+                    return Err(ipc::Error::BrokenPipe);
+                }
+                seen = await_signal(seen);
+                samples.push(rdtsc() - t);
+            }
+            let tsc1 = rdtsc();
+            let elapsed = clock0.elapsed().as_nanos() as u64;
+            let ns = |c: u64| c as u128 * elapsed as u128 / (tsc1 - tsc0).max(1) as u128;
+            samples.sort_unstable();
+            let _ = child.wait();
+            pvm::println!(
+                "ipcbench signal: {rounds} round trips: median {} ns, p99 {} ns",
+                ns(samples[rounds / 2]),
+                ns(samples[(rounds * 99 / 100).min(rounds - 1)])
+            );
+            Ok(())
+        }
+        Err(_) => Err(ipc::Error::Unavailable),
+    }
+}
