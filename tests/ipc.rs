@@ -182,3 +182,69 @@ fn pingpong_bounces_with_and_without_spinning() {
         assert!(out.stdout.contains("peer Ok(Exited(0))"), "{out:#?}");
     }
 }
+
+#[test]
+fn message_queues_keep_boundaries_order_and_limits() {
+    let out = ipctest("ipc-mq", "mq");
+    out.expect_status(0);
+    for line in [
+        "mq: empty Some(WouldBlock)",
+        "mq: full Some(WouldBlock)",
+        "mq: too large Some(TooLarge)",
+        r#"mq: received ["a", "bb", "ccc", "dddd"]"#,
+        r#"mq: "from the child"; child Ok(Exited(0))"#,
+        "mq: missing Some(NotFound)",
+        "mq: bad key Some(Invalid)",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+}
+
+#[test]
+fn shared_memory_opened_by_key_is_one_region_for_the_family() {
+    let out = ipctest("ipc-shm", "shm");
+    out.expect_status(0);
+    assert!(
+        out.stdout.contains("shm: 4096 bytes, counter Some(40000)"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn pipeline_feeds_workers_through_a_queue() {
+    let test = "ipc-pipeline";
+    let out = run_guest(test, &[], "pipeline", &["120", "3"]);
+    out.expect_status(0);
+    assert!(out.stdout.contains("consumer (pVM "), "{out:#?}");
+    assert!(out.stdout.contains("120 results,"), "{out:#?}");
+    assert!(out.stdout.contains(", correct"), "{out:#?}");
+    assert!(
+        out.stdout.contains("producer: consumer Ok(Exited(0))"),
+        "{out:#?}"
+    );
+    // The family's named objects went with it.
+    let ipc_dir = run_dir(test).join("ipc");
+    let left: Vec<_> = std::fs::read_dir(&ipc_dir)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn queues_and_shared_memory_of_another_family_are_refused() {
+    let test = "ipc-named-isolation";
+    let mut holder = Running::start(test, &[], "ipctest", &["hold"]);
+    holder.expect("hold: ready ");
+    let out = run_guest(test, &[], "ipctest", &["open-other"]);
+    out.expect_status(0);
+    assert!(
+        out.stdout.contains("open-other: queue Some(PermissionDenied)"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("open-other: shm Some(PermissionDenied)"),
+        "{out:#?}"
+    );
+    ctl(test, &["kill", &holder.id().to_string()]).expect_status(0);
+    holder.finish().expect_status(143);
+}

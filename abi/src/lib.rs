@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -145,11 +145,22 @@ pub enum Hypercall {
     SigAction = 12,
     /// Send a signal to a pVM of the same family. Argument: the address of a [`KillArgs`].
     Kill = 13,
+    /// Open (or create) a named message queue of the family. Argument: the address of a
+    /// [`NamedArgs`].
+    MqOpen = 14,
+    /// Sleep until a queue's futex word changes (or a signal). Argument: the address of an
+    /// [`MqWaitArgs`].
+    MqWait = 15,
+    /// Wake the sleepers of one side of a queue. Argument: `handle << 1 | side`.
+    MqWake = 16,
+    /// Open (or create) a named shared-memory region of the family. Argument: the address of
+    /// a [`NamedArgs`].
+    ShmOpen = 17,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 13] = [
+    pub const ALL: [Hypercall; 17] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -163,6 +174,10 @@ impl Hypercall {
         Hypercall::IpcClose,
         Hypercall::SigAction,
         Hypercall::Kill,
+        Hypercall::MqOpen,
+        Hypercall::MqWait,
+        Hypercall::MqWake,
+        Hypercall::ShmOpen,
     ];
 
     /// Decodes a hypercall number.
@@ -198,6 +213,8 @@ pub mod errno {
     pub const ESRCH: i64 = 3;
     /// Bad handle.
     pub const EBADF: i64 = 9;
+    /// No such named object.
+    pub const ENOENT: i64 = 2;
     /// The host is out of memory.
     pub const ENOMEM: i64 = 12;
     /// No such child pVM (or none at all) to wait for.
@@ -329,6 +346,63 @@ pub struct IpcWaitArgs {
 }
 // SAFETY: repr(C), two 8-byte integers.
 unsafe impl Plain for IpcWaitArgs {}
+
+/// Longest key of a named queue or shared-memory region.
+pub const MAX_KEY_LEN: u64 = 64;
+
+/// Arguments of [`Hypercall::MqOpen`] and [`Hypercall::ShmOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NamedArgs {
+    /// IN: guest address of the key (1 to [`MAX_KEY_LEN`] bytes of `[A-Za-z0-9._-]`).
+    pub key: u64,
+    /// IN: key length.
+    pub key_len: u64,
+    /// IN: 1 to create the object if it does not exist, 0 to only open it.
+    pub create: u64,
+    /// IN (when creating): a queue's capacity in messages (a power of two), or a region's size.
+    pub capacity: u64,
+    /// IN (when creating a queue): the largest message.
+    pub msg_size: u64,
+    /// OUT: the handle.
+    pub handle: u64,
+    /// OUT: guest address of the queue or region.
+    pub addr: u64,
+    /// OUT: the queue's capacity or the region's size.
+    pub size: u64,
+    /// OUT: a queue's largest message.
+    pub msg_size_out: u64,
+    /// OUT: 0 or a negated [`errno`]: `EPERM` (the key belongs to another family), `ENOENT`
+    /// (no such object and `create` is 0), `EINVAL` (bad key or geometry), `EAGAIN` (no region
+    /// left).
+    pub result: i64,
+}
+// SAFETY: repr(C), ten 8-byte integers.
+unsafe impl Plain for NamedArgs {}
+
+/// Which side of a queue waits or is woken.
+pub mod mq_side {
+    /// Receivers (waiting for messages).
+    pub const RECV: u64 = 0;
+    /// Senders (waiting for room).
+    pub const SEND: u64 = 1;
+}
+
+/// Arguments of [`Hypercall::MqWait`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MqWaitArgs {
+    /// IN: the queue handle.
+    pub handle: u64,
+    /// IN: [`mq_side`].
+    pub side: u64,
+    /// IN: the side's futex word as the guest last read it.
+    pub seq: u64,
+    /// OUT: 0 (look again), `-EINTR`, `-EBADF`.
+    pub result: i64,
+}
+// SAFETY: repr(C), four 8-byte integers.
+unsafe impl Plain for MqWaitArgs {}
 
 /// Signal numbers, as on Linux x86-64.
 pub mod signal {

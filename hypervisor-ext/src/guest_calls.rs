@@ -1,9 +1,10 @@
 //! Hypercalls for IPC and guest-visible signals.
 use pvm_abi::{
-    errno, layout, signal, GuestStatus, Hypercall, IpcWaitArgs, KillArgs, PipeArgs, SigActionArgs,
+    errno, layout, signal, GuestStatus, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs,
+    SigActionArgs,
 };
 
-use crate::ipc::Woken;
+use crate::ipc::{Named, Woken};
 use crate::monitor::{Attention, Monitor};
 use crate::outcome::{Crash, Outcome};
 use crate::registry::State;
@@ -112,6 +113,88 @@ impl Monitor {
         self.mem
             .write_obj(arg, &args, Access::Guest)
             .map_err(|_| bad(Hypercall::SigAction))
+    }
+
+    /// The directory of the family's named objects.
+    fn named_dir(&self) -> std::path::PathBuf {
+        self.family.registry.dir().join("ipc")
+    }
+
+    /// [`Hypercall::MqOpen`] and [`Hypercall::ShmOpen`].
+    pub(crate) fn open_named(&mut self, arg: u64, call: Hypercall) -> Result<(), Crash> {
+        let mut args: NamedArgs = self.mem.read_obj(arg, Access::Guest).map_err(|_| bad(call))?;
+        let mut key = [0u8; pvm_abi::MAX_KEY_LEN as usize];
+        let len = args.key_len.min(pvm_abi::MAX_KEY_LEN + 1);
+        let read = if len as usize <= key.len() {
+            self.mem
+                .read_bytes(args.key, &mut key[..len as usize], Access::Guest)
+                .ok()
+        } else {
+            None
+        };
+        let what = match call {
+            Hypercall::MqOpen => Named::Queue {
+                capacity: args.capacity,
+                msg_size: args.msg_size,
+            },
+            _ => Named::Shm { size: args.capacity },
+        };
+        let opened = match read {
+            None => Err(-errno::EINVAL),
+            Some(()) => {
+                let dir = self.named_dir();
+                self.ipc.open_named(
+                    &self.vm,
+                    &dir,
+                    self.family.ids.family,
+                    &key[..len as usize],
+                    args.create != 0,
+                    what,
+                )
+            }
+        };
+        match opened {
+            Ok(o) => {
+                args.handle = o.handle;
+                args.addr = o.addr;
+                args.size = o.size;
+                args.msg_size_out = o.msg_size;
+                args.result = 0;
+            }
+            Err(e) => args.result = e,
+        }
+        self.mem
+            .write_obj(arg, &args, Access::Guest)
+            .map_err(|_| bad(call))
+    }
+
+    /// [`Hypercall::MqWait`].
+    pub(crate) fn mq_wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
+        let mut args: MqWaitArgs = self
+            .mem
+            .read_obj(arg, Access::Guest)
+            .map_err(|_| bad(Hypercall::MqWait))?;
+        args.result = loop {
+            if self.guest_signals_pending() {
+                break -errno::EINTR;
+            }
+            match self
+                .ipc
+                .queue_wait(args.handle, args.side, args.seq as u32, signals::attention)
+            {
+                Ok(true) => break 0,
+                Err(e) => break e,
+                Ok(false) => match self.attend() {
+                    Attention::End(outcome) => return Ok(Some(outcome)),
+                    Attention::Guest => break -errno::EINTR,
+                    Attention::None => {}
+                },
+            }
+        };
+        self.mem
+            .write_obj(arg, &args, Access::Guest)
+            .map_err(|_| bad(Hypercall::MqWait))?;
+        Ok(None)
     }
 
     /// [`Hypercall::Kill`]: only within the family (KylinX's rule); the signal travels as the

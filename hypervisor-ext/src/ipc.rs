@@ -12,7 +12,9 @@
 //! left anywhere (end of file), even if the writers were killed with SIGKILL, and likewise for
 //! a writer when no reader is left (broken pipe). The monitor never reads the ring itself.
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -38,13 +40,50 @@ enum End {
     Write,
 }
 
-struct Handle {
-    region: usize,
-    _end: End,
-    /// Where this end sleeps (read end of a host pipe).
-    wait: OwnedFd,
-    /// Where this end wakes its peer (write end of the other host pipe).
-    notify: OwnedFd,
+enum Handle {
+    /// An end of a pipe.
+    Pipe {
+        region: usize,
+        _end: End,
+        /// Where this end sleeps (read end of a host pipe).
+        wait: OwnedFd,
+        /// Where this end wakes its peer (write end of the other host pipe).
+        notify: OwnedFd,
+    },
+    /// A named message queue.
+    Queue { region: usize },
+    /// A named shared-memory region.
+    Shm { region: usize },
+}
+
+impl Handle {
+    fn region(&self) -> usize {
+        match self {
+            Handle::Pipe { region, .. } | Handle::Queue { region } | Handle::Shm { region } => *region,
+        }
+    }
+}
+
+/// What kind of named object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// A message queue: (capacity, largest message) when creating.
+    Queue { capacity: u64, msg_size: u64 },
+    /// A shared-memory region: its size when creating.
+    Shm { size: u64 },
+}
+
+/// What opening a named object gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The handle.
+    pub handle: u64,
+    /// Guest address.
+    pub addr: u64,
+    /// Queue capacity or region size.
+    pub size: u64,
+    /// Largest queue message (0 for a region).
+    pub msg_size: u64,
 }
 
 /// How a sleep on a handle ended.
@@ -72,6 +111,11 @@ fn slot_of(index: usize) -> u32 {
 /// Guest address of region `index`.
 pub fn region_gpa(index: usize) -> u64 {
     layout::IPC_BASE + index as u64 * layout::IPC_SLOT_SIZE
+}
+
+/// `size` rounded up to whole pages (memory slots are made of pages).
+fn page_round(size: u64) -> u64 {
+    size.div_ceil(layout::PAGE_SIZE) * layout::PAGE_SIZE
 }
 
 fn last_errno() -> i64 {
@@ -118,20 +162,8 @@ fn unregister(vm: &VmFd, index: usize) {
 }
 
 impl Ipc {
-    /// Creates a region of `size` bytes (at most one IPC slot), registers it in `vm`, and
-    /// returns its index and host address.
+    /// Creates a region of `size` bytes (at most one IPC slot) backed by a new memfd.
     fn create_region(&mut self, vm: &VmFd, size: u64) -> Result<(usize, NonNull<u8>), i64> {
-        if size > layout::IPC_SLOT_SIZE {
-            return Err(-errno::EINVAL);
-        }
-        let index = match self.regions.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.regions.len() < MAX_REGIONS => {
-                self.regions.push(None);
-                self.regions.len() - 1
-            }
-            None => return Err(-errno::EAGAIN),
-        };
         // SAFETY: memfd_create with a NUL-terminated name.
         let fd = unsafe { libc::memfd_create(c"pvm-ipc".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -143,14 +175,31 @@ impl Ipc {
         if unsafe { libc::ftruncate(memfd.as_raw_fd(), size as libc::off_t) } != 0 {
             return Err(-errno::ENOMEM);
         }
-        // SAFETY: a fresh shared mapping of the whole memfd; nothing aliases it yet.
+        self.map_region(vm, memfd, size)
+    }
+
+    /// Maps `size` bytes of `file` shared, registers them as a region in `vm`, and returns
+    /// the region's index and host address.
+    fn map_region(&mut self, vm: &VmFd, file: OwnedFd, size: u64) -> Result<(usize, NonNull<u8>), i64> {
+        if size == 0 || size > layout::IPC_SLOT_SIZE {
+            return Err(-errno::EINVAL);
+        }
+        let index = match self.regions.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.regions.len() < MAX_REGIONS => {
+                self.regions.push(None);
+                self.regions.len() - 1
+            }
+            None => return Err(-errno::EAGAIN),
+        };
+        // SAFETY: a fresh shared mapping of the file's first `size` bytes (the caller sized it).
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 size as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                memfd.as_raw_fd(),
+                file.as_raw_fd(),
                 0,
             )
         };
@@ -161,7 +210,7 @@ impl Ipc {
         let region = Region {
             size,
             host,
-            _memfd: memfd,
+            _memfd: file,
             refs: 0,
         };
         if let Err(e) = register(vm, index, &region) {
@@ -173,8 +222,196 @@ impl Ipc {
         Ok((index, host))
     }
 
+    /// Opens (or creates, with `create`) the named object `key` of family `family`, whose
+    /// objects live in `dir` as files named `KEY@FAMILY`. A key held by another family is
+    /// refused (`EPERM`): objects never cross families.
+    pub fn open_named(
+        &mut self,
+        vm: &VmFd,
+        dir: &Path,
+        family: u32,
+        key: &[u8],
+        create: bool,
+        what: Named,
+    ) -> Result<Opened, i64> {
+        let valid = |b: &u8| b.is_ascii_alphanumeric() || b"._-".contains(b);
+        if key.is_empty() || key.len() as u64 > pvm_abi::MAX_KEY_LEN || !key.iter().all(valid) {
+            return Err(-errno::EINVAL);
+        }
+        let kind = match what {
+            Named::Queue { .. } => "mq",
+            Named::Shm { .. } => "shm",
+        };
+        let key = std::str::from_utf8(key).map_err(|_| -errno::EINVAL)?;
+        let prefix = format!("{kind}.{key}@");
+        std::fs::create_dir_all(dir).map_err(|_| -errno::EIO)?;
+        let owners: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|_| -errno::EIO)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        if owners.iter().any(|f| *f != family.to_string()) {
+            return Err(-errno::EPERM);
+        }
+        let path = dir.join(format!("{prefix}{family}"));
+        let (file, fresh) = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => (f, false),
+            Err(_) if !create => return Err(-errno::ENOENT),
+            Err(_) => match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => (f, true),
+                // Another pVM of the family created it meanwhile.
+                Err(_) => (
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&path)
+                        .map_err(|_| -errno::EIO)?,
+                    false,
+                ),
+            },
+        };
+        let (size, capacity, msg_size) = if fresh {
+            let (size, capacity, msg_size) = match what {
+                Named::Queue { capacity, msg_size } if pvm_ipc::valid_queue(capacity, msg_size) => (
+                    page_round(pvm_ipc::queue_region_size(capacity, msg_size)),
+                    capacity,
+                    msg_size,
+                ),
+                Named::Shm { size } if size > 0 => (page_round(size), size, 0),
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(-errno::EINVAL);
+                }
+            };
+            if size > layout::IPC_SLOT_SIZE || file.set_len(size).is_err() {
+                let _ = std::fs::remove_file(&path);
+                return Err(-errno::EINVAL);
+            }
+            (size, capacity, msg_size)
+        } else {
+            let len = file.metadata().map_err(|_| -errno::EIO)?.len();
+            (len, 0, 0)
+        };
+        let (index, host) = self.map_region(vm, OwnedFd::from(file), size)?;
+        let (capacity, msg_size) = match what {
+            Named::Queue { .. } if fresh => {
+                // SAFETY: a fresh, zeroed, page-aligned region of the queue's size.
+                unsafe { pvm_ipc::Queue::init(host.as_ptr(), capacity, msg_size) };
+                (capacity, msg_size)
+            }
+            Named::Queue { .. } => {
+                // An existing queue: its geometry comes from its header, which any pVM of the
+                // family may have scribbled over; it must match the file.
+                // SAFETY: the header lies at the start of the mapping; fields are atomic.
+                let h = unsafe { &*(host.as_ptr() as *const pvm_ipc::QueueHeader) };
+                let (c, m) = (
+                    h.capacity.load(Ordering::Acquire),
+                    h.msg_size.load(Ordering::Acquire),
+                );
+                if !pvm_ipc::valid_queue(c, m) || page_round(pvm_ipc::queue_region_size(c, m)) != size {
+                    self.drop_unused(vm, index);
+                    return Err(-errno::EINVAL);
+                }
+                (c, m)
+            }
+            Named::Shm { .. } => (size, 0),
+        };
+        let handle = match what {
+            Named::Queue { .. } => Handle::Queue { region: index },
+            Named::Shm { .. } => Handle::Shm { region: index },
+        };
+        let handle = self.add_handle(handle);
+        Ok(Opened {
+            handle,
+            addr: region_gpa(index),
+            size: capacity,
+            msg_size,
+        })
+    }
+
+    /// Host address of the futex word of `side` of queue `handle`.
+    fn queue_word(&self, handle: u64, side: u64) -> Option<*const u32> {
+        let Some(Handle::Queue { region }) = self.handle(handle) else {
+            return None;
+        };
+        let host = self.regions.get(*region)?.as_ref()?.host;
+        let offset = if side == pvm_abi::mq_side::RECV {
+            pvm_ipc::QUEUE_RECV_SEQ_OFFSET
+        } else {
+            pvm_ipc::QUEUE_SEND_SEQ_OFFSET
+        };
+        // SAFETY: the offset lies inside the queue header, inside the mapping.
+        Some(unsafe { host.as_ptr().add(offset) } as *const u32)
+    }
+
+    /// Sleeps while `side`'s futex word of queue `handle` still holds `seq`, or until
+    /// `interrupted()`; Ok(true) when woken or changed, Ok(false) when interrupted.
+    pub fn queue_wait(
+        &self,
+        handle: u64,
+        side: u64,
+        seq: u32,
+        interrupted: impl Fn() -> bool,
+    ) -> Result<bool, i64> {
+        let word = self.queue_word(handle, side).ok_or(-errno::EBADF)?;
+        // A signal between the check and the futex sleep is caught within the timeout.
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        loop {
+            if interrupted() {
+                return Ok(false);
+            }
+            // SAFETY: a shared (not private) FUTEX_WAIT on a word of our MAP_SHARED mapping;
+            // the kernel only compares its value, whatever a guest wrote there.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word,
+                    libc::FUTEX_WAIT,
+                    seq,
+                    &timeout as *const libc::timespec,
+                )
+            };
+            if r == 0 {
+                return Ok(true);
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(true),
+                Some(libc::ETIMEDOUT) | Some(libc::EINTR) => continue,
+                _ => return Err(-errno::EIO),
+            }
+        }
+    }
+
+    /// Wakes every sleeper of `side` of queue `handle`.
+    pub fn queue_wake(&self, handle: u64, side: u64) -> i64 {
+        let Some(word) = self.queue_word(handle, side) else {
+            return -errno::EBADF;
+        };
+        // SAFETY: FUTEX_WAKE on a word of our mapping; it only wakes sleepers.
+        unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
+        0
+    }
+
+    fn drop_unused(&mut self, vm: &VmFd, index: usize) {
+        if self.regions[index].as_ref().is_some_and(|r| r.refs == 0) {
+            unregister(vm, index);
+            if let Some(r) = self.regions[index].take() {
+                // SAFETY: the slot using the mapping is gone; nothing else refers to it.
+                unsafe { libc::munmap(r.host.as_ptr().cast(), r.size as usize) };
+            }
+        }
+    }
+
     fn add_handle(&mut self, handle: Handle) -> u64 {
-        if let Some(r) = self.regions[handle.region].as_mut() {
+        if let Some(r) = self.regions[handle.region()].as_mut() {
             r.refs += 1;
         }
         match self.handles.iter().position(Option::is_none) {
@@ -200,13 +437,13 @@ impl Ipc {
         let (index, host) = self.create_region(vm, pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity)?;
         // SAFETY: the region is fresh (zeroed by the memfd), page-aligned and large enough.
         unsafe { pvm_ipc::Pipe::init(host.as_ptr(), capacity) };
-        let r = self.add_handle(Handle {
+        let r = self.add_handle(Handle::Pipe {
             region: index,
             _end: End::Read,
             wait: data_wait,
             notify: space_notify,
         });
-        let w = self.add_handle(Handle {
+        let w = self.add_handle(Handle::Pipe {
             region: index,
             _end: End::Write,
             wait: space_wait,
@@ -221,20 +458,22 @@ impl Ipc {
 
     /// Wakes the peer of `handle`. Returns 0 or `-EBADF`.
     pub fn notify(&self, handle: u64) -> i64 {
-        let Some(h) = self.handle(handle) else {
+        let Some(Handle::Pipe { notify, .. }) = self.handle(handle) else {
             return -errno::EBADF;
         };
         // SAFETY: writes one byte from a local to our own non-blocking pipe fd; a full pipe
         // (EAGAIN) already holds a wake-up, a closed peer (EPIPE) needs none.
-        unsafe { libc::write(h.notify.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        unsafe { libc::write(notify.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         0
     }
 
     /// Sleeps until the peer of `handle` notifies or is gone, or `interrupted()` says a signal
     /// needs attention (checked with the signals blocked, so none is lost).
     pub fn wait(&self, handle: u64, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
-        let h = self.handle(handle).ok_or(-errno::EBADF)?;
-        let fd = h.wait.as_raw_fd();
+        let Some(Handle::Pipe { wait, .. }) = self.handle(handle) else {
+            return Err(-errno::EBADF);
+        };
+        let fd = wait.as_raw_fd();
         let revents = crate::signals::poll_unless(fd, interrupted);
         let Some(revents) = revents else {
             return Ok(Woken::Interrupted);
@@ -257,19 +496,12 @@ impl Ipc {
         else {
             return -errno::EBADF;
         };
-        let index = h.region;
+        let index = h.region();
         drop(h);
-        let unused = self.regions[index].as_mut().is_some_and(|r| {
-            r.refs -= 1;
-            r.refs == 0
-        });
-        if unused {
-            unregister(vm, index);
-            if let Some(r) = self.regions[index].take() {
-                // SAFETY: the slot using the mapping is gone; nothing else refers to it.
-                unsafe { libc::munmap(r.host.as_ptr().cast(), r.size as usize) };
-            }
+        if let Some(r) = self.regions[index].as_mut() {
+            r.refs = r.refs.saturating_sub(1);
         }
+        self.drop_unused(vm, index);
         0
     }
 

@@ -425,6 +425,16 @@ impl Monitor {
             self.family.registry.remove(self.family.ids.id);
             self.family.host.release();
         }
+        // The family's named queues and shared memory end with it.
+        if self.family.ids.parent == 0 {
+            let suffix = format!("@{}", self.family.ids.family);
+            let dir = self.family.registry.dir().join("ipc");
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_str().is_some_and(|n| n.ends_with(&suffix)) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 
     fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
@@ -487,6 +497,10 @@ impl Monitor {
                 Hypercall::IpcClose => Ok(self.ipc.close(&self.vm, call.arg)).map(|_| None),
                 Hypercall::SigAction => self.sig_action(call.arg).map(|()| None),
                 Hypercall::Kill => self.kill(call.arg).map(|()| None),
+                Hypercall::MqOpen => self.open_named(call.arg, Hypercall::MqOpen).map(|()| None),
+                Hypercall::ShmOpen => self.open_named(call.arg, Hypercall::ShmOpen).map(|()| None),
+                Hypercall::MqWait => self.mq_wait(call.arg),
+                Hypercall::MqWake => Ok(self.ipc.queue_wake(call.arg >> 1, call.arg & 1)).map(|_| None),
             };
             match result {
                 Ok(None) => {}

@@ -171,6 +171,220 @@ impl Pipe {
     }
 }
 
+/// Magic value of a message queue ("pvmmsgq1").
+pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"pvmmsgq1");
+/// Offset of the first cell from the start of the region.
+pub const QUEUE_CELLS_OFFSET: usize = 4096;
+/// Largest message a queue carries.
+pub const QUEUE_MAX_MESSAGE: u64 = 4096 - 16;
+/// Most messages a queue holds.
+pub const QUEUE_MAX_CAPACITY: u64 = 1024;
+
+/// Bytes of one cell for messages of up to `msg_size` bytes (sequence + length + data, rounded
+/// to 16).
+pub fn queue_cell_size(msg_size: u64) -> u64 {
+    (16 + msg_size).div_ceil(16) * 16
+}
+
+/// Bytes of a region holding a queue of `capacity` messages of up to `msg_size` bytes.
+pub fn queue_region_size(capacity: u64, msg_size: u64) -> u64 {
+    QUEUE_CELLS_OFFSET as u64 + capacity * queue_cell_size(msg_size)
+}
+
+/// Whether a queue geometry is valid.
+pub fn valid_queue(capacity: u64, msg_size: u64) -> bool {
+    capacity.is_power_of_two()
+        && capacity <= QUEUE_MAX_CAPACITY
+        && (1..=QUEUE_MAX_MESSAGE).contains(&msg_size)
+}
+
+/// Header of a bounded multi-producer multi-consumer message queue (D. Vyukov's algorithm:
+/// every cell carries a sequence number that says whose turn it is).
+#[repr(C, align(64))]
+pub struct QueueHeader {
+    /// [`QUEUE_MAGIC`].
+    pub magic: AtomicU64,
+    /// Cells (a power of two).
+    pub capacity: AtomicU64,
+    /// Largest message.
+    pub msg_size: AtomicU64,
+    _pad0: [u64; 5],
+    /// Next cell to fill.
+    pub enqueue_pos: AtomicU64,
+    _pad1: [u64; 7],
+    /// Next cell to drain.
+    pub dequeue_pos: AtomicU64,
+    _pad2: [u64; 7],
+    /// Receivers asleep (or about to be) in their monitors.
+    pub recv_waiters: AtomicU32,
+    /// Senders asleep (or about to be).
+    pub send_waiters: AtomicU32,
+    /// Bumped by a sender that saw sleeping receivers (the receivers' futex word).
+    pub recv_seq: AtomicU32,
+    /// Bumped by a receiver that saw sleeping senders (the senders' futex word).
+    pub send_seq: AtomicU32,
+}
+
+/// Byte offset of [`QueueHeader::recv_seq`] in the region (the monitor sleeps on it).
+pub const QUEUE_RECV_SEQ_OFFSET: usize = core::mem::offset_of!(QueueHeader, recv_seq);
+/// Byte offset of [`QueueHeader::send_seq`] in the region.
+pub const QUEUE_SEND_SEQ_OFFSET: usize = core::mem::offset_of!(QueueHeader, send_seq);
+
+/// How many times a queue operation retries a contended cell before calling the queue corrupt
+/// (a correct peer never makes it retry that often).
+const MAX_RETRIES: u32 = 1 << 20;
+
+/// A queue as one side sees it.
+pub struct Queue {
+    header: *const QueueHeader,
+    cells: *mut u8,
+    capacity: u64,
+    msg_size: u64,
+    cell_size: u64,
+}
+
+// SAFETY: a view of shared memory; all shared state is atomic or ordered by the cells' sequence
+// numbers.
+unsafe impl Send for Queue {}
+
+impl Queue {
+    /// Initializes a queue in freshly zeroed memory of `queue_region_size(capacity, msg_size)`.
+    ///
+    /// # Safety
+    /// `base` must point to such memory, page-aligned, valid for the life of every view.
+    pub unsafe fn init(base: *mut u8, capacity: u64, msg_size: u64) {
+        // SAFETY: the caller vouches for the region.
+        let q = unsafe { Queue::attach(base, capacity, msg_size) };
+        for i in 0..capacity {
+            q.cell_seq(i).store(i, Ordering::Relaxed);
+        }
+        let h = q.header();
+        h.capacity.store(capacity, Ordering::Relaxed);
+        h.msg_size.store(msg_size, Ordering::Relaxed);
+        h.magic.store(QUEUE_MAGIC, Ordering::Release);
+    }
+
+    /// A view of the queue at `base`.
+    ///
+    /// # Safety
+    /// `base` must point to `queue_region_size(capacity, msg_size)` bytes that stay mapped for
+    /// the life of the view (other pVMs may write any of it at any time).
+    pub unsafe fn attach(base: *mut u8, capacity: u64, msg_size: u64) -> Queue {
+        // SAFETY: the cells start inside the region the caller vouches for.
+        let cells = unsafe { base.add(QUEUE_CELLS_OFFSET) };
+        Queue {
+            header: base as *const QueueHeader,
+            cells,
+            capacity,
+            msg_size,
+            cell_size: queue_cell_size(msg_size),
+        }
+    }
+
+    /// The header.
+    pub fn header(&self) -> &QueueHeader {
+        // SAFETY: `attach`'s caller guarantees the header stays mapped; every field is atomic.
+        unsafe { &*self.header }
+    }
+
+    /// Largest message.
+    pub fn msg_size(&self) -> u64 {
+        self.msg_size
+    }
+
+    fn cell(&self, pos: u64) -> *mut u8 {
+        // SAFETY: `pos % capacity < capacity`: the cell lies inside the cells area.
+        unsafe { self.cells.add(((pos % self.capacity) * self.cell_size) as usize) }
+    }
+
+    fn cell_seq(&self, pos: u64) -> &AtomicU64 {
+        // SAFETY: the first 8 bytes of a cell, 16-aligned, only accessed atomically.
+        unsafe { &*(self.cell(pos) as *const AtomicU64) }
+    }
+
+    /// Puts one message in; `Ok(false)` when the queue is full.
+    pub fn send(&self, msg: &[u8]) -> Result<bool, RingError> {
+        if msg.len() as u64 > self.msg_size {
+            return Err(RingError::Corrupted);
+        }
+        let h = self.header();
+        let mut pos = h.enqueue_pos.load(Ordering::Relaxed);
+        for _ in 0..MAX_RETRIES {
+            let seq = self.cell_seq(pos).load(Ordering::Acquire);
+            let dif = seq.wrapping_sub(pos) as i64;
+            if dif == 0 {
+                match h.enqueue_pos.compare_exchange_weak(
+                    pos,
+                    pos.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let cell = self.cell(pos);
+                        // SAFETY: the cell is ours until we publish its sequence; the length
+                        // and data fit it (msg.len() <= msg_size).
+                        unsafe {
+                            core::ptr::write_volatile(cell.add(8) as *mut u32, msg.len() as u32);
+                            core::ptr::copy_nonoverlapping(msg.as_ptr(), cell.add(16), msg.len());
+                        }
+                        self.cell_seq(pos).store(pos.wrapping_add(1), Ordering::Release);
+                        return Ok(true);
+                    }
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                return Ok(false);
+            } else {
+                pos = h.enqueue_pos.load(Ordering::Relaxed);
+            }
+        }
+        Err(RingError::Corrupted)
+    }
+
+    /// Takes one message out into `buf`; returns its length, or `Ok(None)` when empty.
+    pub fn receive(&self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        let h = self.header();
+        let mut pos = h.dequeue_pos.load(Ordering::Relaxed);
+        for _ in 0..MAX_RETRIES {
+            let seq = self.cell_seq(pos).load(Ordering::Acquire);
+            let dif = seq.wrapping_sub(pos.wrapping_add(1)) as i64;
+            if dif == 0 {
+                match h.dequeue_pos.compare_exchange_weak(
+                    pos,
+                    pos.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let cell = self.cell(pos);
+                        // SAFETY: the cell is ours until we hand it back; the length is
+                        // checked against the cell and the buffer before copying.
+                        let len = unsafe { core::ptr::read_volatile(cell.add(8) as *const u32) } as usize;
+                        let ok = len as u64 <= self.msg_size && len <= buf.len();
+                        if ok {
+                            // SAFETY: checked just above.
+                            unsafe { core::ptr::copy_nonoverlapping(cell.add(16), buf.as_mut_ptr(), len) };
+                        }
+                        self.cell_seq(pos)
+                            .store(pos.wrapping_add(self.capacity), Ordering::Release);
+                        return if ok {
+                            Ok(Some(len))
+                        } else {
+                            Err(RingError::Corrupted)
+                        };
+                    }
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                return Ok(None);
+            } else {
+                pos = h.dequeue_pos.load(Ordering::Relaxed);
+            }
+        }
+        Err(RingError::Corrupted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -212,6 +426,57 @@ mod tests {
                 assert_eq!(*b, expect);
             }
         }
+    }
+
+    #[test]
+    fn queue_keeps_messages_and_boundaries_under_contention() {
+        let cap = 16u64;
+        let size = queue_region_size(cap, 64) as usize;
+        let layout = std::alloc::Layout::from_size_align(size, 4096).unwrap();
+        // SAFETY: a non-zero size; the region is leaked, so every view stays valid.
+        let addr = unsafe { std::alloc::alloc_zeroed(layout) } as usize;
+        let base = move || addr as *mut u8;
+        // SAFETY: zeroed, page-aligned, big enough, never freed.
+        unsafe { Queue::init(base(), cap, 64) };
+        let producers: std::vec::Vec<_> = (0..3u8)
+            .map(|p| {
+                std::thread::spawn(move || {
+                    // SAFETY: as above.
+                    let q = unsafe { Queue::attach(base(), cap, 64) };
+                    for i in 0..1000u32 {
+                        let msg = [p, (i % 251) as u8, (i / 251) as u8];
+                        while !q.send(&msg[..1 + (i % 3) as usize]).unwrap() {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // SAFETY: as above.
+        let q = unsafe { Queue::attach(base(), cap, 64) };
+        let mut counts = [0u32; 3];
+        let mut buf = [0u8; 64];
+        while counts.iter().sum::<u32>() < 3000 {
+            match q.receive(&mut buf).unwrap() {
+                Some(len) => {
+                    assert!((1..=3).contains(&len));
+                    counts[buf[0] as usize] += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for t in producers {
+            t.join().unwrap();
+        }
+        assert_eq!(counts, [1000, 1000, 1000]);
+        assert_eq!(q.receive(&mut buf).unwrap(), None);
+        // A scribbled length is caught.
+        assert!(q.send(&[1, 2, 3]).unwrap());
+        let pos = q.header().dequeue_pos.load(Ordering::SeqCst);
+        // SAFETY: writes the length field of the next cell, inside the region.
+        unsafe { core::ptr::write_volatile(q.cell(pos).add(8) as *mut u32, 9999) };
+        assert_eq!(q.receive(&mut buf), Err(RingError::Corrupted));
+        assert!(valid_queue(16, 64) && !valid_queue(3, 64) && !valid_queue(16, 0) && !valid_queue(16, 5000));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! sleeps in its monitor, and the other side wakes it only then.
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use pvm_abi::{errno, Hypercall, IpcWaitArgs, PipeArgs};
-use pvm_ipc::{Pipe, RingError, PIPE_DEFAULT_CAPACITY};
+use pvm_abi::{errno, mq_side, Hypercall, IpcWaitArgs, MqWaitArgs, NamedArgs, PipeArgs};
+use pvm_ipc::{Pipe, Queue, RingError, PIPE_DEFAULT_CAPACITY};
 
 use crate::hypercall::raw;
 
@@ -27,6 +27,14 @@ pub enum Error {
     Corrupted,
     /// No IPC region left (or a bad capacity).
     Unavailable,
+    /// No object with that key in this family (and not asked to create it).
+    NotFound,
+    /// The key belongs to another family: objects never cross families.
+    PermissionDenied,
+    /// A bad key (1 to 64 bytes of `[A-Za-z0-9._-]`) or geometry.
+    Invalid,
+    /// The message does not fit the queue's largest message, or the buffer the message.
+    TooLarge,
     /// The monitor refused the call (a negated errno).
     Host(i64),
 }
@@ -40,6 +48,10 @@ impl core::fmt::Display for Error {
             Error::UnexpectedEof => f.write_str("unexpected end of file"),
             Error::Corrupted => f.write_str("channel corrupted by a peer"),
             Error::Unavailable => f.write_str("no IPC region available"),
+            Error::NotFound => f.write_str("no such queue or shared memory in this family"),
+            Error::PermissionDenied => f.write_str("permission denied: the key belongs to another family"),
+            Error::Invalid => f.write_str("invalid key or size"),
+            Error::TooLarge => f.write_str("message too large"),
             Error::Host(e) => write!(f, "monitor error {e}"),
         }
     }
@@ -261,6 +273,277 @@ impl Writer {
 }
 
 impl Drop for Writer {
+    fn drop(&mut self) {
+        raw(Hypercall::IpcClose, self.handle);
+    }
+}
+
+/// Opens or creates a named object; returns the monitor's answer.
+fn open_named(
+    call: Hypercall,
+    key: &str,
+    create: bool,
+    capacity: u64,
+    msg_size: u64,
+) -> Result<NamedArgs, Error> {
+    let mut args = NamedArgs {
+        key: key.as_ptr() as u64,
+        key_len: key.len() as u64,
+        create: u64::from(create),
+        capacity,
+        msg_size,
+        ..Default::default()
+    };
+    raw(call, &mut args as *mut NamedArgs as u64);
+    crate::signal::dispatch();
+    match -args.result {
+        0 => Ok(args),
+        errno::EPERM => Err(Error::PermissionDenied),
+        errno::ENOENT => Err(Error::NotFound),
+        errno::EINVAL => Err(Error::Invalid),
+        errno::EAGAIN => Err(Error::Unavailable),
+        _ => Err(Error::Host(args.result)),
+    }
+}
+
+/// Default largest message of a queue.
+pub const DEFAULT_MESSAGE_SIZE: usize = 1024;
+
+/// A named, bounded message queue shared by the pVMs of a family: messages keep their
+/// boundaries; any number of pVMs send and receive.
+pub struct MessageQueue {
+    handle: u64,
+    queue: Queue,
+    nonblocking: bool,
+}
+
+impl MessageQueue {
+    /// Opens the family's queue `key`, creating it with room for `capacity` messages (a power
+    /// of two, at most 1024) of up to [`DEFAULT_MESSAGE_SIZE`] bytes if it does not exist.
+    pub fn open(key: &str, capacity: usize) -> Result<MessageQueue, Error> {
+        Self::open_with(key, capacity, DEFAULT_MESSAGE_SIZE)
+    }
+
+    /// Like [`MessageQueue::open`], with messages of up to `msg_size` bytes.
+    pub fn open_with(key: &str, capacity: usize, msg_size: usize) -> Result<MessageQueue, Error> {
+        let a = open_named(Hypercall::MqOpen, key, true, capacity as u64, msg_size as u64)?;
+        Ok(Self::attach(a))
+    }
+
+    /// Opens the family's existing queue `key`.
+    pub fn open_existing(key: &str) -> Result<MessageQueue, Error> {
+        let a = open_named(Hypercall::MqOpen, key, false, 0, 0)?;
+        Ok(Self::attach(a))
+    }
+
+    fn attach(a: NamedArgs) -> MessageQueue {
+        // SAFETY: the monitor mapped the queue's region (of the geometry it returned, checked
+        // against the file) at `addr`, and keeps it while our handle lives.
+        let queue = unsafe { Queue::attach(a.addr as *mut u8, a.size, a.msg_size_out) };
+        MessageQueue {
+            handle: a.handle,
+            queue,
+            nonblocking: false,
+        }
+    }
+
+    /// With `true`, sending to a full or receiving from an empty queue fails with
+    /// [`Error::WouldBlock`] instead of waiting.
+    pub fn set_nonblocking(&mut self, nonblocking: bool) {
+        self.nonblocking = nonblocking;
+    }
+
+    /// Largest message.
+    pub fn max_message(&self) -> usize {
+        self.queue.msg_size() as usize
+    }
+
+    fn wake(&self, side: u64) {
+        raw(Hypercall::MqWake, self.handle << 1 | side);
+    }
+
+    /// Sleeps on `side` unless `ready()` turns true meanwhile.
+    fn sleep(&self, side: u64, ready: impl Fn() -> Result<bool, Error>) -> Result<(), Error> {
+        let h = self.queue.header();
+        let (waiters, word) = if side == mq_side::RECV {
+            (&h.recv_waiters, &h.recv_seq)
+        } else {
+            (&h.send_waiters, &h.send_seq)
+        };
+        waiters.fetch_add(1, Ordering::SeqCst);
+        let seq = word.load(Ordering::SeqCst);
+        let result = if ready()? {
+            Ok(())
+        } else {
+            let mut args = MqWaitArgs {
+                handle: self.handle,
+                side,
+                seq: u64::from(seq),
+                result: 0,
+            };
+            raw(Hypercall::MqWait, &mut args as *mut MqWaitArgs as u64);
+            match -args.result {
+                0 => Ok(()),
+                errno::EINTR => {
+                    crate::signal::dispatch();
+                    Err(Error::Interrupted)
+                }
+                _ => Err(Error::Host(args.result)),
+            }
+        };
+        waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Sends `msg` (waiting for room).
+    pub fn send(&self, msg: &[u8]) -> Result<(), Error> {
+        if msg.len() > self.max_message() {
+            return Err(Error::TooLarge);
+        }
+        loop {
+            if self.queue.send(msg)? {
+                let h = self.queue.header();
+                if h.recv_waiters.load(Ordering::SeqCst) != 0 {
+                    h.recv_seq.fetch_add(1, Ordering::SeqCst);
+                    self.wake(mq_side::RECV);
+                }
+                return Ok(());
+            }
+            if self.nonblocking {
+                return Err(Error::WouldBlock);
+            }
+            let has_room = || Ok(self.queue_has_room());
+            if spin(has_room)? {
+                continue;
+            }
+            self.sleep(mq_side::SEND, has_room)?;
+        }
+    }
+
+    fn queue_has_room(&self) -> bool {
+        let h = self.queue.header();
+        let sent = h.enqueue_pos.load(Ordering::SeqCst);
+        let taken = h.dequeue_pos.load(Ordering::SeqCst);
+        sent.wrapping_sub(taken) < h.capacity.load(Ordering::SeqCst)
+    }
+
+    fn queue_has_message(&self) -> bool {
+        let h = self.queue.header();
+        h.enqueue_pos.load(Ordering::SeqCst) != h.dequeue_pos.load(Ordering::SeqCst)
+    }
+
+    /// Receives one message into `buf` (waiting for one); returns its length.
+    pub fn receive(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        if buf.len() < self.max_message() {
+            return Err(Error::TooLarge);
+        }
+        loop {
+            if let Some(n) = self.queue.receive(buf)? {
+                let h = self.queue.header();
+                if h.send_waiters.load(Ordering::SeqCst) != 0 {
+                    h.send_seq.fetch_add(1, Ordering::SeqCst);
+                    self.wake(mq_side::SEND);
+                }
+                return Ok(n);
+            }
+            if self.nonblocking {
+                return Err(Error::WouldBlock);
+            }
+            let has_message = || Ok(self.queue_has_message());
+            if spin(has_message)? {
+                continue;
+            }
+            self.sleep(mq_side::RECV, has_message)?;
+        }
+    }
+}
+
+impl Drop for MessageQueue {
+    fn drop(&mut self) {
+        raw(Hypercall::IpcClose, self.handle);
+    }
+}
+
+/// A named region of memory mapped into every pVM of the family that opens it.
+pub struct SharedMem {
+    handle: u64,
+    base: *mut u8,
+    len: usize,
+}
+
+impl SharedMem {
+    /// Creates (or opens, if the family has it already) the region `key` of `size` bytes
+    /// (rounded up to pages, at most 2 MiB), zeroed when new.
+    pub fn create(key: &str, size: usize) -> Result<SharedMem, Error> {
+        let a = open_named(Hypercall::ShmOpen, key, true, size as u64, 0)?;
+        Ok(SharedMem {
+            handle: a.handle,
+            base: a.addr as *mut u8,
+            len: a.size as usize,
+        })
+    }
+
+    /// Opens the family's existing region `key`.
+    pub fn open(key: &str) -> Result<SharedMem, Error> {
+        let a = open_named(Hypercall::ShmOpen, key, false, 0, 0)?;
+        Ok(SharedMem {
+            handle: a.handle,
+            base: a.addr as *mut u8,
+            len: a.size as usize,
+        })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty (never: regions are at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Start of the region. Other pVMs write it concurrently: access it with atomics or
+    /// volatile copies ([`SharedMem::read`], [`SharedMem::write`], [`SharedMem::atomic_u64`]).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The 8-byte word at `offset` (8-aligned, inside the region) as an atomic.
+    pub fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len {
+            return None;
+        }
+        // SAFETY: aligned and inside the mapped region, which lives as long as `self`.
+        Some(unsafe { &*(self.base.add(offset) as *const AtomicU64) })
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of the region.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
+        if offset.checked_add(buf.len()).is_none_or(|end| end > self.len) {
+            return Err(Error::Invalid);
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: inside the region (checked above).
+            *b = unsafe { core::ptr::read_volatile(self.base.add(offset + i)) };
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the region at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), Error> {
+        if offset.checked_add(data.len()).is_none_or(|end| end > self.len) {
+            return Err(Error::Invalid);
+        }
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: inside the region (checked above).
+            unsafe { core::ptr::write_volatile(self.base.add(offset + i), *b) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedMem {
     fn drop(&mut self) {
         raw(Hypercall::IpcClose, self.handle);
     }

@@ -154,3 +154,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// is never called.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Parts of the prebuilt `alloc` (built to unwind) call this on their cleanup paths; guests are
+/// built with `panic = "abort"`, so it is never reached. If it were, stop rather than unwind.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    hypercall::exit(134)
+}

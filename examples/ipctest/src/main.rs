@@ -6,7 +6,7 @@ extern crate alloc;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use pvm::ipc::{self, Error};
+use pvm::ipc::{self, Error, MessageQueue, SharedMem};
 use pvm::signal::{self, Signal};
 use pvm::Fork;
 
@@ -29,8 +29,12 @@ fn main() -> i32 {
         "scribble" => scribble(),
         "hostile" => hostile(),
         "handled-term" => handled_term(),
+        "mq" => mq(),
+        "shm" => shm(),
+        "hold" => hold(),
+        "open-other" => open_other(),
         _ => {
-            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term");
+            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|shm|hold|open-other");
             return 2;
         }
     };
@@ -350,4 +354,89 @@ fn handled_term() -> Result<(), Error> {
 fn pause_once() {
     pvm::hypercall::raw(pvm::hypercall::Hypercall::Pause, 0);
     signal::dispatch();
+}
+
+/// A queue keeps message boundaries and order; full and empty are reported when non-blocking;
+/// a forked child opens the same queue by key.
+fn mq() -> Result<(), Error> {
+    let mut q = MessageQueue::open_with("test.q", 4, 32)?;
+    q.set_nonblocking(true);
+    let mut buf = [0u8; 32];
+    pvm::println!("mq: empty {:?}", q.receive(&mut buf).err());
+    for m in [&b"a"[..], b"bb", b"ccc", b"dddd"] {
+        q.send(m)?;
+    }
+    pvm::println!("mq: full {:?}", q.send(b"e").err());
+    pvm::println!("mq: too large {:?}", q.send(&[0u8; 33]).err());
+    let mut got = alloc::vec::Vec::new();
+    for _ in 0..4 {
+        let n = q.receive(&mut buf)?;
+        got.push(alloc::string::String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    pvm::println!("mq: received {got:?}");
+    match fork() {
+        Fork::Child => {
+            let q = MessageQueue::open_existing("test.q")?;
+            q.send(b"from the child")?;
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            q.set_nonblocking(false);
+            let n = q.receive(&mut buf)?;
+            pvm::println!(
+                "mq: {:?}; child {:?}",
+                core::str::from_utf8(&buf[..n]).unwrap_or("?"),
+                child.wait()
+            );
+            pvm::println!(
+                "mq: missing {:?}",
+                MessageQueue::open_existing("no.such.queue").err()
+            );
+            pvm::println!("mq: bad key {:?}", MessageQueue::open("bad key!", 4).err());
+            Ok(())
+        }
+    }
+}
+
+/// Four children add to a counter in shared memory they open by key.
+fn shm() -> Result<(), Error> {
+    let mem = SharedMem::create("test.counter", 100)?;
+    let mut children = alloc::vec::Vec::new();
+    for _ in 0..4 {
+        match fork() {
+            Fork::Child => {
+                let mine = SharedMem::open("test.counter")?;
+                let counter = mine.atomic_u64(0).ok_or(Error::Invalid)?;
+                for _ in 0..10_000 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                pvm::exit(0)
+            }
+            Fork::Parent(child) => children.push(child),
+        }
+    }
+    for child in children {
+        let _ = child.wait();
+    }
+    let total = mem.atomic_u64(0).map(|c| c.load(Ordering::SeqCst));
+    pvm::println!("shm: {} bytes, counter {total:?}", mem.len());
+    Ok(())
+}
+
+/// Holds a queue and a shared region under well-known keys, then idles.
+fn hold() -> Result<(), Error> {
+    let _q = MessageQueue::open("shared.key", 4)?;
+    let _m = SharedMem::create("shared.mem", 4096)?;
+    pvm::println!("hold: ready {}", pvm::id());
+    pvm::pause()
+}
+
+/// Tries another family's objects.
+fn open_other() -> Result<(), Error> {
+    pvm::println!(
+        "open-other: queue {:?}",
+        MessageQueue::open("shared.key", 4).err()
+    );
+    pvm::println!("open-other: shm {:?}", SharedMem::open("shared.mem").err());
+    Ok(())
 }
