@@ -1,6 +1,8 @@
 //! The guest side of `pvmctl bench ipc`:
 //! - `stream MIB [--no-spin]`: a child writes MIB MiB in 64 KiB writes through a pipe, the
 //!   parent reads it all; prints the throughput.
+//! - `mq N [--no-spin]`: parent and child bounce a 1-byte message N times through two message
+//!   queues; prints the round trip median and p99.
 //! - `signal N`: parent and child bounce USR1 N times (kill, handler, kill back); prints the
 //!   round trip (two deliveries) median and p99.
 //!
@@ -13,7 +15,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use pvm::ipc;
+use pvm::ipc::{self, MessageQueue};
 use pvm::signal::{self, Signal};
 use pvm::Fork;
 
@@ -34,8 +36,9 @@ fn main() -> i32 {
     let result = match (what, n) {
         ("stream", mib) if mib > 0 => stream(mib),
         ("signal", rounds) if rounds > 0 => signal_pingpong(rounds),
+        ("mq", rounds) if rounds > 0 => mq_pingpong(rounds),
         _ => {
-            pvm::eprintln!("usage: ipcbench stream MIB [--no-spin] | signal N");
+            pvm::eprintln!("usage: ipcbench stream MIB [--no-spin] | signal N | mq N [--no-spin]");
             return 2;
         }
     };
@@ -135,6 +138,44 @@ fn signal_pingpong(rounds: usize) -> Result<(), ipc::Error> {
             let _ = child.wait();
             pvm::println!(
                 "ipcbench signal: {rounds} round trips: median {} ns, p99 {} ns",
+                ns(samples[rounds / 2]),
+                ns(samples[(rounds * 99 / 100).min(rounds - 1)])
+            );
+            Ok(())
+        }
+        Err(_) => Err(ipc::Error::Unavailable),
+    }
+}
+
+fn mq_pingpong(rounds: usize) -> Result<(), ipc::Error> {
+    let ping = MessageQueue::open_with("bench.ping", 16, 8)?;
+    let pong = MessageQueue::open_with("bench.pong", 16, 8)?;
+    let mut buf = [0u8; 8];
+    match pvm::fork() {
+        Ok(Fork::Child) => {
+            for _ in 0..rounds {
+                let n = ping.receive(&mut buf)?;
+                pong.send(&buf[..n])?;
+            }
+            pvm::exit(0)
+        }
+        Ok(Fork::Parent(child)) => {
+            let mut samples = Vec::with_capacity(rounds);
+            let clock0 = pvm::time::Instant::now();
+            let tsc0 = rdtsc();
+            for i in 0..rounds {
+                let t = rdtsc();
+                ping.send(&[i as u8])?;
+                pong.receive(&mut buf)?;
+                samples.push(rdtsc() - t);
+            }
+            let tsc1 = rdtsc();
+            let elapsed = clock0.elapsed().as_nanos() as u64;
+            let ns = |c: u64| c as u128 * elapsed as u128 / (tsc1 - tsc0).max(1) as u128;
+            samples.sort_unstable();
+            let _ = child.wait();
+            pvm::println!(
+                "ipcbench mq: {rounds} round trips: median {} ns, p99 {} ns",
                 ns(samples[rounds / 2]),
                 ns(samples[(rounds * 99 / 100).min(rounds - 1)])
             );
