@@ -42,6 +42,8 @@ impl Monitor {
                 args.read_handle = r;
                 args.write_handle = w;
                 args.ring = ring;
+                args.read_doorbell = crate::ipc::doorbell(r);
+                args.write_doorbell = crate::ipc::doorbell(w);
                 args.result = 0;
             }
             Err(e) => args.result = e,

@@ -17,8 +17,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use pvm_abi::{errno, layout};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::vstate::vm::RAM_SLOT;
 
@@ -45,10 +46,15 @@ enum Handle {
     Pipe {
         region: usize,
         _end: End,
-        /// Where this end sleeps (read end of a host pipe).
-        wait: OwnedFd,
-        /// Where this end wakes its peer (write end of the other host pipe).
-        notify: OwnedFd,
+        /// Read end of a host pipe whose write end every holder of the peer end keeps: it
+        /// hangs up when the peer end is closed everywhere.
+        peer_alive: OwnedFd,
+        /// Write end of the host pipe the peer watches the same way (held, never written).
+        _alive: OwnedFd,
+        /// The eventfd this end sleeps on.
+        wake: EventFd,
+        /// The eventfd the peer sleeps on: this end's doorbell signals it.
+        peer_wake: EventFd,
     },
     /// A named message queue.
     Queue { region: usize },
@@ -106,6 +112,14 @@ pub struct Ipc {
 
 fn slot_of(index: usize) -> u32 {
     RAM_SLOT + 1 + index as u32
+}
+
+/// Most handles one pVM holds (one doorbell each).
+pub const MAX_HANDLES: usize = (layout::DOORBELL_SIZE / 8) as usize;
+
+/// Guest address of `handle`'s doorbell.
+pub fn doorbell(handle: u64) -> u64 {
+    layout::DOORBELL_BASE + 8 * handle
 }
 
 /// Guest address of region `index`.
@@ -432,56 +446,86 @@ impl Ipc {
         if !pvm_ipc::valid_pipe_capacity(capacity) {
             return Err(-errno::EINVAL);
         }
-        let (data_wait, data_notify) = host_pipe()?;
-        let (space_wait, space_notify) = host_pipe()?;
+        let (reader_alive_r, reader_alive_w) = host_pipe()?;
+        let (writer_alive_r, writer_alive_w) = host_pipe()?;
+        let efd = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|_| -errno::EAGAIN);
+        let (data, space) = (efd()?, efd()?);
+        let dup = |e: &EventFd| e.try_clone().map_err(|_| -errno::EAGAIN);
+        let (data2, space2) = (dup(&data)?, dup(&space)?);
         let (index, host) = self.create_region(vm, pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity)?;
         // SAFETY: the region is fresh (zeroed by the memfd), page-aligned and large enough.
         unsafe { pvm_ipc::Pipe::init(host.as_ptr(), capacity) };
         let r = self.add_handle(Handle::Pipe {
             region: index,
             _end: End::Read,
-            wait: data_wait,
-            notify: space_notify,
+            peer_alive: writer_alive_r,
+            _alive: reader_alive_w,
+            wake: data,
+            peer_wake: space,
         });
         let w = self.add_handle(Handle::Pipe {
             region: index,
             _end: End::Write,
-            wait: space_wait,
-            notify: data_notify,
+            peer_alive: reader_alive_r,
+            _alive: writer_alive_w,
+            wake: space2,
+            peer_wake: data2,
         });
+        for h in [r, w] {
+            if let Err(e) = self.register_doorbell(vm, h) {
+                self.close(vm, r);
+                self.close(vm, w);
+                return Err(e);
+            }
+        }
         Ok((r, w, region_gpa(index)))
+    }
+
+    /// Makes KVM turn stores to `handle`'s doorbell into signals of its peer's eventfd.
+    fn register_doorbell(&self, vm: &VmFd, handle: u64) -> Result<(), i64> {
+        let Some(Handle::Pipe { peer_wake, .. }) = self.handle(handle) else {
+            return Ok(());
+        };
+        vm.register_ioevent(peer_wake, &IoEventAddress::Mmio(doorbell(handle)), NoDatamatch)
+            .map_err(|_| -errno::EAGAIN)
     }
 
     fn handle(&self, handle: u64) -> Option<&Handle> {
         self.handles.get(usize::try_from(handle).ok()?)?.as_ref()
     }
 
-    /// Wakes the peer of `handle`. Returns 0 or `-EBADF`.
+    /// Wakes the peer of `handle` (what its doorbell does in the kernel). Returns 0 or `-EBADF`.
     pub fn notify(&self, handle: u64) -> i64 {
-        let Some(Handle::Pipe { notify, .. }) = self.handle(handle) else {
+        let Some(Handle::Pipe { peer_wake, .. }) = self.handle(handle) else {
             return -errno::EBADF;
         };
-        // SAFETY: writes one byte from a local to our own non-blocking pipe fd; a full pipe
-        // (EAGAIN) already holds a wake-up, a closed peer (EPIPE) needs none.
-        unsafe { libc::write(notify.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        let _ = peer_wake.write(1);
         0
     }
 
     /// Sleeps until the peer of `handle` notifies or is gone, or `interrupted()` says a signal
     /// needs attention (checked with the signals blocked, so none is lost).
     pub fn wait(&self, handle: u64, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
-        let Some(Handle::Pipe { wait, .. }) = self.handle(handle) else {
+        let Some(Handle::Pipe { wake, peer_alive, .. }) = self.handle(handle) else {
             return Err(-errno::EBADF);
         };
-        let fd = wait.as_raw_fd();
-        let revents = crate::signals::poll_unless(fd, interrupted);
-        let Some(revents) = revents else {
+        let mut fds = [
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: peer_alive.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        if !crate::signals::poll_unless(&mut fds, interrupted) {
             return Ok(Woken::Interrupted);
-        };
-        if revents & libc::POLLIN != 0 {
-            let mut buf = [0u8; 64];
-            // SAFETY: reads into a local buffer from our own non-blocking fd until it is empty.
-            while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let _ = wake.read();
             return Ok(Woken::Notified);
         }
         Ok(Woken::PeerGone)
@@ -496,6 +540,9 @@ impl Ipc {
         else {
             return -errno::EBADF;
         };
+        if let Handle::Pipe { peer_wake, .. } = &h {
+            let _ = vm.unregister_ioevent(peer_wake, &IoEventAddress::Mmio(doorbell(handle)), NoDatamatch);
+        }
         let index = h.region();
         drop(h);
         if let Some(r) = self.regions[index].as_mut() {
@@ -511,6 +558,9 @@ impl Ipc {
             if let Some(region) = region {
                 register(vm, index, region)?;
             }
+        }
+        for handle in 0..self.handles.len() as u64 {
+            self.register_doorbell(vm, handle)?;
         }
         Ok(())
     }

@@ -175,17 +175,13 @@ pub fn sleep_until(done: impl Fn() -> bool) {
     });
 }
 
-/// Polls `fd` for input until it is ready (returns its revents) or `interrupted()` holds
-/// (returns None).
-pub fn poll_unless(fd: libc::c_int, interrupted: impl Fn() -> bool) -> Option<i16> {
+/// Polls `fds` until one is ready (returns true, revents filled in) or `interrupted()` holds
+/// (returns false).
+pub fn poll_unless(fds: &mut [libc::pollfd], interrupted: impl Fn() -> bool) -> bool {
     with_signals_blocked(interrupted, |old| {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: ppoll on one valid pollfd with a valid signal mask, no timeout.
-        let r = unsafe { libc::ppoll(&mut pfd, 1, std::ptr::null(), old) };
-        (r > 0).then_some(pfd.revents)
+        // SAFETY: ppoll on valid pollfds with a valid signal mask, no timeout.
+        let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, std::ptr::null(), old) };
+        (r > 0).then_some(())
     })
+    .is_some()
 }
