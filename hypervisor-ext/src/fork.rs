@@ -59,12 +59,15 @@ impl Monitor {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let inherited = signals::snapshot();
+        // Signals wait until both sides are consistent again (in the child: until its VM runs).
+        let held = signals::hold();
         // SAFETY: the monitor is single-threaded here (the only helper thread, started in
         // Monitor::new, was joined), so the child starts with consistent locks and heap.
         let pid = unsafe { libc::fork() };
         match pid {
             -1 => {
                 let err = std::io::Error::last_os_error().raw_os_error();
+                drop(held);
                 self.family.unadmit_fork();
                 if err == Some(libc::ENOMEM) {
                     -errno::ENOMEM
@@ -75,7 +78,9 @@ impl Monitor {
             0 => {
                 signals::forget_inherited(inherited);
                 drop(from_child);
-                if let Err(e) = self.become_child(&state, to_parent, t0) {
+                let started = self.become_child(&state, to_parent, t0);
+                drop(held);
+                if let Err(e) = started {
                     // The parent already has our id; tell it (and the user) how we ended.
                     let id = std::process::id();
                     eprintln!("pvm {id}: the forked child could not start: {e}");
@@ -86,6 +91,7 @@ impl Monitor {
                 0
             }
             child => {
+                drop(held);
                 drop(to_parent);
                 self.family.add_child(child as u32, from_child);
                 i64::from(child)

@@ -185,3 +185,32 @@ pub fn poll_unless(fds: &mut [libc::pollfd], interrupted: impl Fn() -> bool) -> 
     })
     .is_some()
 }
+
+/// The monitor's signals held back (blocked) until dropped: they stay pending in the kernel and
+/// are handled right after. Used around a fork, so that a signal sent to a child whose monitor is
+/// still building its VM does not interrupt those ioctls (EINTR) but waits for the vCPU loop.
+pub struct Held {
+    old: libc::sigset_t,
+}
+
+/// Holds the monitor's signals back.
+pub fn hold() -> Held {
+    // SAFETY: sigset manipulation on local sets; sigprocmask on this single-threaded process.
+    unsafe {
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        for sig in all_signals() {
+            libc::sigaddset(&mut block, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
+        Held { old }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `hold`.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}

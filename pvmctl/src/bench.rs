@@ -30,6 +30,9 @@ pub enum BenchCommand {
     Fork(crate::bench_fork::ForkArgs),
     /// Density: N idle forked pVMs (creation time, host memory, private memory per monitor).
     Density(crate::bench_fork::DensityArgs),
+    /// IPC: pVM pipe round trips (spinning and not), pipe throughput and signal round trips,
+    /// against Linux pipes, POSIX message queues and signals, measured in the same run.
+    Ipc(crate::bench_ipc::IpcArgs),
 }
 
 /// Arguments of `pvmctl bench boot`.
@@ -126,6 +129,9 @@ pub enum BenchError {
     /// `bench fork` or `bench density` failed.
     #[error(transparent)]
     ForkBench(#[from] crate::bench_fork::ForkBenchError),
+    /// `bench ipc` failed.
+    #[error(transparent)]
+    IpcBench(#[from] crate::bench_ipc::IpcBenchError),
 }
 
 /// How a child process ended (a decoded `waitpid` status).
@@ -168,6 +174,7 @@ pub fn bench(cmd: BenchCommand) -> Result<ExitCode, BenchError> {
         BenchCommand::Boot(args) => boot(args),
         BenchCommand::Fork(args) => crate::bench_fork::fork(args),
         BenchCommand::Density(args) => crate::bench_fork::density(args),
+        BenchCommand::Ipc(args) => crate::bench_ipc::ipc(args),
     }
 }
 

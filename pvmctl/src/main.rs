@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_fork;
+mod bench_ipc;
 mod ctl;
 mod guest_build;
 mod image;

@@ -87,17 +87,27 @@ fn stream(mib: usize) -> Result<(), ipc::Error> {
 }
 
 static GOT: AtomicU32 = AtomicU32::new(0);
+static PEER_ENDED: AtomicU32 = AtomicU32::new(0);
+
+fn on_chld(_: Signal) {
+    PEER_ENDED.store(1, Ordering::SeqCst);
+}
 
 fn on_usr1(_: Signal) {
     GOT.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Sleeps in the monitor until a USR1 handler ran since `seen`; returns the new count.
+/// Sleeps in the monitor until a USR1 handler ran since `seen`; returns the new count. Ends
+/// the pVM if the peer (a child) ended meanwhile, rather than wait forever.
 fn await_signal(seen: u32) -> u32 {
     loop {
         let now = GOT.load(Ordering::SeqCst);
         if now != seen {
             return now;
+        }
+        if PEER_ENDED.load(Ordering::SeqCst) != 0 {
+            pvm::eprintln!("ipcbench: the peer ended");
+            pvm::exit(1);
         }
         pvm::hypercall::raw(pvm::hypercall::Hypercall::Pause, 0);
         signal::dispatch();
@@ -105,7 +115,7 @@ fn await_signal(seen: u32) -> u32 {
 }
 
 fn signal_pingpong(rounds: usize) -> Result<(), ipc::Error> {
-    if signal::on(Signal::Usr1, on_usr1).is_err() {
+    if signal::on(Signal::Usr1, on_usr1).is_err() || signal::on(Signal::Chld, on_chld).is_err() {
         return Err(ipc::Error::Unavailable);
     }
     let parent = pvm::id();
