@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -100,11 +100,6 @@ pub mod layout {
     pub const IPC_SIZE: u64 = 1 << 30;
     /// Each region starts at a multiple of this in the window (and is at most this large).
     pub const IPC_SLOT_SIZE: u64 = LARGE_PAGE_SIZE;
-    /// Doorbells: a store to `DOORBELL_BASE + 8 * handle` wakes the peer of a pipe handle. KVM
-    /// turns it into an eventfd signal in the kernel (ioeventfd), without exiting to the monitor.
-    pub const DOORBELL_BASE: u64 = IPC_BASE + IPC_SIZE;
-    /// Size of the doorbell window.
-    pub const DOORBELL_SIZE: u64 = LARGE_PAGE_SIZE;
 
     // The layout is checked at compile time.
     const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= STATUS_ADDR);
@@ -137,8 +132,8 @@ pub enum Hypercall {
     Pause = 7,
     /// Create a pipe. Argument: the address of a [`PipeArgs`].
     PipeCreate = 8,
-    /// Sleep until the peer of an IPC handle signals progress, or is gone. Argument: the
-    /// address of an [`IpcWaitArgs`].
+    /// Sleep until the peer of a pipe handle signals progress (its futex word in the ring moves
+    /// from `seq`), or is gone. Argument: the address of an [`IpcWaitArgs`].
     IpcWait = 9,
     /// Wake the peer of an IPC handle (it sleeps in [`Hypercall::IpcWait`]). Argument: the
     /// handle itself.
@@ -333,14 +328,11 @@ pub struct PipeArgs {
     pub write_handle: u64,
     /// OUT: guest address of the ring (a `pvm_ipc::PipeRing` header, its data a page later).
     pub ring: u64,
-    /// OUT: doorbell of the read end (a store there wakes a sleeping writer).
-    pub read_doorbell: u64,
-    /// OUT: doorbell of the write end (a store there wakes a sleeping reader).
-    pub write_doorbell: u64,
+
     /// OUT: 0 or a negated [`errno`] (`EINVAL` bad capacity, `EAGAIN` no region left).
     pub result: i64,
 }
-// SAFETY: repr(C), seven 8-byte integers.
+// SAFETY: repr(C), five 8-byte integers.
 unsafe impl Plain for PipeArgs {}
 
 /// Arguments of [`Hypercall::IpcWait`].
@@ -349,11 +341,13 @@ unsafe impl Plain for PipeArgs {}
 pub struct IpcWaitArgs {
     /// IN: the handle whose peer to wait for.
     pub handle: u64,
+    /// IN: this end's futex word in the ring as the guest last read it.
+    pub seq: u64,
     /// OUT: 0 (woken: look again), or a negated [`errno`]: `EPIPE` (the peer end is closed
     /// everywhere), `EINTR` (a handled signal arrived), `EBADF`.
     pub result: i64,
 }
-// SAFETY: repr(C), two 8-byte integers.
+// SAFETY: repr(C), three 8-byte integers.
 unsafe impl Plain for IpcWaitArgs {}
 
 /// Longest key of a named queue or shared-memory region.

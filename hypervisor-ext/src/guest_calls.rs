@@ -42,8 +42,6 @@ impl Monitor {
                 args.read_handle = r;
                 args.write_handle = w;
                 args.ring = ring;
-                args.read_doorbell = crate::ipc::doorbell(r);
-                args.write_doorbell = crate::ipc::doorbell(w);
                 args.result = 0;
             }
             Err(e) => args.result = e,
@@ -64,7 +62,7 @@ impl Monitor {
                 // Delivered while the guest was spinning: its handlers run first.
                 break -errno::EINTR;
             }
-            match self.ipc.wait(args.handle, signals::attention) {
+            match self.ipc.wait(args.handle, args.seq as u32, signals::attention) {
                 Ok(Woken::Notified) => break 0,
                 Ok(Woken::PeerGone) => break -errno::EPIPE,
                 Err(e) => break e,

@@ -17,9 +17,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use kvm_ioctls::VmFd;
 use pvm_abi::{errno, layout};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::vstate::vm::RAM_SLOT;
 
@@ -45,16 +44,12 @@ enum Handle {
     /// An end of a pipe.
     Pipe {
         region: usize,
-        _end: End,
+        end: End,
         /// Read end of a host pipe whose write end every holder of the peer end keeps: it
         /// hangs up when the peer end is closed everywhere.
         peer_alive: OwnedFd,
         /// Write end of the host pipe the peer watches the same way (held, never written).
         _alive: OwnedFd,
-        /// The eventfd this end sleeps on.
-        wake: EventFd,
-        /// The eventfd the peer sleeps on: this end's doorbell signals it.
-        peer_wake: EventFd,
     },
     /// A named message queue.
     Queue { region: usize },
@@ -114,12 +109,42 @@ fn slot_of(index: usize) -> u32 {
     RAM_SLOT + 1 + index as u32
 }
 
-/// Most handles one pVM holds (one doorbell each).
-pub const MAX_HANDLES: usize = (layout::DOORBELL_SIZE / 8) as usize;
+/// Sleeps on the shared futex `word` while it holds `seq`, for at most 10 ms (so that a signal
+/// arriving between the caller's check and the sleep, or a peer dying without a wake-up, is seen
+/// soon): Ok(Some(())) woken or changed, Ok(None) timed out or interrupted.
+fn futex_wait(word: *const u32, seq: u32, interrupted: &impl Fn() -> bool) -> Result<Option<()>, i64> {
+    if interrupted() {
+        return Ok(None);
+    }
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    // SAFETY: a shared (not private) FUTEX_WAIT on a word of our MAP_SHARED mapping; the kernel
+    // only compares its value, whatever a guest wrote there.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAIT,
+            seq,
+            &timeout as *const libc::timespec,
+        )
+    };
+    if r == 0 {
+        return Ok(Some(()));
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Ok(Some(())),
+        Some(libc::ETIMEDOUT) | Some(libc::EINTR) => Ok(None),
+        _ => Err(-errno::EIO),
+    }
+}
 
-/// Guest address of `handle`'s doorbell.
-pub fn doorbell(handle: u64) -> u64 {
-    layout::DOORBELL_BASE + 8 * handle
+/// Wakes every sleeper on the shared futex `word`.
+fn futex_wake(word: *const u32) {
+    // SAFETY: FUTEX_WAKE on a word of our mapping; it only wakes sleepers.
+    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
 }
 
 /// Guest address of region `index`.
@@ -353,14 +378,12 @@ impl Ipc {
         let Some(Handle::Queue { region }) = self.handle(handle) else {
             return None;
         };
-        let host = self.regions.get(*region)?.as_ref()?.host;
         let offset = if side == pvm_abi::mq_side::RECV {
             pvm_ipc::QUEUE_RECV_SEQ_OFFSET
         } else {
             pvm_ipc::QUEUE_SEND_SEQ_OFFSET
         };
-        // SAFETY: the offset lies inside the queue header, inside the mapping.
-        Some(unsafe { host.as_ptr().add(offset) } as *const u32)
+        self.word(*region, offset)
     }
 
     /// Sleeps while `side`'s futex word of queue `handle` still holds `seq`, or until
@@ -373,33 +396,11 @@ impl Ipc {
         interrupted: impl Fn() -> bool,
     ) -> Result<bool, i64> {
         let word = self.queue_word(handle, side).ok_or(-errno::EBADF)?;
-        // A signal between the check and the futex sleep is caught within the timeout.
-        let timeout = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 10_000_000,
-        };
         loop {
-            if interrupted() {
-                return Ok(false);
-            }
-            // SAFETY: a shared (not private) FUTEX_WAIT on a word of our MAP_SHARED mapping;
-            // the kernel only compares its value, whatever a guest wrote there.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    word,
-                    libc::FUTEX_WAIT,
-                    seq,
-                    &timeout as *const libc::timespec,
-                )
-            };
-            if r == 0 {
-                return Ok(true);
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(true),
-                Some(libc::ETIMEDOUT) | Some(libc::EINTR) => continue,
-                _ => return Err(-errno::EIO),
+            match futex_wait(word, seq, &interrupted)? {
+                Some(()) => return Ok(true),
+                None if interrupted() => return Ok(false),
+                None => {}
             }
         }
     }
@@ -409,8 +410,7 @@ impl Ipc {
         let Some(word) = self.queue_word(handle, side) else {
             return -errno::EBADF;
         };
-        // SAFETY: FUTEX_WAKE on a word of our mapping; it only wakes sleepers.
-        unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
+        futex_wake(word);
         0
     }
 
@@ -448,87 +448,88 @@ impl Ipc {
         }
         let (reader_alive_r, reader_alive_w) = host_pipe()?;
         let (writer_alive_r, writer_alive_w) = host_pipe()?;
-        let efd = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|_| -errno::EAGAIN);
-        let (data, space) = (efd()?, efd()?);
-        let dup = |e: &EventFd| e.try_clone().map_err(|_| -errno::EAGAIN);
-        let (data2, space2) = (dup(&data)?, dup(&space)?);
         let (index, host) = self.create_region(vm, pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity)?;
         // SAFETY: the region is fresh (zeroed by the memfd), page-aligned and large enough.
         unsafe { pvm_ipc::Pipe::init(host.as_ptr(), capacity) };
         let r = self.add_handle(Handle::Pipe {
             region: index,
-            _end: End::Read,
+            end: End::Read,
             peer_alive: writer_alive_r,
             _alive: reader_alive_w,
-            wake: data,
-            peer_wake: space,
         });
         let w = self.add_handle(Handle::Pipe {
             region: index,
-            _end: End::Write,
+            end: End::Write,
             peer_alive: reader_alive_r,
             _alive: writer_alive_w,
-            wake: space2,
-            peer_wake: data2,
         });
-        for h in [r, w] {
-            if let Err(e) = self.register_doorbell(vm, h) {
-                self.close(vm, r);
-                self.close(vm, w);
-                return Err(e);
-            }
-        }
         Ok((r, w, region_gpa(index)))
     }
 
-    /// Makes KVM turn stores to `handle`'s doorbell into signals of its peer's eventfd.
-    fn register_doorbell(&self, vm: &VmFd, handle: u64) -> Result<(), i64> {
-        let Some(Handle::Pipe { peer_wake, .. }) = self.handle(handle) else {
-            return Ok(());
+    /// Host address of a futex word at `offset` in region `index`.
+    fn word(&self, index: usize, offset: usize) -> Option<*const u32> {
+        let host = self.regions.get(index)?.as_ref()?.host;
+        // SAFETY: callers pass offsets inside a ring or queue header, inside the mapping.
+        Some(unsafe { host.as_ptr().add(offset) } as *const u32)
+    }
+
+    /// The futex words (this end sleeps on, this end wakes) of pipe `handle`.
+    fn pipe_words(&self, handle: u64) -> Option<(*const u32, *const u32, &OwnedFd)> {
+        let Some(Handle::Pipe {
+            region,
+            end,
+            peer_alive,
+            ..
+        }) = self.handle(handle)
+        else {
+            return None;
         };
-        vm.register_ioevent(peer_wake, &IoEventAddress::Mmio(doorbell(handle)), NoDatamatch)
-            .map_err(|_| -errno::EAGAIN)
+        let (data, space) = (pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET);
+        let (mine, theirs) = if *end == End::Read {
+            (data, space)
+        } else {
+            (space, data)
+        };
+        Some((self.word(*region, mine)?, self.word(*region, theirs)?, peer_alive))
     }
 
     fn handle(&self, handle: u64) -> Option<&Handle> {
         self.handles.get(usize::try_from(handle).ok()?)?.as_ref()
     }
 
-    /// Wakes the peer of `handle` (what its doorbell does in the kernel). Returns 0 or `-EBADF`.
+    /// Wakes the peer of pipe `handle` (sleeping on its futex word). Returns 0 or `-EBADF`.
     pub fn notify(&self, handle: u64) -> i64 {
-        let Some(Handle::Pipe { peer_wake, .. }) = self.handle(handle) else {
+        let Some((_, theirs, _)) = self.pipe_words(handle) else {
             return -errno::EBADF;
         };
-        let _ = peer_wake.write(1);
+        futex_wake(theirs);
         0
     }
 
-    /// Sleeps until the peer of `handle` notifies or is gone, or `interrupted()` says a signal
-    /// needs attention (checked with the signals blocked, so none is lost).
-    pub fn wait(&self, handle: u64, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
-        let Some(Handle::Pipe { wake, peer_alive, .. }) = self.handle(handle) else {
-            return Err(-errno::EBADF);
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
+    /// Sleeps while this end's futex word of pipe `handle` holds `seq`, until the peer is gone,
+    /// or until `interrupted()`.
+    pub fn wait(&self, handle: u64, seq: u32, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
+        let (mine, _, peer_alive) = self.pipe_words(handle).ok_or(-errno::EBADF)?;
+        let peer_gone = || {
+            let mut pfd = libc::pollfd {
                 fd: peer_alive.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            },
-        ];
-        if !crate::signals::poll_unless(&mut fds, interrupted) {
-            return Ok(Woken::Interrupted);
+            };
+            // SAFETY: a non-blocking poll of one valid fd.
+            unsafe { libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 }
+        };
+        loop {
+            if peer_gone() {
+                return Ok(Woken::PeerGone);
+            }
+            match futex_wait(mine, seq, &interrupted)? {
+                Some(()) => return Ok(Woken::Notified),
+                None if interrupted() => return Ok(Woken::Interrupted),
+                // A timeout: look at the peer's liveness again (a SIGKILLed peer wakes nobody).
+                None => {}
+            }
         }
-        if fds[0].revents & libc::POLLIN != 0 {
-            let _ = wake.read();
-            return Ok(Woken::Notified);
-        }
-        Ok(Woken::PeerGone)
     }
 
     /// Closes `handle`; a region no handle uses any more is removed from `vm` and unmapped.
@@ -540,11 +541,14 @@ impl Ipc {
         else {
             return -errno::EBADF;
         };
-        if let Handle::Pipe { peer_wake, .. } = &h {
-            let _ = vm.unregister_ioevent(peer_wake, &IoEventAddress::Mmio(doorbell(handle)), NoDatamatch);
-        }
         let index = h.region();
         drop(h);
+        // Sleepers on this region look again (and see whether their peer is gone).
+        for offset in [pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET] {
+            if let Some(word) = self.word(index, offset) {
+                futex_wake(word);
+            }
+        }
         if let Some(r) = self.regions[index].as_mut() {
             r.refs = r.refs.saturating_sub(1);
         }
@@ -558,9 +562,6 @@ impl Ipc {
             if let Some(region) = region {
                 register(vm, index, region)?;
             }
-        }
-        for handle in 0..self.handles.len() as u64 {
-            self.register_doorbell(vm, handle)?;
         }
         Ok(())
     }

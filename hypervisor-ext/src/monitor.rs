@@ -443,10 +443,6 @@ impl Monitor {
                 return Ok(outcome);
             }
             let call = match self.vcpu.run() {
-                Ok(VcpuExit::MmioWrite(addr, _)) if is_doorbell(addr) => {
-                    // A doorbell of a handle closed meanwhile: nobody to wake.
-                    continue;
-                }
                 Ok(VcpuExit::MmioWrite(addr, data)) => hypercall::decode(addr, data),
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     data.fill(0xff);
@@ -708,10 +704,6 @@ impl Monitor {
     }
 }
 
-fn is_doorbell(addr: u64) -> bool {
-    (layout::DOORBELL_BASE..layout::DOORBELL_BASE + layout::DOORBELL_SIZE).contains(&addr)
-}
-
 /// A parent pVM holds one pipe per child: lift the soft open-file limit to the hard one, so a
 /// family of a thousand pVMs does not run out of descriptors at the default 1024.
 fn raise_fd_limit() {
@@ -763,9 +755,8 @@ fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::Ar
         layout::PAGE_SIZE,
         Perm::USER_RW,
     )?;
-    // The whole IPC window, backed later region by region (each its own memory slot), and the
-    // doorbells right after it (never backed: stores there are ioeventfds).
-    let ipc_end = layout::DOORBELL_BASE + layout::DOORBELL_SIZE;
+    // The whole IPC window, backed later region by region (each its own memory slot).
+    let ipc_end = layout::IPC_BASE + layout::IPC_SIZE;
     identity(&mut pt, layout::IPC_BASE, ipc_end, Perm::USER_RW)?;
     Ok(pt.root())
 }

@@ -175,17 +175,6 @@ pub fn sleep_until(done: impl Fn() -> bool) {
     });
 }
 
-/// Polls `fds` until one is ready (returns true, revents filled in) or `interrupted()` holds
-/// (returns false).
-pub fn poll_unless(fds: &mut [libc::pollfd], interrupted: impl Fn() -> bool) -> bool {
-    with_signals_blocked(interrupted, |old| {
-        // SAFETY: ppoll on valid pollfds with a valid signal mask, no timeout.
-        let r = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, std::ptr::null(), old) };
-        (r > 0).then_some(())
-    })
-    .is_some()
-}
-
 /// The monitor's signals held back (blocked) until dropped: they stay pending in the kernel and
 /// are handled right after. Used around a fork, so that a signal sent to a child whose monitor is
 /// still building its VM does not interrupt those ioctls (EINTR) but waits for the vCPU loop.

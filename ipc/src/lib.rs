@@ -49,7 +49,16 @@ pub struct PipeRing {
     pub reader_sleeping: AtomicU32,
     /// The writer sleeps in the monitor (or is about to): a reader must notify.
     pub writer_sleeping: AtomicU32,
+    /// Bumped by a writer that saw the reader sleeping (the reader's futex word).
+    pub data_seq: AtomicU32,
+    /// Bumped by a reader that saw the writer sleeping (the writer's futex word).
+    pub space_seq: AtomicU32,
 }
+
+/// Byte offset of [`PipeRing::data_seq`] in the region (the reader's monitor sleeps on it).
+pub const PIPE_DATA_SEQ_OFFSET: usize = core::mem::offset_of!(PipeRing, data_seq);
+/// Byte offset of [`PipeRing::space_seq`] in the region.
+pub const PIPE_SPACE_SEQ_OFFSET: usize = core::mem::offset_of!(PipeRing, space_seq);
 
 /// Why a ring operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! `BrokenPipe` once every reader is (noticed when the ring is full). Data moves without exits:
 //! a side that finds the ring empty (or full) spins for a bounded time ([`set_spin`]), then
 //! sleeps in its monitor, and the other side wakes it only then.
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pvm_abi::{errno, mq_side, Hypercall, IpcWaitArgs, MqWaitArgs, NamedArgs, PipeArgs};
 use pvm_ipc::{Pipe, Queue, RingError, PIPE_DEFAULT_CAPACITY};
@@ -80,9 +80,14 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Sleeps in the monitor until the peer of `handle` acts: Ok(true) woken, Ok(false) peer gone.
-fn wait(handle: u64) -> Result<bool, Error> {
-    let mut args = IpcWaitArgs { handle, result: 0 };
+/// Sleeps in the monitor while `word` (this end's futex word) holds `seq`: Ok(true) woken (look
+/// again), Ok(false) the peer end is gone.
+fn wait(handle: u64, seq: u32) -> Result<bool, Error> {
+    let mut args = IpcWaitArgs {
+        handle,
+        seq: u64::from(seq),
+        result: 0,
+    };
     raw(Hypercall::IpcWait, &mut args as *mut IpcWaitArgs as u64);
     match -args.result {
         0 => Ok(true),
@@ -95,11 +100,10 @@ fn wait(handle: u64) -> Result<bool, Error> {
     }
 }
 
-/// Rings a doorbell: KVM signals the peer's eventfd in the kernel, the monitor is not involved.
-fn ring(doorbell: u64) {
-    // SAFETY: the store targets the doorbell window, which the monitor maps in every pVM and
-    // which KVM turns into an eventfd signal instead of a memory access.
-    unsafe { core::ptr::write_volatile(doorbell as *mut u64, 1) };
+/// Wakes a peer sleeping on `word`: bump it, then one hypercall.
+fn wake(handle: u64, word: &AtomicU32) {
+    word.fetch_add(1, Ordering::SeqCst);
+    raw(Hypercall::IpcNotify, handle);
 }
 
 /// Creates a pipe with the default capacity (64 KiB).
@@ -125,13 +129,11 @@ pub fn pipe_with_capacity(capacity: u64) -> Result<(Reader, Writer), Error> {
     Ok((
         Reader {
             handle: args.read_handle,
-            doorbell: args.read_doorbell,
             ring: r,
             nonblocking: false,
         },
         Writer {
             handle: args.write_handle,
-            doorbell: args.write_doorbell,
             ring: w,
             nonblocking: false,
         },
@@ -159,7 +161,6 @@ fn spin(ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
 /// The read end of a pipe.
 pub struct Reader {
     handle: u64,
-    doorbell: u64,
     ring: Pipe,
     nonblocking: bool,
 }
@@ -178,8 +179,9 @@ impl Reader {
         loop {
             let n = self.ring.read(buf)?;
             if n > 0 {
-                if self.ring.header().writer_sleeping.load(Ordering::SeqCst) != 0 {
-                    ring(self.doorbell);
+                let header = self.ring.header();
+                if header.writer_sleeping.load(Ordering::SeqCst) != 0 {
+                    wake(self.handle, &header.space_seq);
                 }
                 return Ok(n);
             }
@@ -191,11 +193,12 @@ impl Reader {
             }
             let header = self.ring.header();
             header.reader_sleeping.store(1, Ordering::SeqCst);
+            let seq = header.data_seq.load(Ordering::SeqCst);
             if self.ring.readable()? > 0 {
                 header.reader_sleeping.store(0, Ordering::SeqCst);
                 continue;
             }
-            let woken = wait(self.handle);
+            let woken = wait(self.handle, seq);
             header.reader_sleeping.store(0, Ordering::SeqCst);
             if !woken? {
                 // Every writer is gone: what they wrote before is still there.
@@ -225,7 +228,6 @@ impl Drop for Reader {
 /// The write end of a pipe.
 pub struct Writer {
     handle: u64,
-    doorbell: u64,
     ring: Pipe,
     nonblocking: bool,
 }
@@ -244,8 +246,9 @@ impl Writer {
         loop {
             let n = self.ring.write(buf)?;
             if n > 0 {
-                if self.ring.header().reader_sleeping.load(Ordering::SeqCst) != 0 {
-                    ring(self.doorbell);
+                let header = self.ring.header();
+                if header.reader_sleeping.load(Ordering::SeqCst) != 0 {
+                    wake(self.handle, &header.data_seq);
                 }
                 return Ok(n);
             }
@@ -257,11 +260,12 @@ impl Writer {
             }
             let header = self.ring.header();
             header.writer_sleeping.store(1, Ordering::SeqCst);
+            let seq = header.space_seq.load(Ordering::SeqCst);
             if self.ring.writable()? > 0 {
                 header.writer_sleeping.store(0, Ordering::SeqCst);
                 continue;
             }
-            let woken = wait(self.handle);
+            let woken = wait(self.handle, seq);
             header.writer_sleeping.store(0, Ordering::SeqCst);
             if !woken? {
                 return Err(Error::BrokenPipe);

@@ -312,6 +312,7 @@ fn hostile() -> Result<(), Error> {
     );
     let mut args = pvm_abi::IpcWaitArgs {
         handle: 12345,
+        seq: 0,
         result: 0,
     };
     pvm::hypercall::raw(
