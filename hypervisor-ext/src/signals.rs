@@ -137,44 +137,6 @@ pub fn forget_inherited(inherited: Inherited) {
     }
 }
 
-/// Runs `sleep(old_mask)` with the monitor's signals blocked around a check of `done()`, so a
-/// signal arriving between the check and the sleep is not lost: `sleep` must unblock them
-/// atomically (sigsuspend, ppoll). Repeats until `done()`.
-fn with_signals_blocked<T>(
-    done: impl Fn() -> bool,
-    mut sleep: impl FnMut(&libc::sigset_t) -> Option<T>,
-) -> Option<T> {
-    // SAFETY: sigset manipulation on local sets and sigprocmask on this single-threaded
-    // process; the old mask is restored before returning.
-    unsafe {
-        let mut block: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut block);
-        for sig in all_signals() {
-            libc::sigaddset(&mut block, sig);
-        }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
-        let mut result = None;
-        while !done() {
-            if let Some(r) = sleep(&old) {
-                result = Some(r);
-                break;
-            }
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        result
-    }
-}
-
-/// Sleeps until `done()` holds (checked after every signal).
-pub fn sleep_until(done: impl Fn() -> bool) {
-    with_signals_blocked(done, |old| {
-        // SAFETY: sigsuspend with a valid mask; it returns after a handler ran.
-        unsafe { libc::sigsuspend(old) };
-        None::<()>
-    });
-}
-
 /// The monitor's signals held back (blocked) until dropped: they stay pending in the kernel and
 /// are handled right after. Used around a fork, so that a signal sent to a child whose monitor is
 /// still building its VM does not interrupt those ioctls (EINTR) but waits for the vCPU loop.
@@ -201,5 +163,15 @@ impl Drop for Held {
     fn drop(&mut self) {
         // SAFETY: restores the mask saved by `hold`.
         unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// Sleeps until `done()` holds, checked with the monitor's signals blocked and rechecked after
+/// each one (`sigsuspend` unblocks them atomically), so none arriving in between is lost.
+pub fn sleep_until(done: impl Fn() -> bool) {
+    let held = hold();
+    while !done() {
+        // SAFETY: sigsuspend with the mask from before `hold`; it returns after a handler ran.
+        unsafe { libc::sigsuspend(&held.old) };
     }
 }

@@ -623,13 +623,28 @@ struct Report<'a> {
     p99_ratio: f64,
 }
 
+/// How a benchmark reports a target.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// The example guest `name` built with pvmctl, or its path if it is missing.
+pub(crate) fn guest_path(name: &str) -> Result<PathBuf, PathBuf> {
+    let path = Path::new(env!("PVM_GUEST_DIR")).join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(path)
+    }
+}
+
 impl Report<'_> {
     fn verdict(ratio: f64) -> &'static str {
-        if ratio <= TARGET_RATIO {
-            "met"
-        } else {
-            "NOT met"
-        }
+        verdict(ratio <= TARGET_RATIO)
     }
 
     fn table(&self) -> String {

@@ -295,22 +295,11 @@ const TARGET_COUNT: u32 = 1000;
 /// Output lines kept for error messages.
 const OUTPUT_TAIL_LINES: usize = 30;
 
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
+use crate::bench::verdict;
 
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, ForkBenchError> {
-    let path = Path::new(env!("PVM_GUEST_DIR")).join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(ForkBenchError::GuestMissing(path))
-    }
+    crate::bench::guest_path(name).map_err(ForkBenchError::GuestMissing)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -198,27 +198,15 @@ const PIPE_NO_SPIN_MAX_RATIO: f64 = 2.0;
 const STREAM_MIN_RATIO: f64 = 3.0;
 /// Target: pVM one-way signal delivery median at most this times Linux's.
 const SIGNAL_MAX_RATIO: f64 = 1.0;
-/// What the table and JSON say of the pVM message-queue row.
 /// pVM message-queue round trips per run, with and without spinning.
 const PVM_MQ_ROUNDS: usize = 10_000;
 const PVM_MQ_NO_SPIN_ROUNDS: usize = 2_000;
 
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
+use crate::bench::verdict;
 
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, IpcBenchError> {
-    let path = Path::new(env!("PVM_GUEST_DIR")).join(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(IpcBenchError::GuestMissing(path))
-    }
+    crate::bench::guest_path(name).map_err(IpcBenchError::GuestMissing)
 }
 
 // ---------------------------------------------------------------------------------------------
