@@ -83,7 +83,9 @@ impl Monitor {
                 if let Err(e) = started {
                     // The parent already has our id; tell it (and the user) how we ended.
                     let id = std::process::id();
-                    eprintln!("pvm {id}: the forked child could not start: {e}");
+                    crate::outcome::report_line(format_args!(
+                        "pvm {id}: the forked child could not start: {e}"
+                    ));
                     let outcome = Outcome::Crashed(Crash::Internal { what: e.to_string() });
                     self.family.report_outcome(&outcome);
                     crate::teardown::exit_deferring_teardown(outcome.exit_status());

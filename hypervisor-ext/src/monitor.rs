@@ -634,7 +634,9 @@ impl Monitor {
                     args.rip = record.rip;
                     break;
                 }
-                Collected::Orphan(id, text) => eprintln!("pvm {id} (orphan) {text}"),
+                Collected::Orphan(id, text) => {
+                    crate::outcome::report_line(format_args!("pvm {id} (orphan) {text}"))
+                }
                 Collected::Other => {}
             }
         }

@@ -1,6 +1,15 @@
 //! How a pVM ended, and how that maps to a host exit status.
 use std::fmt;
 
+/// Prints one line to stderr in a single write, so that the lines of a family's monitors,
+/// which share stderr, never mix mid-line (`eprintln!` may write a line in pieces).
+pub fn report_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 /// CPU exception vectors with names.
 fn vector_name(vector: u64) -> &'static str {
     match vector {

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use hypervisor_ext::outcome::report_line;
 use hypervisor_ext::{parse_mem_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome};
 
 use crate::image::{self, ImageError};
@@ -89,8 +90,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
     let ids = monitor.ids();
     match &outcome {
         Outcome::Exited(_) => {}
-        Outcome::Crashed(crash) => eprintln!("pvm {} crashed: {crash}", ids.id),
-        Outcome::Signaled(sig) => eprintln!("pvm {} stopped by signal {}", ids.id, crate::signal::name(*sig)),
+        Outcome::Crashed(crash) => report_line(format_args!("pvm {} crashed: {crash}", ids.id)),
+        Outcome::Signaled(sig) => report_line(format_args!(
+            "pvm {} stopped by signal {}",
+            ids.id,
+            crate::signal::name(*sig)
+        )),
     }
     if ids.parent == 0 {
         let forward = match outcome {
@@ -98,7 +103,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
             _ => None,
         };
         for (id, what) in monitor.wait_for_family(forward) {
-            eprintln!("pvm {id} (family {}) {what}", ids.family);
+            report_line(format_args!("pvm {id} (family {}) {what}", ids.family));
         }
         monitor.unregister();
     }
