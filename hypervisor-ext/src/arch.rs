@@ -63,6 +63,8 @@ impl Perm {
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITE: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
+const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_DIRTY: u64 = 1 << 6;
 const PTE_LARGE: u64 = 1 << 7;
 const PTE_NX: u64 = 1 << 63;
 const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -118,14 +120,20 @@ impl<'m> PageTables<'m> {
             return Ok(e & PTE_ADDR_MASK);
         }
         let child = self.alloc()?;
-        self.set_entry(table, index, child | PTE_PRESENT | PTE_WRITE | PTE_USER)?;
+        self.set_entry(
+            table,
+            index,
+            child | PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_ACCESSED,
+        )?;
         Ok(child)
     }
 
     /// Maps `[va, va+len)` to `[pa, pa+len)` with `perm`. All three must be page-aligned, and
     /// the range must not overlap one mapped before.
     pub fn map(&mut self, va: u64, pa: u64, len: u64, perm: Perm) -> Result<(), ArchError> {
-        let mut flags = PTE_PRESENT;
+        // Accessed and dirty preset: the CPU (or KVM's shadow MMU) then never writes them, so
+        // page-table pages stay shared copy-on-write with a forked child instead of being copied.
+        let mut flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY;
         if perm.write {
             flags |= PTE_WRITE;
         }

@@ -151,9 +151,13 @@ impl Monitor {
                 Access::Monitor,
             )?;
         }
-        // Signals pending for the parent's handlers are not the child's.
-        self.mem
-            .write_obj(layout::STATUS_ADDR, &GuestStatus::default(), Access::Monitor)?;
+        // Signals pending for the parent's handlers are not the child's. (Written only if set:
+        // an untouched page stays shared with the parent.)
+        let status: GuestStatus = self.mem.read_obj(layout::STATUS_ADDR, Access::Monitor)?;
+        if status.pending_signals != 0 {
+            self.mem
+                .write_obj(layout::STATUS_ADDR, &GuestStatus::default(), Access::Monitor)?;
+        }
         let template = template.unwrap_or_else(|| Entry {
             id,
             parent: 0,
