@@ -369,9 +369,7 @@ mod tests {
         assert_eq!(pt.next, layout::PAGE_TABLES_ADDR + 4 * layout::PAGE_SIZE);
         let pd = layout::PAGE_TABLES_ADDR + 2 * layout::PAGE_SIZE;
         let e: u64 = mem.read_obj(pd + 8, Access::Monitor).unwrap();
-        assert_eq!(
-            e,
-            layout::IMAGE_BASE | PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_LARGE | PTE_NX
-        );
+        let flags = PTE_PRESENT | PTE_ACCESSED | PTE_DIRTY | PTE_WRITE | PTE_USER | PTE_LARGE | PTE_NX;
+        assert_eq!(e, layout::IMAGE_BASE | flags);
     }
 }
