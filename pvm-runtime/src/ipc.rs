@@ -75,11 +75,6 @@ pub fn set_spin(cycles: u64) {
     SPIN_CYCLES.store(cycles, Ordering::Relaxed);
 }
 
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and is allowed at CPL3 (CR4.TSD is clear).
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
 /// Sleeps in the monitor while `word` (this end's futex word) holds `seq`: Ok(true) woken (look
 /// again), Ok(false) the peer end is gone.
 fn wait(handle: u64, seq: u32) -> Result<bool, Error> {
@@ -146,12 +141,12 @@ fn spin(ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
     if budget == 0 {
         return ready();
     }
-    let start = rdtsc();
+    let start = crate::time::cycles();
     loop {
         if ready()? {
             return Ok(true);
         }
-        if rdtsc().wrapping_sub(start) > budget {
+        if crate::time::cycles().wrapping_sub(start) > budget {
             return Ok(false);
         }
         core::hint::spin_loop();

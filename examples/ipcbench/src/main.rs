@@ -12,7 +12,6 @@
 
 extern crate alloc;
 
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvm::ipc::{self, MessageQueue};
@@ -21,9 +20,14 @@ use pvm::Fork;
 
 pvm::main!(main);
 
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and is allowed at CPL3.
-    unsafe { core::arch::x86_64::_rdtsc() }
+/// Prints the median and p99 of sorted samples.
+fn report(what: &str, samples: &[u64]) {
+    let n = samples.len();
+    pvm::println!(
+        "ipcbench {what}: {n} round trips: median {} ns, p99 {} ns",
+        samples[n / 2],
+        samples[(n * 99 / 100).min(n - 1)]
+    );
 }
 
 fn main() -> i32 {
@@ -129,28 +133,14 @@ fn signal_pingpong(rounds: usize) -> Result<(), ipc::Error> {
             pvm::exit(0)
         }
         Ok(Fork::Parent(child)) => {
-            let mut samples = Vec::with_capacity(rounds);
-            let clock0 = pvm::time::Instant::now();
-            let tsc0 = rdtsc();
             let mut seen = 0;
-            for _ in 0..rounds {
-                let t = rdtsc();
-                if signal::kill(child.id(), Signal::Usr1).is_err() {
-                    return Err(ipc::Error::BrokenPipe);
-                }
+            let samples = pvm::time::time_each(rounds, |_| {
+                signal::kill(child.id(), Signal::Usr1).map_err(|_| ipc::Error::BrokenPipe)?;
                 seen = await_signal(seen);
-                samples.push(rdtsc() - t);
-            }
-            let tsc1 = rdtsc();
-            let elapsed = clock0.elapsed().as_nanos() as u64;
-            let ns = |c: u64| c as u128 * elapsed as u128 / (tsc1 - tsc0).max(1) as u128;
-            samples.sort_unstable();
+                Ok::<(), ipc::Error>(())
+            })?;
             let _ = child.wait();
-            pvm::println!(
-                "ipcbench signal: {rounds} round trips: median {} ns, p99 {} ns",
-                ns(samples[rounds / 2]),
-                ns(samples[(rounds * 99 / 100).min(rounds - 1)])
-            );
+            report("signal", &samples);
             Ok(())
         }
         Err(_) => Err(ipc::Error::Unavailable),
@@ -170,25 +160,12 @@ fn mq_pingpong(rounds: usize) -> Result<(), ipc::Error> {
             pvm::exit(0)
         }
         Ok(Fork::Parent(child)) => {
-            let mut samples = Vec::with_capacity(rounds);
-            let clock0 = pvm::time::Instant::now();
-            let tsc0 = rdtsc();
-            for i in 0..rounds {
-                let t = rdtsc();
+            let samples = pvm::time::time_each(rounds, |i| {
                 ping.send(&[i as u8])?;
-                pong.receive(&mut buf)?;
-                samples.push(rdtsc() - t);
-            }
-            let tsc1 = rdtsc();
-            let elapsed = clock0.elapsed().as_nanos() as u64;
-            let ns = |c: u64| c as u128 * elapsed as u128 / (tsc1 - tsc0).max(1) as u128;
-            samples.sort_unstable();
+                pong.receive(&mut buf).map(|_| ())
+            })?;
             let _ = child.wait();
-            pvm::println!(
-                "ipcbench mq: {rounds} round trips: median {} ns, p99 {} ns",
-                ns(samples[rounds / 2]),
-                ns(samples[(rounds * 99 / 100).min(rounds - 1)])
-            );
+            report("mq", &samples);
             Ok(())
         }
         Err(_) => Err(ipc::Error::Unavailable),

@@ -1,23 +1,17 @@
 //! Two pVMs bounce a byte N times (default 10000) over a pair of pipes; the parent prints the
 //! round-trip time. `--no-spin` makes every wait sleep in the monitor at once.
 //!
-//! Round trips are timed with the TSC (no exit), calibrated against the host clock.
+//! Round trips are timed with `pvm::time::time_each` (the TSC, no exit, calibrated against the
+//! host clock).
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-use alloc::vec::Vec;
-
 use pvm::ipc;
 use pvm::Fork;
 
 pvm::main!(main);
-
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects and is allowed at CPL3.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 fn main() -> Result<(), ipc::Error> {
     let mut rounds = 10_000usize;
@@ -45,27 +39,19 @@ fn main() -> Result<(), ipc::Error> {
         Ok(Fork::Parent(child)) => {
             drop(ping_r);
             drop(pong_w);
-            let mut samples = Vec::with_capacity(rounds);
-            let clock0 = pvm::time::Instant::now();
-            let tsc0 = rdtsc();
-            for i in 0..rounds {
+            let samples = pvm::time::time_each(rounds, |i| {
                 buf[0] = i as u8;
-                let t = rdtsc();
                 ping_w.write_all(&buf)?;
                 pong_r.read_exact(&mut buf)?;
-                samples.push(rdtsc() - t);
                 if buf[0] != i as u8 {
                     pvm::eprintln!("pingpong: round {i} came back wrong");
                     pvm::exit(1);
                 }
-            }
-            let tsc1 = rdtsc();
-            let elapsed = clock0.elapsed().as_nanos() as u64;
-            let ns = |cycles: u64| cycles as u128 * elapsed as u128 / (tsc1 - tsc0).max(1) as u128;
-            samples.sort_unstable();
-            let median = ns(samples[rounds / 2]);
-            let p99 = ns(samples[(rounds * 99 / 100).min(rounds - 1)]);
-            let mean = ns(samples.iter().sum::<u64>() / rounds as u64);
+                Ok::<(), ipc::Error>(())
+            })?;
+            let median = samples[rounds / 2];
+            let p99 = samples[(rounds * 99 / 100).min(rounds - 1)];
+            let mean = samples.iter().sum::<u64>() / rounds as u64;
             let status = child.wait();
             pvm::println!(
                 "pingpong: {rounds} round trips of {size} byte(s): median {median} ns, p99 {p99} ns, mean {mean} ns; peer {:?}",
