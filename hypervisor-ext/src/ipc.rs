@@ -542,9 +542,13 @@ impl Ipc {
             return -errno::EBADF;
         };
         let index = h.region();
+        let pipe = matches!(h, Handle::Pipe { .. });
         drop(h);
-        // Sleepers on this region look again (and see whether their peer is gone).
-        for offset in [pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET] {
+        // Sleepers on a pipe look again (and see whether their peer is gone).
+        for offset in [pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET]
+            .into_iter()
+            .filter(|_| pipe)
+        {
             if let Some(word) = self.word(index, offset) {
                 futex_wake(word);
             }

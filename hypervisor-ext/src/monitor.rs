@@ -493,14 +493,24 @@ impl Monitor {
                 Hypercall::Pause => Ok(self.pause_hypercall()),
                 Hypercall::PipeCreate => self.pipe_create(call.arg).map(|()| None),
                 Hypercall::IpcWait => self.ipc_wait(call.arg),
-                Hypercall::IpcNotify => Ok(self.ipc.notify(call.arg)).map(|_| None),
-                Hypercall::IpcClose => Ok(self.ipc.close(&self.vm, call.arg)).map(|_| None),
+                // Fire-and-forget calls: a bad handle is the guest's own problem, nothing to report.
+                Hypercall::IpcNotify => {
+                    self.ipc.notify(call.arg);
+                    Ok(None)
+                }
+                Hypercall::IpcClose => {
+                    self.ipc.close(&self.vm, call.arg);
+                    Ok(None)
+                }
                 Hypercall::SigAction => self.sig_action(call.arg).map(|()| None),
                 Hypercall::Kill => self.kill(call.arg).map(|()| None),
                 Hypercall::MqOpen => self.open_named(call.arg, Hypercall::MqOpen).map(|()| None),
                 Hypercall::ShmOpen => self.open_named(call.arg, Hypercall::ShmOpen).map(|()| None),
                 Hypercall::MqWait => self.mq_wait(call.arg),
-                Hypercall::MqWake => Ok(self.ipc.queue_wake(call.arg >> 1, call.arg & 1)).map(|_| None),
+                Hypercall::MqWake => {
+                    self.ipc.queue_wake(call.arg >> 1, call.arg & 1);
+                    Ok(None)
+                }
             };
             match result {
                 Ok(None) => {}
