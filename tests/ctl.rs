@@ -190,3 +190,24 @@ fn kill_of_a_missing_id_is_an_error_and_the_others_are_still_killed() {
     bad.expect_status(2);
     assert!(bad.stderr.contains("unknown signal"), "{bad:#?}");
 }
+
+#[test]
+fn detach_family_returns_with_the_root_and_leaves_the_family_running() {
+    let test = "detach";
+    let mut family = Running::start(test, &["--detach-family"], "forktest", &["orphans", "2"]);
+    family.expect("orphans: 2 children forked, root exits");
+    let root = u64::from(family.id());
+    // pvmctl run returns with the root's status although its children live on.
+    let status = family.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rows = ps_until(test, false, |rows| rows.len() == 2);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["family"] == root && r["parent"] == root),
+        "{rows:#?}"
+    );
+    ctl(test, &["kill", "--family", &rows[0]["id"].to_string()]).expect_status(0);
+    let rows = ps_until(test, true, |rows| rows.is_empty());
+    assert!(rows.is_empty(), "{rows:#?}");
+    family.finish();
+}

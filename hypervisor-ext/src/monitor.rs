@@ -419,12 +419,18 @@ impl Monitor {
         }
     }
 
-    /// Removes this pVM's registry entry (the root, when its family is gone).
-    pub fn unregister(&mut self) {
+    /// Removes this pVM's registry entry but leaves the family's named objects (a root that
+    /// ends while its family lives on).
+    pub fn unregister_root_only(&mut self) {
         if self.family.entry.take().is_some() {
             self.family.registry.remove(self.family.ids.id);
             self.family.host.release();
         }
+    }
+
+    /// Removes this pVM's registry entry (the root, when its family is gone).
+    pub fn unregister(&mut self) {
+        self.unregister_root_only();
         // The family's named queues and shared memory end with it.
         if self.family.ids.parent == 0 {
             let suffix = format!("@{}", self.family.ids.family);

@@ -23,6 +23,11 @@ pub struct RunArgs {
     /// Most pVMs alive at once on this host (entries in the runtime directory).
     #[arg(long, value_name = "N", default_value_t = Limits::default().per_host)]
     max_pvms: u32,
+    /// Return when the root pVM ends, leaving the rest of its family running (manage it with
+    /// `pvmctl ps` and `pvmctl kill --family`). By default `pvmctl run` returns when the whole
+    /// family is gone.
+    #[arg(long)]
+    detach_family: bool,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -97,7 +102,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
             crate::signal::name(*sig)
         )),
     }
-    if ids.parent == 0 {
+    if ids.parent == 0 && args.detach_family {
+        monitor.unregister_root_only();
+    } else if ids.parent == 0 {
         let forward = match outcome {
             Outcome::Signaled(sig) => Some(sig),
             _ => None,

@@ -28,6 +28,7 @@ fn main() -> i32 {
         "idle" => idle(n),
         "chain" => chain(),
         "chatter" => chatter(n),
+        "orphans" => orphans(n),
         _ => {
             pvm::eprintln!(
                 "usage: forktest basic|diverge|registers|nested|statuses|wait-any N|limit|touch MIB|idle N"
@@ -388,5 +389,16 @@ fn chatter(n: u64) -> i32 {
             return 1;
         }
     }
+    0
+}
+
+/// N idle children, then the root exits: its family outlives it.
+fn orphans(n: u64) -> i32 {
+    for _ in 0..n {
+        if let Fork::Child = fork() {
+            pvm::pause();
+        }
+    }
+    pvm::println!("orphans: {n} children forked, root exits");
     0
 }
