@@ -445,6 +445,10 @@ impl Monitor {
 
     fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
         loop {
+            // Clear the kick before looking at the signals, never after: a signal that comes
+            // later sets it again and KVM_RUN returns at once; one handled here (often while the
+            // monitor slept in a hypercall) costs no extra trip through KVM_RUN.
+            self.vcpu.set_kvm_immediate_exit(0);
             if let Attention::End(outcome) = self.attend() {
                 return Ok(outcome);
             }
@@ -468,10 +472,7 @@ impl Monitor {
                 }
                 Ok(VcpuExit::Intr) => continue,
                 Ok(other) => return Err(MonitorError::UnexpectedExit(format!("{other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.vcpu.set_kvm_immediate_exit(0);
-                    continue;
-                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(e) => return Err(MonitorError::Run(e)),
             };
             if self.times.first_hypercall.is_none() {
