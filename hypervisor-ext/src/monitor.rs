@@ -345,6 +345,14 @@ impl Monitor {
     ) -> Result<(VmFd, VcpuFd, u64), MonitorError> {
         let vm = vm::create_vm(kvm, mem)?;
         let vcpu = vcpu::create_vcpu(&vm)?;
+        // The pages every pVM touches at boot: descriptor tables, boot block and page tables,
+        // the image, the top of the stack.
+        mem.populate(
+            layout::RESERVED_START,
+            layout::PAGE_TABLES_ADDR + 16 * layout::PAGE_SIZE,
+        );
+        mem.populate(layout::IMAGE_BASE, image.end());
+        mem.populate(mem.size() - 4 * layout::PAGE_SIZE, mem.size());
         image.load(mem)?;
         let cr3 = build_address_space(mem, image)?;
         arch::write_descriptor_tables(mem)?;

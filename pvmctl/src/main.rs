@@ -44,10 +44,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("PVM_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logging costs start-up time (a filter to parse, a subscriber to set up): only when asked.
+    if std::env::var_os("PVM_LOG").is_some_and(|v| !v.is_empty()) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("PVM_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),

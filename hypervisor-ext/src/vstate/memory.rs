@@ -88,6 +88,22 @@ impl GuestMemory {
         }
     }
 
+    /// Faults in `[start, end)` (page-aligned) ahead of use with one call: cheaper than a page
+    /// fault per page where faults are expensive (a host that is itself a VM). Best effort.
+    pub fn populate(&self, start: u64, end: u64) {
+        let end = end.min(self.size);
+        if start < end {
+            // SAFETY: a range inside our own mapping; MADV_POPULATE_WRITE only faults pages in.
+            unsafe {
+                libc::madvise(
+                    self.base.as_ptr().add(start as usize).cast(),
+                    (end - start) as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+        }
+    }
+
     /// Size of guest RAM in bytes.
     pub fn size(&self) -> u64 {
         self.size
