@@ -347,9 +347,11 @@ impl Monitor {
         let vcpu = vcpu::create_vcpu(&vm)?;
         // The pages every pVM touches at boot: descriptor tables, boot block and page tables,
         // the image, the top of the stack.
+        mem.populate(layout::RESERVED_START, layout::STATUS_ADDR + layout::PAGE_SIZE);
+        mem.populate(layout::BOOT_INFO_ADDR, layout::BOOT_INFO_ADDR + layout::PAGE_SIZE);
         mem.populate(
-            layout::RESERVED_START,
-            layout::PAGE_TABLES_ADDR + 16 * layout::PAGE_SIZE,
+            layout::PAGE_TABLES_ADDR,
+            layout::PAGE_TABLES_ADDR + 8 * layout::PAGE_SIZE,
         );
         mem.populate(layout::IMAGE_BASE, image.end());
         mem.populate(mem.size() - 4 * layout::PAGE_SIZE, mem.size());
