@@ -303,7 +303,10 @@ impl Registry {
             let Some((entry, locked)) = read_entry(&path) else {
                 continue;
             };
-            let alive = locked || (entry.state == State::Exited && process_exists(entry.id));
+            // F_GETLK does not report a process's own locks: a monitor listing the registry
+            // must not take its own entry for a stale one.
+            let ours = entry.id == std::process::id();
+            let alive = locked || ours || (entry.state == State::Exited && process_exists(entry.id));
             if alive {
                 entries.push(entry);
             } else {
@@ -397,6 +400,7 @@ mod tests {
         assert_eq!(reg.count(), 2);
         let listed = reg.list().unwrap();
         assert!(listed.iter().all(|e| e.id != 999_999_999));
+        assert!(listed.iter().any(|e| e.id == me), "our own entry is not stale");
         assert!(!reg.path(999_999_999).exists());
         let _ = fs::remove_dir_all(&dir);
     }
