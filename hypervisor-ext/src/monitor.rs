@@ -562,10 +562,11 @@ impl Monitor {
                 );
             }
             let mut guest = 0u64;
-            for sig in 1..64 {
-                if mask & (1 << sig) == 0 {
-                    continue;
-                }
+            // Only the bits set (most calls, one per exit, see none).
+            let mut bits = mask;
+            while bits != 0 {
+                let sig = bits.trailing_zeros() as i32;
+                bits &= bits - 1;
                 if self.handled_signals & (1 << sig) != 0 {
                     guest |= 1 << sig;
                 } else if sig != libc::SIGCHLD {

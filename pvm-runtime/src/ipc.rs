@@ -153,6 +153,54 @@ fn spin(ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
     }
 }
 
+/// The words of the ring one end sleeps and is woken by.
+struct End<'a> {
+    /// Set while the end sleeps (or is about to).
+    sleeping: &'a AtomicU32,
+    /// The end's futex word.
+    seq: &'a AtomicU32,
+}
+
+/// The wait protocol shared by both ends of a pipe: `step` moves bytes (0 when none can move);
+/// after progress a sleeping peer is woken; otherwise the end spins while `ready` is false,
+/// then raises its flag, checks once more and sleeps in the monitor. `Ok(None)`: the peer end
+/// is gone everywhere.
+fn transfer(
+    handle: u64,
+    nonblocking: bool,
+    me: End<'_>,
+    peer: End<'_>,
+    mut step: impl FnMut() -> Result<usize, RingError>,
+    ready: impl Fn() -> Result<bool, Error>,
+) -> Result<Option<usize>, Error> {
+    loop {
+        let n = step()?;
+        if n > 0 {
+            if peer.sleeping.load(Ordering::SeqCst) != 0 {
+                wake(handle, peer.seq);
+            }
+            return Ok(Some(n));
+        }
+        if nonblocking {
+            return Err(Error::WouldBlock);
+        }
+        if spin(&ready)? {
+            continue;
+        }
+        me.sleeping.store(1, Ordering::SeqCst);
+        let seq = me.seq.load(Ordering::SeqCst);
+        if ready()? {
+            me.sleeping.store(0, Ordering::SeqCst);
+            continue;
+        }
+        let woken = wait(handle, seq);
+        me.sleeping.store(0, Ordering::SeqCst);
+        if !woken? {
+            return Ok(None);
+        }
+    }
+}
+
 /// The read end of a pipe.
 pub struct Reader {
     handle: u64,
@@ -171,34 +219,27 @@ impl Reader {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            let n = self.ring.read(buf)?;
-            if n > 0 {
-                let header = self.ring.header();
-                if header.writer_sleeping.load(Ordering::SeqCst) != 0 {
-                    wake(self.handle, &header.space_seq);
-                }
-                return Ok(n);
-            }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
-            if spin(|| Ok(self.ring.readable()? > 0))? {
-                continue;
-            }
-            let header = self.ring.header();
-            header.reader_sleeping.store(1, Ordering::SeqCst);
-            let seq = header.data_seq.load(Ordering::SeqCst);
-            if self.ring.readable()? > 0 {
-                header.reader_sleeping.store(0, Ordering::SeqCst);
-                continue;
-            }
-            let woken = wait(self.handle, seq);
-            header.reader_sleeping.store(0, Ordering::SeqCst);
-            if !woken? {
-                // Every writer is gone: what they wrote before is still there.
-                return Ok(self.ring.read(buf)?);
-            }
+        let h = self.ring.header();
+        let me = End {
+            sleeping: &h.reader_sleeping,
+            seq: &h.data_seq,
+        };
+        let peer = End {
+            sleeping: &h.writer_sleeping,
+            seq: &h.space_seq,
+        };
+        let moved = transfer(
+            self.handle,
+            self.nonblocking,
+            me,
+            peer,
+            || self.ring.read(buf),
+            || Ok(self.ring.readable()? > 0),
+        )?;
+        match moved {
+            Some(n) => Ok(n),
+            // Every writer is gone: what they wrote before is still there.
+            None => Ok(self.ring.read(buf)?),
         }
     }
 
@@ -238,34 +279,24 @@ impl Writer {
         if buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            let n = self.ring.write(buf)?;
-            if n > 0 {
-                let header = self.ring.header();
-                if header.reader_sleeping.load(Ordering::SeqCst) != 0 {
-                    wake(self.handle, &header.data_seq);
-                }
-                return Ok(n);
-            }
-            if self.nonblocking {
-                return Err(Error::WouldBlock);
-            }
-            if spin(|| Ok(self.ring.writable()? > 0))? {
-                continue;
-            }
-            let header = self.ring.header();
-            header.writer_sleeping.store(1, Ordering::SeqCst);
-            let seq = header.space_seq.load(Ordering::SeqCst);
-            if self.ring.writable()? > 0 {
-                header.writer_sleeping.store(0, Ordering::SeqCst);
-                continue;
-            }
-            let woken = wait(self.handle, seq);
-            header.writer_sleeping.store(0, Ordering::SeqCst);
-            if !woken? {
-                return Err(Error::BrokenPipe);
-            }
-        }
+        let h = self.ring.header();
+        let me = End {
+            sleeping: &h.writer_sleeping,
+            seq: &h.space_seq,
+        };
+        let peer = End {
+            sleeping: &h.reader_sleeping,
+            seq: &h.data_seq,
+        };
+        let moved = transfer(
+            self.handle,
+            self.nonblocking,
+            me,
+            peer,
+            || self.ring.write(buf),
+            || Ok(self.ring.writable()? > 0),
+        )?;
+        moved.ok_or(Error::BrokenPipe)
     }
 
     /// Writes all of `buf`.

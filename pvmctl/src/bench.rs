@@ -632,13 +632,29 @@ pub(crate) fn verdict(met: bool) -> &'static str {
     }
 }
 
-/// The example guest `name` built with pvmctl, or its path if it is missing.
-pub(crate) fn guest_path(name: &str) -> Result<PathBuf, PathBuf> {
+/// An example guest a benchmark needs is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("guest {0} does not exist: build the example guests with `cargo build` (pvmctl's build script builds them)")]
+pub(crate) struct GuestMissing(PathBuf);
+
+/// The example guest `name` built with pvmctl.
+pub(crate) fn guest_path(name: &str) -> Result<PathBuf, GuestMissing> {
     let path = Path::new(env!("PVM_GUEST_DIR")).join(name);
     if path.exists() {
         Ok(path)
     } else {
-        Err(path)
+        Err(GuestMissing(path))
+    }
+}
+
+/// Appends the "targets" section of a benchmark report: one aligned line per
+/// (target, measured value, met).
+pub(crate) fn write_targets(out: &mut String, targets: &[(String, String, bool)], value_width: usize) {
+    use std::fmt::Write as _;
+    *out += "\ntargets:\n";
+    let width = targets.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
+    for (name, value, met) in targets {
+        let _ = writeln!(out, "  {name:width$}  {value:>value_width$}  {}", verdict(*met));
     }
 }
 

@@ -61,11 +61,8 @@ pub struct DensityArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ForkBenchError {
     /// An example guest is missing.
-    #[error(
-        "guest {0} does not exist: build the example guests with `cargo build` \
-         (pvmctl's build script builds them)"
-    )]
-    GuestMissing(PathBuf),
+    #[error(transparent)]
+    GuestMissing(#[from] crate::bench::GuestMissing),
     /// A system call of the benchmark itself failed.
     #[error("{call} failed: {source}")]
     Sys {
@@ -295,11 +292,9 @@ const TARGET_COUNT: u32 = 1000;
 /// Output lines kept for error messages.
 const OUTPUT_TAIL_LINES: usize = 30;
 
-use crate::bench::verdict;
-
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, ForkBenchError> {
-    crate::bench::guest_path(name).map_err(ForkBenchError::GuestMissing)
+    Ok(crate::bench::guest_path(name)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -928,12 +923,7 @@ impl ForkReport {
                 p99
             );
         }
-        out += "\ntargets:\n";
-        let targets = self.targets();
-        let width = targets.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
-        for (name, value, met) in &targets {
-            let _ = writeln!(out, "  {name:width$}  {value:>14}  {}", verdict(*met));
-        }
+        crate::bench::write_targets(&mut out, &self.targets(), 14);
         out
     }
 
@@ -1547,12 +1537,7 @@ impl DensityReport {
                 sig3(r.pss_kib.mean)
             );
         }
-        out += "\ntargets:\n";
-        let targets = self.targets();
-        let width = targets.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
-        for (name, value, met) in &targets {
-            let _ = writeln!(out, "  {name:width$}  {value:>10}  {}", verdict(*met));
-        }
+        crate::bench::write_targets(&mut out, &self.targets(), 10);
         out
     }
 

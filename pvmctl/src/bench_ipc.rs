@@ -55,11 +55,8 @@ pub struct IpcArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum IpcBenchError {
     /// An example guest is missing.
-    #[error(
-        "guest {0} does not exist: build the example guests with `cargo build` \
-         (pvmctl's build script builds them)"
-    )]
-    GuestMissing(PathBuf),
+    #[error(transparent)]
+    GuestMissing(#[from] crate::bench::GuestMissing),
     /// `pvmctl run` cannot be started.
     #[error("cannot start `{command}`: {source}")]
     Spawn {
@@ -206,7 +203,7 @@ use crate::bench::verdict;
 
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, IpcBenchError> {
-    crate::bench::guest_path(name).map_err(IpcBenchError::GuestMissing)
+    Ok(crate::bench::guest_path(name)?)
 }
 
 // ---------------------------------------------------------------------------------------------
