@@ -11,6 +11,9 @@ pub enum ArchError {
     /// The reserved page-table area is exhausted.
     #[error("guest page tables do not fit in the reserved area")]
     PageTablesFull,
+    /// Two ranges of the address space overlap.
+    #[error("overlapping ranges in the guest address space")]
+    Overlap,
     /// Writing a structure into guest memory failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -167,8 +170,6 @@ impl<'m> PageTables<'m> {
 pub mod selector {
     /// Ring-0 code (exception stubs).
     pub const KERNEL_CODE: u16 = 0x08;
-    /// Ring-0 data.
-    pub const KERNEL_DATA: u16 = 0x10;
     /// Ring-3 code (the app), RPL 3.
     pub const USER_CODE: u16 = 0x18 | 3;
     /// Ring-3 data and stack, RPL 3.

@@ -1,19 +1,25 @@
-//! A pVM's place in its family: ids, limits, children and how their ends are collected.
+//! A pVM's place in its family: ids, limits, children, how their ends are collected, and which
+//! pVMs a guest may name.
 //!
 //! Every pVM of a family is a host process forked (directly or not) from the family's root
 //! monitor, so Unix process relations carry pVM relations: a pVM's children are its monitor's
 //! child processes, `wait` is `waitpid`, and the root monitor is a subreaper that collects
 //! orphans. Each child monitor writes an [`OutcomeRecord`] into a pipe to its parent before it
 //! exits; a child that left none died of a host signal.
+//!
+//! A family is identified by a random key chosen by its root ([`Ids::family_key`]), not by the
+//! root's pid: pids are recycled, and a new family whose root got the pid of a gone root must
+//! not be taken for the old one (whose members may still run).
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use pvm_abi::wait_kind;
 
+use crate::ledger::{FamilyLedger, Lease, LedgerError, Want};
 use crate::outcome::{Crash, Outcome};
-use crate::registry::{EntryHandle, HostCounter, Registry};
+use crate::registry::{EntryHandle, Registry, SignalError};
+use crate::sys;
 
 /// Errors of family bookkeeping.
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +36,21 @@ pub struct Ids {
     pub id: u32,
     /// Its parent, 0 for a root.
     pub parent: u32,
-    /// Its family (the root's id).
+    /// Its family (the root's id), for people.
     pub family: u32,
+    /// Its family's unique key, for checks.
+    pub family_key: u64,
 }
 
-/// Limits on the number of pVMs.
+/// Limits on pVMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Live pVMs in one family, the root included.
     pub per_family: u32,
-    /// Live pVMs on the host (entries in the runtime directory).
+    /// Live pVMs on the host (of this runtime directory).
     pub per_host: u32,
+    /// Guest memory of all live pVMs of the runtime directory, in bytes.
+    pub mem_total: u64,
 }
 
 impl Default for Limits {
@@ -48,58 +58,15 @@ impl Default for Limits {
         Limits {
             per_family: 1024,
             per_host: 4096,
+            mem_total: default_mem_total(),
         }
     }
 }
 
-/// The family's live-pVM counter, in a page shared by every monitor of the family (an anonymous
-/// shared mapping made by the root and inherited by fork; it is not guest memory).
-pub struct FamilyCounter {
-    live: &'static AtomicU32,
-}
-
-impl FamilyCounter {
-    /// A new counter for a root, which counts itself.
-    pub fn new() -> Result<FamilyCounter, FamilyError> {
-        // SAFETY: a fresh anonymous shared page; nothing else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(FamilyError::Setup(std::io::Error::last_os_error()));
-        }
-        // SAFETY: the page is zeroed, aligned and never unmapped (it lives as long as the
-        // process), so a 'static AtomicU32 at its start is valid and shared across fork.
-        let live = unsafe { &*(p as *const AtomicU32) };
-        live.store(1, Ordering::SeqCst);
-        Ok(FamilyCounter { live })
-    }
-
-    /// Counts one more pVM unless that would pass `max`.
-    pub fn try_acquire(&self, max: u32) -> bool {
-        self.live
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .is_ok()
-    }
-
-    /// Counts one pVM less (it was reaped).
-    pub fn release(&self) {
-        let _ = self
-            .live
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-    }
-
-    /// Live pVMs of the family.
-    pub fn live(&self) -> u32 {
-        self.live.load(Ordering::SeqCst)
-    }
+/// The default budget of guest memory across a user's pVMs: the host's RAM, so that together
+/// they can never be promised more than the host has, whatever they touch.
+pub fn default_mem_total() -> u64 {
+    sys::host_ram()
 }
 
 /// What a child monitor tells its parent about its end.
@@ -156,16 +123,9 @@ impl OutcomeRecord {
 
     fn from_bytes(b: &[u8; Self::SIZE]) -> OutcomeRecord {
         let word = |i: usize| {
-            u64::from_le_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
         };
         OutcomeRecord {
             kind: word(0),
@@ -176,19 +136,18 @@ impl OutcomeRecord {
     }
 
     /// The record for a child that left none: what its `waitpid` status says.
-    pub fn from_wait_status(status: i32) -> OutcomeRecord {
-        if libc::WIFSIGNALED(status) {
-            OutcomeRecord {
+    pub fn from_wait_status(status: sys::WaitStatus) -> OutcomeRecord {
+        match status.signal() {
+            Some(sig) => OutcomeRecord {
                 kind: wait_kind::KILLED,
-                code: i64::from(libc::WTERMSIG(status)),
+                code: i64::from(sig),
                 ..Default::default()
-            }
-        } else {
-            OutcomeRecord {
+            },
+            None => OutcomeRecord {
                 kind: wait_kind::EXITED,
-                code: i64::from(libc::WEXITSTATUS(status)),
+                code: i64::from(status.code()),
                 ..Default::default()
-            }
+            },
         }
     }
 }
@@ -203,57 +162,83 @@ pub struct ChildRecord {
 
 /// A new pipe for a child's outcome: (read end for the parent, write end for the child).
 pub fn outcome_pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe {
-        (
-            File::from(OwnedFd::from_raw_fd(fds[0])),
-            File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    })
+    let (r, w) = sys::pipe(false)?;
+    Ok((File::from(r), File::from(w)))
+}
+
+/// A pVM id a guest passed, checked: what it may be signalled as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillTarget {
+    /// The pVM itself.
+    Myself,
+    /// A child not yet waited for (its pid cannot have been recycled: it is ours to reap).
+    Child(u32),
+    /// Any other pVM: valid only if the registry shows a live pVM of this family by that id.
+    Registered(u32),
 }
 
 /// Family state of one monitor process.
 pub struct Family {
     /// This pVM's ids.
     pub ids: Ids,
-    /// Limits on pVM counts.
+    /// Limits on pVMs.
     pub limits: Limits,
-    /// The family counter (shared).
-    pub counter: FamilyCounter,
-    /// The runtime directory.
+    /// The registry (and runtime directory).
     pub registry: Registry,
-    /// The host-wide pVM counter of the runtime directory.
-    pub host: HostCounter,
+    /// The family's ledger (inherited from the root).
+    pub ledger: FamilyLedger,
+    /// This pVM's lease on host slots, family slots and memory.
+    pub lease: Option<Lease>,
     /// This pVM's registry entry.
     pub entry: Option<EntryHandle>,
     /// Children not yet waited for.
     pub children: Vec<ChildRecord>,
     /// Write end of the pipe to the parent's monitor (children only).
     pub to_parent: Option<File>,
+    /// The kernel's OOM-kill count when last looked at (see [`Family::collect`]).
+    oom_kills: Option<u64>,
+}
+
+/// The kernel's count of processes its OOM killer ended (`oom_kill` in /proc/vmstat).
+fn oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 impl Family {
-    /// Whether one more pVM may be forked; counts it if so.
-    pub fn admit_fork(&self) -> bool {
-        if !self.host.try_acquire(self.limits.per_host, &self.registry) {
-            return false;
+    /// The family of a new root pVM.
+    pub fn new(ids: Ids, limits: Limits, registry: Registry, ledger: FamilyLedger) -> Family {
+        Family {
+            ids,
+            limits,
+            registry,
+            ledger,
+            lease: None,
+            entry: None,
+            children: Vec::new(),
+            to_parent: None,
+            oom_kills: None,
         }
-        if !self.counter.try_acquire(self.limits.per_family) {
-            self.host.release();
-            return false;
-        }
-        true
     }
 
-    /// Gives back what [`Family::admit_fork`] counted (the fork failed).
-    pub fn unadmit_fork(&self) {
-        self.counter.release();
-        self.host.release();
+    /// What a pVM of this family with `mem_size` bytes of guest memory asks the ledger for.
+    pub fn want(&self, mem_size: u64) -> Want {
+        Want {
+            per_host: self.limits.per_host,
+            per_family: self.limits.per_family,
+            mem_mib: mem_size.div_ceil(1 << 20),
+            budget_mib: self.limits.mem_total >> 20,
+        }
+    }
+
+    /// The lease for a child about to be forked (held by nobody else until the fork).
+    pub fn admit_fork(&mut self, mem_size: u64) -> Result<Lease, LedgerError> {
+        if self.oom_kills.is_none() {
+            self.oom_kills = oom_kills();
+        }
+        Lease::acquire(self.registry.dir(), &self.ledger, self.want(mem_size))
     }
 
     /// In the parent after fork: remember the child.
@@ -261,21 +246,24 @@ impl Family {
         self.children.push(ChildRecord { id, outcome });
     }
 
-    /// In the child after fork: become pVM `id`, child of the previous one. The parent's
-    /// children are not ours: their pipes are closed (the parent keeps its own copies).
-    pub fn become_child(&mut self, id: u32, to_parent: File) {
+    /// In the child after fork: become pVM `id`, child of the previous one, holding `lease`.
+    /// What was the parent's is not ours: its children's pipes and its lease are closed here
+    /// (the parent keeps its own copies).
+    pub fn become_child(&mut self, id: u32, to_parent: File, lease: Lease) {
         // Close the parent's children's pipes without freeing the list: freeing would write the
         // heap and so copy pages that are otherwise still shared with the parent.
         for child in &self.children {
-            // SAFETY: closes this process's copy of an fd owned by the (forgotten) list.
-            unsafe { libc::close(child.outcome.as_raw_fd()) };
+            // SAFETY: the list is forgotten below, so nothing uses or closes this fd again.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(child.outcome.as_raw_fd()) });
         }
         std::mem::forget(std::mem::take(&mut self.children));
         self.entry = None;
+        self.lease = Some(lease);
+        self.oom_kills = None;
         self.ids = Ids {
             id,
             parent: self.ids.id,
-            family: self.ids.family,
+            ..self.ids
         };
         self.to_parent = Some(to_parent);
     }
@@ -288,29 +276,40 @@ impl Family {
     }
 
     /// Collects an ended process `pid` with `waitpid` status `status`: for a child of ours, its
-    /// outcome; for an orphan of the family (reaped by the root), `None` after the bookkeeping;
-    /// for any other process (a teardown helper), nothing.
-    pub fn collect(&mut self, pid: u32, status: i32) -> Collected {
+    /// outcome; for an orphan of the family (reaped by the root), its end in words; for any
+    /// other process (a teardown helper), nothing. Leases need no giving back (see `ledger`).
+    pub fn collect(&mut self, pid: u32, status: sys::WaitStatus) -> Collected {
         if let Some(i) = self.children.iter().position(|c| c.id == pid) {
             let mut child = self.children.swap_remove(i);
             let mut buf = [0u8; OutcomeRecord::SIZE];
-            let record = match child.outcome.read_exact(&mut buf) {
-                Ok(()) => OutcomeRecord::from_bytes(&buf),
-                Err(_) => OutcomeRecord::from_wait_status(status),
+            let (record, oom) = match child.outcome.read_exact(&mut buf) {
+                Ok(()) => (OutcomeRecord::from_bytes(&buf), false),
+                Err(_) => (OutcomeRecord::from_wait_status(status), self.oom_killed(status)),
             };
             self.registry.remove(pid);
-            self.unadmit_fork();
-            return Collected::Child(pid, record);
+            return Collected::Child(pid, record, oom);
         }
-        match self.registry.read(pid) {
-            Some(entry) if entry.family == self.ids.family => {
+        match self.registry.read_reaped(pid) {
+            Some(entry) if entry.family_key == self.ids.family_key => {
                 self.registry.remove(pid);
-                self.unadmit_fork();
-                let outcome = entry.outcome.unwrap_or_else(|| describe_wait_status(status));
+                let outcome = entry
+                    .outcome
+                    .unwrap_or_else(|| describe_wait_status(status, self.oom_killed(status)));
                 Collected::Orphan(pid, outcome)
             }
             _ => Collected::Other,
         }
+    }
+
+    /// Whether a child that left no record and died of SIGKILL was (most likely) ended by the
+    /// kernel's OOM killer: it ran since this monitor last looked.
+    fn oom_killed(&mut self, status: sys::WaitStatus) -> bool {
+        if status.signal() != Some(libc::SIGKILL) {
+            return false;
+        }
+        let now = oom_kills();
+        let before = std::mem::replace(&mut self.oom_kills, now);
+        matches!((before, now), (Some(b), Some(n)) if n > b)
     }
 
     /// Whether `id` is a child not yet waited for.
@@ -318,17 +317,41 @@ impl Family {
         self.children.iter().any(|c| c.id == id)
     }
 
-    /// The outcome-pipe fds of the children (closed in a forked child).
-    pub fn child_fds(&self) -> impl Iterator<Item = i32> + '_ {
-        self.children.iter().map(|c| c.outcome.as_raw_fd())
+    /// Sends `sig` to a checked target; registered pVMs only if they are of this family.
+    pub fn signal(&self, target: KillTarget, sig: i32) -> i64 {
+        use pvm_abi::errno;
+        let result = match target {
+            KillTarget::Myself => sys::kill(self.ids.id, sig).map_err(|_| SignalError::NoSuchPvm),
+            KillTarget::Child(id) => sys::kill(id, sig).map_err(|_| SignalError::NoSuchPvm),
+            KillTarget::Registered(id) => {
+                let key = self.ids.family_key;
+                self.registry.signal(id, sig, |e| e.family_key == key)
+            }
+        };
+        match result {
+            Ok(()) => 0,
+            Err(SignalError::NoSuchPvm) => -errno::ESRCH,
+            Err(SignalError::NotAllowed) => -errno::EPERM,
+            Err(SignalError::Host(_)) => -errno::EIO,
+        }
+    }
+
+    /// Sends `sig` to every other live pVM of the family (the root passing on what stopped it).
+    pub fn signal_all(&self, sig: i32) {
+        let key = self.ids.family_key;
+        for e in self.registry.list().unwrap_or_default() {
+            if e.family_key == key {
+                let _ = self.registry.signal(e.id, sig, |e| e.family_key == key);
+            }
+        }
     }
 }
 
 /// What [`Family::collect`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Collected {
-    /// One of our children ended.
-    Child(u32, OutcomeRecord),
+    /// One of our children ended (and whether the OOM killer most likely ended it).
+    Child(u32, OutcomeRecord, bool),
     /// An orphan of the family ended (root only); how, in words.
     Orphan(u32, String),
     /// Not a pVM.
@@ -336,7 +359,7 @@ pub enum Collected {
 }
 
 /// An outcome record in words.
-pub fn describe_record(r: &OutcomeRecord) -> String {
+pub fn describe_record(r: &OutcomeRecord, oom: bool) -> String {
     match r.kind {
         wait_kind::EXITED => format!("exited with status {}", r.code),
         wait_kind::CRASHED if r.code == 256 => "crashed".to_string(),
@@ -344,32 +367,31 @@ pub fn describe_record(r: &OutcomeRecord) -> String {
             "crashed (vector {}, address {:#x}, rip {:#x})",
             r.code, r.fault_addr, r.rip
         ),
-        _ => format!("killed by signal {}", r.code),
+        _ => describe_signal(r.code as i32, oom),
+    }
+}
+
+fn describe_signal(sig: i32, oom: bool) -> String {
+    if oom {
+        format!("killed by signal {sig} (the kernel's OOM killer ran: the host is out of memory)")
+    } else if sig == libc::SIGSYS {
+        format!("killed by signal {sig} (its monitor made a system call outside its seccomp allow-list)")
+    } else {
+        format!("killed by signal {sig}")
     }
 }
 
 /// A `waitpid` status in words.
-pub fn describe_wait_status(status: i32) -> String {
-    if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
+pub fn describe_wait_status(status: sys::WaitStatus, oom: bool) -> String {
+    match status.signal() {
+        Some(sig) => describe_signal(sig, oom),
+        None => format!("exited with status {}", status.code()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counter_enforces_its_limit_and_survives_fork() {
-        let c = FamilyCounter::new().unwrap();
-        assert!(c.try_acquire(3));
-        assert!(c.try_acquire(3));
-        assert!(!c.try_acquire(3));
-        c.release();
-        assert_eq!(c.live(), 2);
-    }
 
     #[test]
     fn outcome_records_round_trip() {
@@ -380,9 +402,11 @@ mod tests {
             rip: 0x20_1234,
         };
         assert_eq!(OutcomeRecord::from_bytes(&r.to_bytes()), r);
-        let killed = OutcomeRecord::from_wait_status(9);
+        let killed = OutcomeRecord::from_wait_status(sys::WaitStatus(9));
         assert_eq!((killed.kind, killed.code), (wait_kind::KILLED, 9));
-        let exited = OutcomeRecord::from_wait_status(3 << 8);
+        let exited = OutcomeRecord::from_wait_status(sys::WaitStatus(3 << 8));
         assert_eq!((exited.kind, exited.code), (wait_kind::EXITED, 3));
+        assert!(describe_record(&killed, true).contains("OOM"));
+        assert!(describe_wait_status(sys::WaitStatus(31), false).contains("seccomp"));
     }
 }

@@ -10,40 +10,36 @@
 //! and 0 in the child. The monitor is single-threaded when it forks.
 use std::io::Write;
 
-use pvm_abi::{errno, layout, BootInfo, ForkArgs, GuestStatus, Hypercall};
+use pvm_abi::{errno, layout, BootInfo, GuestStatus};
 
 use crate::family::{outcome_pipe, FamilyError};
-use crate::monitor::{monotonic_ns, Monitor, MonitorError, BENCH_PARENT_PAUSE};
+use crate::ledger::{Lease, LedgerError};
+use crate::monitor::{Monitor, MonitorError, BENCH_PARENT_PAUSE};
 use crate::outcome::{Crash, Outcome};
 use crate::registry::{Entry, State};
 use crate::signals;
+use crate::sys::{self, Forked};
 use crate::vstate::memory::Access;
 use crate::vstate::vcpu::{self, CaptureSetup, VcpuState};
 use crate::vstate::{vm, KvmError};
 
 impl Monitor {
-    /// [`Hypercall::Fork`]. Returns in both monitors; a failure is reported to the guest as a
-    /// negative result and the parent keeps running.
-    pub(crate) fn fork(&mut self, arg: u64) -> Result<(), Crash> {
-        let t0 = monotonic_ns();
-        let bad = || Crash::BadHypercall {
-            addr: Hypercall::Fork.address(),
-            reason: "argument struct outside guest memory",
+    /// [`pvm_abi::Hypercall::Fork`]: returns in both monitors, the child's id in the parent, 0
+    /// in the child, or a negated errno (the parent keeps running): `EAGAIN` at a pVM limit,
+    /// `ENOMEM` past the memory budget or when the host refuses, `EIO` otherwise.
+    pub(crate) fn fork_pvm(&mut self) -> i64 {
+        let t0 = sys::monotonic_ns();
+        // The child's lease is taken first, on descriptions the child inherits and the parent
+        // closes: whatever happens next, it is held by one process at most.
+        let lease = match self.family.admit_fork(self.mem.size()) {
+            Ok(lease) => lease,
+            Err(LedgerError::Memory { .. }) => return -errno::ENOMEM,
+            Err(LedgerError::Io(e)) => {
+                tracing::warn!(error = %e, "fork: resource ledger unavailable");
+                return -errno::EIO;
+            }
+            Err(_) => return -errno::EAGAIN,
         };
-        let mut args: ForkArgs = self.mem.read_obj(arg, Access::Guest).map_err(|_| bad())?;
-        args.result = self.fork_process(t0);
-        self.mem.write_obj(arg, &args, Access::Guest).map_err(|_| bad())?;
-        if args.result > 0 {
-            self.bench_record(BENCH_PARENT_PAUSE, t0, monotonic_ns());
-        }
-        Ok(())
-    }
-
-    /// Forks; returns the child's id in the parent, 0 in the child, or a negated errno.
-    fn fork_process(&mut self, t0: u64) -> i64 {
-        if !self.family.admit_fork() {
-            return -errno::EAGAIN;
-        }
         let prepared = self.prepare_fork().and_then(|state| {
             let pipe = outcome_pipe().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
             Ok((state, pipe))
@@ -52,7 +48,7 @@ impl Monitor {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "fork failed before forking");
-                self.family.unadmit_fork();
+                lease.release();
                 return -errno::EIO;
             }
         };
@@ -63,26 +59,24 @@ impl Monitor {
         let held = signals::hold();
         // SAFETY: the monitor is single-threaded here (the only helper thread, started in
         // Monitor::new, was joined), so the child starts with consistent locks and heap.
-        let pid = unsafe { libc::fork() };
-        match pid {
-            -1 => {
-                let err = std::io::Error::last_os_error().raw_os_error();
+        match unsafe { sys::fork() } {
+            Err(e) => {
                 drop(held);
-                self.family.unadmit_fork();
-                if err == Some(libc::ENOMEM) {
+                lease.release();
+                if e.raw_os_error() == Some(libc::ENOMEM) {
                     -errno::ENOMEM
                 } else {
                     -errno::EAGAIN
                 }
             }
-            0 => {
+            Ok(Forked::Child) => {
                 signals::forget_inherited(inherited);
                 drop(from_child);
-                let started = self.become_child(&state, to_parent, t0);
+                let started = self.become_child(&state, to_parent, lease, t0);
                 drop(held);
                 if let Err(e) = started {
                     // The parent already has our id; tell it (and the user) how we ended.
-                    let id = std::process::id();
+                    let id = sys::getpid();
                     crate::outcome::report_line(format_args!(
                         "pvm {id}: the forked child could not start: {e}"
                     ));
@@ -92,10 +86,13 @@ impl Monitor {
                 }
                 0
             }
-            child => {
+            Ok(Forked::Parent(child)) => {
                 drop(held);
                 drop(to_parent);
-                self.family.add_child(child as u32, from_child);
+                // The child holds its lease now; our copies go.
+                drop(lease);
+                self.family.add_child(child, from_child);
+                self.bench_record(BENCH_PARENT_PAUSE, t0, sys::monotonic_ns());
                 i64::from(child)
             }
         }
@@ -119,12 +116,13 @@ impl Monitor {
         &mut self,
         state: &VcpuState,
         to_parent: std::fs::File,
+        lease: Lease,
         t0: u64,
     ) -> Result<(), MonitorError> {
-        let id = std::process::id();
+        let id = sys::getpid();
         // The parent's entry (inherited, still locked by the parent) is the template of ours.
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
-        self.family.become_child(id, to_parent);
+        self.family.become_child(id, to_parent, lease);
         signals::disarm_kick();
         let new_vm = vm::create_vm(&self.kvm, &self.mem)?;
         let new_vcpu = vcpu::create_vcpu(&new_vm)?;
@@ -162,6 +160,7 @@ impl Monitor {
             id,
             parent: 0,
             family: ids.family,
+            family_key: ids.family_key,
             name: String::new(),
             image: String::new(),
             mem_size: self.mem.size(),
@@ -174,6 +173,7 @@ impl Monitor {
             id,
             parent: ids.parent,
             family: ids.family,
+            family_key: ids.family_key,
             state: State::Running,
             exit_status: None,
             outcome: None,

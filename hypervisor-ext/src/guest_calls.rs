@@ -1,84 +1,20 @@
-//! Hypercalls for IPC and guest-visible signals.
-use pvm_abi::{
-    errno, layout, signal, GuestStatus, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs,
-    SigActionArgs,
-};
+//! The monitor's side of each hypercall ([`Host`]), grouped by concern: console and clock,
+//! processes (fork in `fork.rs`, wait, pause, exceptions), signals, IPC. Arguments arrive
+//! checked by the dispatcher (`hypercall.rs`).
+use pvm_abi::{errno, layout, ExceptionFrame, GuestStatus};
 
-use crate::ipc::{Named, Woken};
+use crate::family::{Collected, KillTarget};
+use crate::hypercall::{Flow, Host, Reaped, Stream};
+use crate::ipc::{Named, Opened, Woken};
 use crate::monitor::{Attention, Monitor};
-use crate::outcome::{Crash, Outcome};
-use crate::registry::State;
+use crate::outcome::{report_line, Crash, Exception, Outcome};
 use crate::signals;
-use crate::vstate::memory::Access;
-
-/// Signals a guest may handle.
-const HANDLEABLE: [u64; 6] = [
-    signal::HUP,
-    signal::INT,
-    signal::USR1,
-    signal::USR2,
-    signal::TERM,
-    signal::CHLD,
-];
-
-fn bad(call: Hypercall) -> Crash {
-    Crash::BadHypercall {
-        addr: call.address(),
-        reason: "argument struct outside guest memory",
-    }
-}
+use crate::sys;
+use crate::vstate::memory::{Access, GuestMemory};
 
 const PENDING_AT: u64 = layout::STATUS_ADDR + std::mem::offset_of!(GuestStatus, pending_signals) as u64;
 
 impl Monitor {
-    /// [`Hypercall::PipeCreate`].
-    pub(crate) fn pipe_create(&mut self, arg: u64) -> Result<(), Crash> {
-        let mut args: PipeArgs = self
-            .mem
-            .read_obj(arg, Access::Guest)
-            .map_err(|_| bad(Hypercall::PipeCreate))?;
-        match self.ipc.create_pipe(&self.vm, args.capacity) {
-            Ok((r, w, ring)) => {
-                args.read_handle = r;
-                args.write_handle = w;
-                args.ring = ring;
-                args.result = 0;
-            }
-            Err(e) => args.result = e,
-        }
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(Hypercall::PipeCreate))
-    }
-
-    /// [`Hypercall::IpcWait`]: sleeps until the peer notifies or is gone, or a signal arrives.
-    pub(crate) fn ipc_wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
-        let mut args: IpcWaitArgs = self
-            .mem
-            .read_obj(arg, Access::Guest)
-            .map_err(|_| bad(Hypercall::IpcWait))?;
-        args.result = loop {
-            if self.guest_signals_pending() {
-                // Delivered while the guest was spinning: its handlers run first.
-                break -errno::EINTR;
-            }
-            match self.ipc.wait(args.handle, args.seq as u32, signals::attention) {
-                Ok(Woken::Notified) => break 0,
-                Ok(Woken::PeerGone) => break -errno::EPIPE,
-                Err(e) => break e,
-                Ok(Woken::Interrupted) => match self.attend() {
-                    Attention::End(outcome) => return Ok(Some(outcome)),
-                    Attention::Guest => break -errno::EINTR,
-                    Attention::None => {}
-                },
-            }
-        };
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(Hypercall::IpcWait))?;
-        Ok(None)
-    }
-
     /// Whether signals given to the guest wait for its handlers (then it must not sleep).
     pub(crate) fn guest_signals_pending(&self) -> bool {
         // The guest may write this page: any value just means "run your handlers first".
@@ -94,146 +30,185 @@ impl Monitor {
         tracing::debug!(pending = format_args!("{:#x}", pending | mask), "delivered");
     }
 
-    /// [`Hypercall::SigAction`].
-    pub(crate) fn sig_action(&mut self, arg: u64) -> Result<(), Crash> {
-        let mut args: SigActionArgs = self
-            .mem
-            .read_obj(arg, Access::Guest)
-            .map_err(|_| bad(Hypercall::SigAction))?;
-        args.result = if HANDLEABLE.contains(&args.signal) {
-            if args.handled != 0 {
-                self.handled_signals |= 1 << args.signal;
-            } else {
-                self.handled_signals &= !(1 << args.signal);
-            }
-            0
-        } else {
-            -errno::EINVAL
-        };
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(Hypercall::SigAction))
-    }
-
-    /// The directory of the family's named objects.
-    fn named_dir(&self) -> std::path::PathBuf {
-        self.family.registry.dir().join("ipc")
-    }
-
-    /// [`Hypercall::MqOpen`] and [`Hypercall::ShmOpen`].
-    pub(crate) fn open_named(&mut self, arg: u64, call: Hypercall) -> Result<(), Crash> {
-        let mut args: NamedArgs = self.mem.read_obj(arg, Access::Guest).map_err(|_| bad(call))?;
-        let mut key = [0u8; pvm_abi::MAX_KEY_LEN as usize];
-        let len = args.key_len.min(pvm_abi::MAX_KEY_LEN + 1);
-        let read = if len as usize <= key.len() {
-            self.mem
-                .read_bytes(args.key, &mut key[..len as usize], Access::Guest)
-                .ok()
-        } else {
-            None
-        };
-        let what = match call {
-            Hypercall::MqOpen => Named::Queue {
-                capacity: args.capacity,
-                msg_size: args.msg_size,
-            },
-            _ => Named::Shm { size: args.capacity },
-        };
-        let opened = match read {
-            None => Err(-errno::EINVAL),
-            Some(()) => {
-                let dir = self.named_dir();
-                self.ipc.open_named(
-                    &self.vm,
-                    &dir,
-                    self.family.ids.family,
-                    &key[..len as usize],
-                    args.create != 0,
-                    what,
-                )
-            }
-        };
-        match opened {
-            Ok(o) => {
-                args.handle = o.handle;
-                args.addr = o.addr;
-                args.size = o.size;
-                args.msg_size_out = o.msg_size;
-                args.result = 0;
-            }
-            Err(e) => args.result = e,
-        }
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(call))
-    }
-
-    /// [`Hypercall::MqWait`].
-    pub(crate) fn mq_wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
-        let mut args: MqWaitArgs = self
-            .mem
-            .read_obj(arg, Access::Guest)
-            .map_err(|_| bad(Hypercall::MqWait))?;
-        args.result = loop {
+    /// Sleeps in `sleep` until it gives an answer; a signal the guest handles makes it `EINTR`,
+    /// one that ends the pVM ends it.
+    fn blocking(&mut self, mut sleep: impl FnMut(&mut Monitor) -> Result<Option<i64>, i64>) -> Flow<i64> {
+        loop {
             if self.guest_signals_pending() {
-                break -errno::EINTR;
+                // Delivered while the guest was spinning: its handlers run first.
+                return Flow::Continue(-errno::EINTR);
             }
-            match self
-                .ipc
-                .queue_wait(args.handle, args.side, args.seq as u32, signals::attention)
-            {
-                Ok(true) => break 0,
-                Err(e) => break e,
-                Ok(false) => match self.attend() {
-                    Attention::End(outcome) => return Ok(Some(outcome)),
-                    Attention::Guest => break -errno::EINTR,
+            match sleep(self) {
+                Ok(Some(r)) | Err(r) => return Flow::Continue(r),
+                Ok(None) => match self.attend() {
+                    Attention::End(outcome) => return Flow::End(outcome),
+                    Attention::Guest => return Flow::Continue(-errno::EINTR),
                     Attention::None => {}
                 },
             }
-        };
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(Hypercall::MqWait))?;
-        Ok(None)
-    }
-
-    /// [`Hypercall::Kill`]: only within the family (KylinX's rule); the signal travels as the
-    /// host signal of the same number to the target's monitor.
-    pub(crate) fn kill(&mut self, arg: u64) -> Result<(), Crash> {
-        let mut args: KillArgs = self
-            .mem
-            .read_obj(arg, Access::Guest)
-            .map_err(|_| bad(Hypercall::Kill))?;
-        args.result = self.kill_in_family(args.id, args.signal);
-        self.mem
-            .write_obj(arg, &args, Access::Guest)
-            .map_err(|_| bad(Hypercall::Kill))
-    }
-
-    fn kill_in_family(&self, id: u64, sig: u64) -> i64 {
-        if !HANDLEABLE.contains(&sig) && sig != signal::KILL {
-            return -errno::EINVAL;
         }
-        let Ok(id) = u32::try_from(id) else {
-            return -errno::ESRCH;
+    }
+
+    /// Whether `addr` lies in the stack guard page.
+    pub(crate) fn in_stack_guard(&self, addr: u64) -> bool {
+        let guard = crate::loader::image_limit(self.mem.size());
+        (guard..guard + layout::STACK_GUARD_SIZE).contains(&addr)
+    }
+}
+
+impl Host for Monitor {
+    fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    fn id(&self) -> u32 {
+        self.family.ids.id
+    }
+
+    fn has_child(&self, id: u32) -> bool {
+        self.family.has_child(id)
+    }
+
+    fn has_children(&self) -> bool {
+        !self.family.children.is_empty()
+    }
+
+    fn console(&self, stream: Stream, bytes: &[u8]) -> i64 {
+        let fd = match stream {
+            Stream::Stdout => sys::stdio(1),
+            Stream::Stderr => sys::stdio(2),
         };
-        let ids = self.family.ids;
-        // Our own children and parent are of our family by construction (a child just forked
-        // may not have registered yet); anyone else must show our family in the registry.
-        let close_kin = id == ids.id || id == ids.parent || self.family.has_child(id);
-        if !close_kin {
-            match self.family.registry.read(id) {
-                Some(e) if e.state == State::Exited => return -errno::ESRCH,
-                Some(e) if e.family == ids.family => {}
-                Some(_) => return -errno::EPERM,
-                None => return -errno::ESRCH,
+        match sys::write_all(fd, bytes) {
+            Ok(n) => n as i64,
+            Err(_) => -errno::EIO,
+        }
+    }
+
+    fn clock(&mut self) -> u64 {
+        sys::monotonic_ns()
+    }
+
+    fn exception(&mut self, frame: ExceptionFrame) -> Outcome {
+        let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+        let fault_addr = if frame.vector == 14 { cr2 } else { 0 };
+        Outcome::Crashed(Crash::Exception(Exception {
+            vector: frame.vector,
+            error_code: frame.error_code,
+            rip: frame.rip,
+            rsp: frame.rsp,
+            fault_addr,
+            in_stack_guard: frame.vector == 14 && self.in_stack_guard(fault_addr),
+            via_idt: true,
+        }))
+    }
+
+    fn fork(&mut self) -> i64 {
+        self.fork_pvm()
+    }
+
+    /// Blocks in `waitpid` (a signal interrupts it: one the guest handles makes it return
+    /// `EINTR`, one that ends the pVM ends it).
+    fn wait(&mut self, child: Option<u32>, nohang: bool) -> Flow<Result<Option<Reaped>, i64>> {
+        loop {
+            if !nohang && self.guest_signals_pending() {
+                return Flow::Continue(Err(-errno::EINTR));
+            }
+            let (pid, status) = match sys::waitpid(child, nohang) {
+                Ok(None) => return Flow::Continue(Ok(None)),
+                Ok(Some(reaped)) => reaped,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => match self.attend() {
+                    Attention::End(outcome) => return Flow::End(outcome),
+                    Attention::Guest => return Flow::Continue(Err(-errno::EINTR)),
+                    Attention::None => continue,
+                },
+                Err(_) => return Flow::Continue(Err(-errno::ECHILD)),
+            };
+            match self.family.collect(pid, status) {
+                Collected::Child(id, record, _) => return Flow::Continue(Ok(Some((id, record)))),
+                Collected::Orphan(id, text) => report_line(format_args!("pvm {id} (orphan) {text}")),
+                Collected::Other => {}
+            }
+            if child.is_some_and(|c| !self.family.has_child(c)) {
+                return Flow::Continue(Err(-errno::ECHILD));
             }
         }
-        // SAFETY: kill has no memory-safety preconditions; the target is a live pVM of our
-        // family (or ourselves).
-        if unsafe { libc::kill(id as i32, sig as i32) } != 0 {
-            return -errno::ESRCH;
+    }
+
+    fn pause(&mut self) -> Flow<()> {
+        loop {
+            if self.guest_signals_pending() {
+                tracing::debug!("pause: guest has pending signals");
+                return Flow::Continue(());
+            }
+            tracing::debug!("pause: sleeping");
+            signals::sleep_until(signals::attention);
+            match self.attend() {
+                Attention::End(outcome) => return Flow::End(outcome),
+                Attention::Guest => return Flow::Continue(()),
+                Attention::None => {}
+            }
         }
-        0
+    }
+
+    fn pipe_create(&mut self, capacity: u64) -> Result<(u64, u64, u64), i64> {
+        self.ipc.create_pipe(&self.vm, capacity)
+    }
+
+    fn ipc_wait(&mut self, handle: u64, seq: u32) -> Flow<i64> {
+        self.blocking(|m| match m.ipc.wait(handle, seq, signals::attention)? {
+            Woken::Notified => Ok(Some(0)),
+            Woken::PeerGone => Ok(Some(-errno::EPIPE)),
+            Woken::Interrupted => Ok(None),
+        })
+    }
+
+    fn ipc_notify(&mut self, handle: u64) {
+        self.ipc.notify(handle);
+    }
+
+    fn ipc_close(&mut self, handle: u64) {
+        self.ipc.close(&self.vm, handle);
+    }
+
+    fn sig_action(&mut self, sig: u64, handled: bool) {
+        if handled {
+            self.handled_signals |= 1 << sig;
+        } else {
+            self.handled_signals &= !(1 << sig);
+        }
+    }
+
+    /// Only within the family (KylinX's rule); the signal travels as the host signal of the same
+    /// number to the target's monitor.
+    fn kill(&mut self, target: KillTarget, sig: i32) -> i64 {
+        self.family.signal(target, sig)
+    }
+
+    fn open_named(&mut self, what: Named, key: &str, create: bool) -> Result<Opened, i64> {
+        let dir = self.family.registry.dir().subdir("ipc").map_err(|e| {
+            tracing::warn!(error = %e, "named objects unavailable");
+            -errno::EIO
+        })?;
+        self.ipc.open_named(
+            &self.vm,
+            &dir,
+            self.family.ids.family_key,
+            key.as_bytes(),
+            create,
+            what,
+        )
+    }
+
+    fn mq_wait(&mut self, handle: u64, side: u64, seq: u32) -> Flow<i64> {
+        self.blocking(
+            |m| match m.ipc.queue_wait(handle, side, seq, signals::attention)? {
+                true => Ok(Some(0)),
+                false => Ok(None),
+            },
+        )
+    }
+
+    fn mq_wake(&mut self, handle: u64, side: u64) {
+        self.ipc.queue_wake(handle, side);
     }
 }

@@ -11,15 +11,16 @@
 //! however that monitor ends: so a reader's sleep ends with a hangup exactly when no writer is
 //! left anywhere (end of file), even if the writers were killed with SIGKILL, and likewise for
 //! a writer when no reader is left (broken pipe). The monitor never reads the ring itself.
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pvm_abi::{errno, layout};
 
+use crate::rundir::RunDir;
+use crate::sys::{self, FutexWake, Open};
 use crate::vstate::vm::RAM_SLOT;
 
 /// Most regions one pVM maps (the IPC window's slots).
@@ -109,42 +110,21 @@ fn slot_of(index: usize) -> u32 {
     RAM_SLOT + 1 + index as u32
 }
 
-/// Sleeps on the shared futex `word` while it holds `seq`, for at most 10 ms (so that a signal
-/// arriving between the caller's check and the sleep, or a peer dying without a wake-up, is seen
-/// soon): Ok(Some(())) woken or changed, Ok(None) timed out or interrupted.
-fn futex_wait(word: *const u32, seq: u32, interrupted: &impl Fn() -> bool) -> Result<Option<()>, i64> {
+/// How long one futex sleep lasts at most, so that a signal arriving between the caller's check
+/// and the sleep, or a peer dying without a wake-up, is seen soon.
+const SLEEP_SLICE_NS: i64 = 10_000_000;
+
+/// Sleeps on the shared futex `word` while it holds `seq`, for at most [`SLEEP_SLICE_NS`]:
+/// Ok(Some(())) woken or changed, Ok(None) timed out or interrupted.
+fn futex_wait(word: &AtomicU32, seq: u32, interrupted: &impl Fn() -> bool) -> Result<Option<()>, i64> {
     if interrupted() {
         return Ok(None);
     }
-    let timeout = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 10_000_000,
-    };
-    // SAFETY: a shared (not private) FUTEX_WAIT on a word of our MAP_SHARED mapping; the kernel
-    // only compares its value, whatever a guest wrote there.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word,
-            libc::FUTEX_WAIT,
-            seq,
-            &timeout as *const libc::timespec,
-        )
-    };
-    if r == 0 {
-        return Ok(Some(()));
+    match sys::futex_wait(word, seq, SLEEP_SLICE_NS) {
+        Ok(FutexWake::Changed) => Ok(Some(())),
+        Ok(FutexWake::TimedOut) => Ok(None),
+        Err(_) => Err(-errno::EIO),
     }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) => Ok(Some(())),
-        Some(libc::ETIMEDOUT) | Some(libc::EINTR) => Ok(None),
-        _ => Err(-errno::EIO),
-    }
-}
-
-/// Wakes every sleeper on the shared futex `word`.
-fn futex_wake(word: *const u32) {
-    // SAFETY: FUTEX_WAKE on a word of our mapping; it only wakes sleepers.
-    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX) };
 }
 
 /// Guest address of region `index`.
@@ -157,22 +137,8 @@ fn page_round(size: u64) -> u64 {
     size.div_ceil(layout::PAGE_SIZE) * layout::PAGE_SIZE
 }
 
-fn last_errno() -> i64 {
-    i64::from(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    )
-}
-
 fn host_pipe() -> Result<(OwnedFd, OwnedFd), i64> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(-errno::EAGAIN);
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    sys::pipe(true).map_err(|_| -errno::EAGAIN)
 }
 
 fn register(vm: &VmFd, index: usize, region: &Region) -> Result<(), i64> {
@@ -203,17 +169,7 @@ fn unregister(vm: &VmFd, index: usize) {
 impl Ipc {
     /// Creates a region of `size` bytes (at most one IPC slot) backed by a new memfd.
     fn create_region(&mut self, vm: &VmFd, size: u64) -> Result<(usize, NonNull<u8>), i64> {
-        // SAFETY: memfd_create with a NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"pvm-ipc".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(-last_errno());
-        }
-        // SAFETY: fd was just created and is owned by nobody else.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: ftruncate on our own memfd.
-        if unsafe { libc::ftruncate(memfd.as_raw_fd(), size as libc::off_t) } != 0 {
-            return Err(-errno::ENOMEM);
-        }
+        let memfd = sys::memfd(size).map_err(|_| -errno::ENOMEM)?;
         self.map_region(vm, memfd, size)
     }
 
@@ -231,21 +187,7 @@ impl Ipc {
             }
             None => return Err(-errno::EAGAIN),
         };
-        // SAFETY: a fresh shared mapping of the file's first `size` bytes (the caller sized it).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(-errno::ENOMEM);
-        }
-        let host = NonNull::new(p.cast::<u8>()).ok_or(-errno::ENOMEM)?;
+        let host = sys::map_file_shared(file.as_fd(), size as usize).map_err(|_| -errno::ENOMEM)?;
         let region = Region {
             size,
             host,
@@ -253,22 +195,24 @@ impl Ipc {
             refs: 0,
         };
         if let Err(e) = register(vm, index, &region) {
-            // SAFETY: unmapping the mapping just made.
-            unsafe { libc::munmap(p, size as usize) };
+            // SAFETY: the mapping was just made and no slot uses it.
+            unsafe { sys::unmap(host, size as usize) };
             return Err(e);
         }
         self.regions[index] = Some(region);
         Ok((index, host))
     }
 
-    /// Opens (or creates, with `create`) the named object `key` of family `family`, whose
-    /// objects live in `dir` as files named `KEY@FAMILY`. A key held by another family is
-    /// refused (`EPERM`): objects never cross families.
+    /// Opens (or creates, with `create`) the named object `key` of the family with key
+    /// `family_key`, whose objects live in `dir` as files named `KIND.KEY@FAMILYKEY`. A key held
+    /// by another family is refused (`EPERM`): objects never cross families. Files are opened
+    /// through the verified directory: a planted symbolic link, FIFO or another user's file is
+    /// refused, never followed.
     pub fn open_named(
         &mut self,
         vm: &VmFd,
-        dir: &Path,
-        family: u32,
+        dir: &RunDir,
+        family_key: u64,
         key: &[u8],
         create: bool,
         what: Named,
@@ -283,35 +227,31 @@ impl Ipc {
         };
         let key = std::str::from_utf8(key).map_err(|_| -errno::EINVAL)?;
         let prefix = format!("{kind}.{key}@");
-        std::fs::create_dir_all(dir).map_err(|_| -errno::EIO)?;
-        let owners: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|_| -errno::EIO)?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix).map(str::to_string))
-            .collect();
-        if owners.iter().any(|f| *f != family.to_string()) {
+        let ours = format!("{family_key:016x}");
+        let names = dir.names().map_err(|_| -errno::EIO)?;
+        if names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix))
+            .any(|owner| owner != ours)
+        {
             return Err(-errno::EPERM);
         }
-        let path = dir.join(format!("{prefix}{family}"));
-        let (file, fresh) = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        let name = format!("{prefix}{ours}");
+        let refused = |e: std::io::Error| match e.raw_os_error() {
+            Some(libc::ENOENT) => -errno::ENOENT,
+            Some(libc::ELOOP) | Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::EACCES) => -errno::EPERM,
+            _ => -errno::EIO,
+        };
+        let (file, fresh) = match dir.open_file(&name, Open::ReadWrite) {
             Ok(f) => (f, false),
-            Err(_) if !create => return Err(-errno::ENOENT),
-            Err(_) => match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
+            Err(e) if !create || e.raw_os_error() != Some(libc::ENOENT) => return Err(refused(e)),
+            Err(_) => match dir.open_file(&name, Open::Exclusive) {
                 Ok(f) => (f, true),
                 // Another pVM of the family created it meanwhile.
-                Err(_) => (
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(&path)
-                        .map_err(|_| -errno::EIO)?,
-                    false,
-                ),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    (dir.open_file(&name, Open::ReadWrite).map_err(refused)?, false)
+                }
+                Err(e) => return Err(refused(e)),
             },
         };
         let (size, capacity, msg_size) = if fresh {
@@ -323,20 +263,20 @@ impl Ipc {
                 ),
                 Named::Shm { size } if size > 0 => (page_round(size), size, 0),
                 _ => {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = dir.remove(&name);
                     return Err(-errno::EINVAL);
                 }
             };
-            if size > layout::IPC_SLOT_SIZE || file.set_len(size).is_err() {
-                let _ = std::fs::remove_file(&path);
+            if size > layout::IPC_SLOT_SIZE || sys::set_len(file.as_fd(), size).is_err() {
+                let _ = dir.remove(&name);
                 return Err(-errno::EINVAL);
             }
             (size, capacity, msg_size)
         } else {
-            let len = file.metadata().map_err(|_| -errno::EIO)?.len();
+            let len = sys::fstat(file.as_fd()).map_err(|_| -errno::EIO)?.st_size as u64;
             (len, 0, 0)
         };
-        let (index, host) = self.map_region(vm, OwnedFd::from(file), size)?;
+        let (index, host) = self.map_region(vm, file, size)?;
         let (capacity, msg_size) = match what {
             Named::Queue { .. } if fresh => {
                 // SAFETY: a fresh, zeroed, page-aligned region of the queue's size.
@@ -373,8 +313,8 @@ impl Ipc {
         })
     }
 
-    /// Host address of the futex word of `side` of queue `handle`.
-    fn queue_word(&self, handle: u64, side: u64) -> Option<*const u32> {
+    /// The futex word of `side` of queue `handle`.
+    fn queue_word(&self, handle: u64, side: u64) -> Option<&AtomicU32> {
         let Some(Handle::Queue { region }) = self.handle(handle) else {
             return None;
         };
@@ -410,7 +350,7 @@ impl Ipc {
         let Some(word) = self.queue_word(handle, side) else {
             return -errno::EBADF;
         };
-        futex_wake(word);
+        sys::futex_wake(word);
         0
     }
 
@@ -419,7 +359,7 @@ impl Ipc {
             unregister(vm, index);
             if let Some(r) = self.regions[index].take() {
                 // SAFETY: the slot using the mapping is gone; nothing else refers to it.
-                unsafe { libc::munmap(r.host.as_ptr().cast(), r.size as usize) };
+                unsafe { sys::unmap(r.host, r.size as usize) };
             }
         }
     }
@@ -466,15 +406,19 @@ impl Ipc {
         Ok((r, w, region_gpa(index)))
     }
 
-    /// Host address of a futex word at `offset` in region `index`.
-    fn word(&self, index: usize, offset: usize) -> Option<*const u32> {
-        let host = self.regions.get(index)?.as_ref()?.host;
-        // SAFETY: callers pass offsets inside a ring or queue header, inside the mapping.
-        Some(unsafe { host.as_ptr().add(offset) } as *const u32)
+    /// The futex word at `offset` in region `index`.
+    fn word(&self, index: usize, offset: usize) -> Option<&AtomicU32> {
+        let region = self.regions.get(index)?.as_ref()?;
+        if offset + 4 > region.size as usize || !offset.is_multiple_of(4) {
+            return None;
+        }
+        // SAFETY: an aligned word inside the region's shared mapping, which lives as long as the
+        // region (and so as long as `&self`); guests and monitors access it only atomically.
+        Some(unsafe { sys::futex_word(region.host.as_ptr().add(offset).cast()) })
     }
 
     /// The futex words (this end sleeps on, this end wakes) of pipe `handle`.
-    fn pipe_words(&self, handle: u64) -> Option<(*const u32, *const u32, &OwnedFd)> {
+    fn pipe_words(&self, handle: u64) -> Option<(&AtomicU32, &AtomicU32, &OwnedFd)> {
         let Some(Handle::Pipe {
             region,
             end,
@@ -502,7 +446,7 @@ impl Ipc {
         let Some((_, theirs, _)) = self.pipe_words(handle) else {
             return -errno::EBADF;
         };
-        futex_wake(theirs);
+        sys::futex_wake(theirs);
         0
     }
 
@@ -510,15 +454,7 @@ impl Ipc {
     /// or until `interrupted()`.
     pub fn wait(&self, handle: u64, seq: u32, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
         let (mine, _, peer_alive) = self.pipe_words(handle).ok_or(-errno::EBADF)?;
-        let peer_gone = || {
-            let mut pfd = libc::pollfd {
-                fd: peer_alive.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: a non-blocking poll of one valid fd.
-            unsafe { libc::poll(&mut pfd, 1, 0) > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 }
-        };
+        let peer_gone = || sys::hung_up(peer_alive.as_fd());
         loop {
             if peer_gone() {
                 return Ok(Woken::PeerGone);
@@ -550,7 +486,7 @@ impl Ipc {
             .filter(|_| pipe)
         {
             if let Some(word) = self.word(index, offset) {
-                futex_wake(word);
+                sys::futex_wake(word);
             }
         }
         if let Some(r) = self.regions[index].as_mut() {

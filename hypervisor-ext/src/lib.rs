@@ -1,26 +1,35 @@
 //! The pvm monitor: runs one pVM in one host process.
 //!
 //! [`Monitor::new`] maps guest RAM, loads a validated image ([`loader::Image`]), writes the page
-//! tables and descriptor tables ([`arch`]), creates the KVM VM and vCPU ([`vstate`]);
+//! tables and descriptor tables (`arch`), creates the KVM VM and vCPU ([`vstate`]);
 //! [`Monitor::run`] runs the vCPU loop, dispatching hypercalls ([`hypercall`]) until the guest
-//! exits, crashes, or a host signal stops it ([`Outcome`]).
-pub mod arch;
-pub mod family;
+//! exits, crashes, or a host signal stops it ([`Outcome`]). Host system calls go through `sys`
+//! (read it against the seccomp allow-list in `seccomp`); the runtime directory is verified by
+//! `rundir`; limits are leases in `ledger`.
+mod arch;
+mod family;
 mod fork;
 mod guest_calls;
 pub mod hypercall;
-pub mod ipc;
+mod ipc;
+mod ledger;
 pub mod loader;
-pub mod monitor;
+mod monitor;
 pub mod outcome;
 pub mod registry;
+mod rundir;
+mod seccomp;
 pub mod signals;
+mod sys;
 pub mod teardown;
 pub mod vstate;
 
-pub use family::{Ids, Limits};
+pub use family::{default_mem_total, Ids, KillTarget, Limits, OutcomeRecord};
+pub use ipc::{Named, Opened};
+pub use ledger::{usage_of as ledger_usage, LedgerError, Usage};
 pub use monitor::{
-    monotonic_ns, parse_mem_size, Monitor, MonitorConfig, MonitorError, BENCH_CHILD_READY,
+    monotonic_ns, parse_mem_size, parse_size, Monitor, MonitorConfig, MonitorError, BENCH_CHILD_READY,
     BENCH_PARENT_PAUSE, DEFAULT_MEM_SIZE,
 };
 pub use outcome::{Crash, Exception, Outcome};
+pub use rundir::RunDirError;

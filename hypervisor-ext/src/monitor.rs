@@ -1,25 +1,24 @@
 //! The monitor: builds a pVM from an image and runs its vCPU loop.
 use std::time::{Duration, Instant};
 
-use kvm_bindings::kvm_vcpu_events;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use kvm_bindings::CpuId;
+use kvm_bindings::{kvm_vcpu_events, CpuId};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use pvm_abi::{
-    errno, layout, wait_kind, BootInfo, Hypercall, WaitArgs, ABI_VERSION, BOOT_MAGIC, WAIT_NOHANG,
-};
+use pvm_abi::{layout, BootInfo, ABI_VERSION, BOOT_MAGIC};
 
 use crate::arch::{self, PageTables, Perm};
-use crate::family::{describe_record, Collected, Family, FamilyCounter, FamilyError, Ids, Limits};
+use crate::family::{describe_record, Collected, Family, FamilyError, Ids, Limits};
 use crate::hypercall;
 use crate::ipc::Ipc;
+use crate::ledger::{FamilyLedger, Lease, LedgerError};
 use crate::loader::{self, Image, LoadError};
 use crate::outcome::{Crash, Exception, Outcome};
-use crate::registry::{Entry, HostCounter, Registry, RegistryError, State};
+use crate::registry::{Entry, Registry, RegistryError, State, MONITOR_NAME};
 use crate::signals;
-use crate::vstate::memory::{Access, GuestMemory, MemoryError};
+use crate::sys;
+use crate::vstate::memory::{Access, GuestMemory, GuestRange, GuestView, MemoryError};
 use crate::vstate::vcpu::{self, CaptureSetup, EntryState};
 use crate::vstate::{self, vm, KvmError};
 
@@ -46,6 +45,9 @@ pub enum MonitorError {
     /// Machine setup failed.
     #[error(transparent)]
     Arch(#[from] arch::ArchError),
+    /// The monitor could not be confined.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// The arguments do not fit in the boot block.
     #[error("arguments too long: {len} bytes, at most {max} fit")]
     ArgsTooLong {
@@ -66,9 +68,9 @@ pub enum MonitorError {
     /// Family bookkeeping failed.
     #[error(transparent)]
     Family(#[from] FamilyError),
-    /// The host-wide pVM limit is reached.
-    #[error("the host runs {0} pVMs already, the limit (--max-pvms)")]
-    HostLimit(u32),
+    /// A limit on pVMs or their memory is reached.
+    #[error(transparent)]
+    Limit(#[from] LedgerError),
     /// The IPC regions could not be registered in a forked child's VM.
     #[error("cannot register the IPC regions in the new VM (errno {})", -.0)]
     Ipc(i64),
@@ -106,8 +108,8 @@ pub enum MemSizeError {
     Unaligned(u64),
 }
 
-/// Parses a memory size such as `64M`, `1G`, `4096K` or `8388608`, and checks pvm can use it.
-pub fn parse_mem_size(text: &str) -> Result<u64, MemSizeError> {
+/// Parses a size such as `64M`, `1G`, `4096K` or `8388608` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, MemSizeError> {
     let syntax = || MemSizeError::Syntax(text.to_string());
     let t = text.trim();
     let (digits, shift) = match t.char_indices().last() {
@@ -117,23 +119,14 @@ pub fn parse_mem_size(text: &str) -> Result<u64, MemSizeError> {
         _ => (t, 0),
     };
     let n: u64 = digits.parse().map_err(|_| syntax())?;
-    let size = n.checked_mul(1 << shift).ok_or_else(syntax)?;
-    check_mem_size(size)?;
-    Ok(size)
+    n.checked_mul(1 << shift).ok_or_else(syntax)
 }
 
-fn host_ram() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages <= 0 || page <= 0 {
-        return u64::MAX;
-    }
-    (pages as u64).saturating_mul(page as u64)
+/// Parses a guest memory size (see [`parse_size`]) and checks pvm can use it.
+pub fn parse_mem_size(text: &str) -> Result<u64, MemSizeError> {
+    let size = parse_size(text)?;
+    check_mem_size(size)?;
+    Ok(size)
 }
 
 /// Checks that `size` bytes of guest RAM are usable.
@@ -144,7 +137,7 @@ pub fn check_mem_size(size: u64) -> Result<(), MemSizeError> {
             min: layout::MIN_MEM_SIZE >> 20,
         });
     }
-    let max = layout::MAX_MEM_SIZE.min(host_ram());
+    let max = layout::MAX_MEM_SIZE.min(sys::host_ram());
     if size > max {
         return Err(MemSizeError::TooLarge { size, max: max >> 20 });
     }
@@ -163,10 +156,14 @@ pub struct MonitorConfig {
     pub args: Vec<String>,
     /// The runtime directory for the registry.
     pub run_dir: PathBuf,
-    /// Limits on pVM counts.
+    /// Limits on pVM counts and memory.
     pub limits: Limits,
     /// Where to write fork timing records for `pvmctl bench fork`, if anywhere.
     pub bench_fd: Option<RawFd>,
+    /// Confine the monitor: close the descriptors it inherited and install its seccomp
+    /// allow-list once the pVM is built. Off only to measure what the filter costs, to debug, or
+    /// to build a pVM inside another program (the in-process boot benchmark).
+    pub confine: bool,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -180,7 +177,7 @@ pub struct BootTimes {
 
 impl BootTimes {
     /// KVM_CREATE_VM to the guest's first hypercall, once it happened.
-    pub fn to_first_hypercall(&self) -> Option<Duration> {
+    pub fn to_first_hypercall(self) -> Option<Duration> {
         self.first_hypercall.map(|t| t - self.create_vm)
     }
 }
@@ -217,49 +214,57 @@ pub(crate) enum Attention {
 
 /// CLOCK_MONOTONIC in nanoseconds (comparable between the processes of a family).
 pub fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes into the timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: as above, with a valid clock id.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    sys::monotonic_ns()
 }
 
 impl Monitor {
-    /// Builds the root pVM of a new family for `image`, ready to run.
+    /// Builds the root pVM of a new family for `image`, ready to run. The monitor owns its
+    /// process from here on: confined (see [`MonitorConfig::confine`]), descriptors it did not
+    /// open (but the bench's) are closed first, and the filter is installed once it is built.
     pub fn new(image: &Image, config: &MonitorConfig) -> Result<Monitor, MonitorError> {
+        if config.confine {
+            sys::close_fds_from(3, config.bench_fd);
+        }
         // One malloc arena: the CPUID thread would otherwise get its own, whose pages every
         // forked child copies (glibc resets arena locks in the child after fork).
-        // SAFETY: mallopt has no memory-safety preconditions.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+        sys::single_malloc_arena();
+        // What `ps` and the registry's checks know a monitor by.
+        let _ = sys::set_name(MONITOR_NAME);
         check_mem_size(config.mem_size)?;
         image.check_fits(config.mem_size)?;
         let kvm = vstate::open_kvm()?;
         let registry = Registry::open(&config.run_dir)?;
-        let host = registry.host_counter()?;
-        if !host.try_acquire(config.limits.per_host, &registry) {
-            return Err(MonitorError::HostLimit(config.limits.per_host));
+        let id = sys::getpid();
+        let ids = Ids {
+            id,
+            parent: 0,
+            family: id,
+            family_key: sys::random_u64().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?,
+        };
+        let ledger = FamilyLedger::new().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
+        let mut family = Family::new(ids, config.limits, registry, ledger);
+        let lease = Lease::acquire(
+            family.registry.dir(),
+            &family.ledger,
+            family.want(config.mem_size),
+        )?;
+        family.lease = Some(lease);
+        let monitor = Self::build(image, config, kvm, family)?;
+        if config.confine {
+            // Built: from here on, only the calls a running monitor needs.
+            crate::seccomp::install(&crate::seccomp::program()?)?;
         }
-        let built = Self::build(image, config, kvm, registry, host);
-        if built.is_err() {
-            host.release();
-        }
-        built
+        Ok(monitor)
     }
 
     fn build(
         image: &Image,
         config: &MonitorConfig,
         kvm: Kvm,
-        registry: Registry,
-        host: HostCounter,
+        mut family: Family,
     ) -> Result<Monitor, MonitorError> {
-        let id = std::process::id();
-        let ids = Ids {
-            id,
-            parent: 0,
-            family: id,
-        };
-        let mem = GuestMemory::new(config.mem_size)?;
+        let ids = family.ids;
+        let mut mem = GuestMemory::new(config.mem_size)?;
         // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
         mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
         let create_vm = Instant::now();
@@ -267,7 +272,7 @@ impl Monitor {
         // thread is joined before the monitor runs (and long before any fork).
         let (cpuid, built) = std::thread::scope(|s| {
             let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
-            let built = Self::build_vm(&kvm, &mem, image, &config.args, ids);
+            let built = Self::build_vm(&kvm, &mut mem, image, &config.args, ids);
             (
                 cpuid
                     .join()
@@ -284,10 +289,11 @@ impl Monitor {
             cr3,
         };
         vcpu::setup_vcpu(&vcpu, &cpuid, &entry)?;
-        let entry = registry.register(Entry {
-            id,
+        let entry = family.registry.register(Entry {
+            id: ids.id,
             parent: 0,
-            family: id,
+            family: ids.family,
+            family_key: ids.family_key,
             name: config.args.first().cloned().unwrap_or_default(),
             image: image
                 .path
@@ -301,20 +307,10 @@ impl Monitor {
             exit_status: None,
             outcome: None,
         })?;
-        raise_fd_limit();
+        family.entry = Some(entry);
+        sys::raise_fd_limit();
         // The root collects the family's orphans, as init would.
-        // SAFETY: prctl with an integer argument.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let family = Family {
-            ids,
-            limits: config.limits,
-            counter: FamilyCounter::new()?,
-            registry,
-            host,
-            entry: Some(entry),
-            children: Vec::new(),
-            to_parent: None,
-        };
+        sys::set_child_subreaper().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
         Ok(Monitor {
             vcpu,
             vm,
@@ -338,7 +334,7 @@ impl Monitor {
     /// tables, descriptor tables, boot info); returns them and the page-table root.
     fn build_vm(
         kvm: &Kvm,
-        mem: &GuestMemory,
+        mem: &mut GuestMemory,
         image: &Image,
         args: &[String],
         ids: Ids,
@@ -356,7 +352,8 @@ impl Monitor {
         mem.populate(layout::IMAGE_BASE, image.end());
         mem.populate(mem.size() - 4 * layout::PAGE_SIZE, mem.size());
         image.load(mem)?;
-        let cr3 = build_address_space(mem, image)?;
+        let (cr3, view) = build_address_space(mem, image)?;
+        mem.set_view(view);
         arch::write_descriptor_tables(mem)?;
         write_boot_info(mem, image, args, ids)?;
         Ok((vm, vcpu, cr3))
@@ -383,6 +380,11 @@ impl Monitor {
         if let Some(entry) = &mut self.family.entry {
             let _ = entry.set_exited(outcome.exit_status(), outcome.to_string());
         }
+        // The pVM is over: its places and memory budget are free for others now, not after the
+        // deferred teardown.
+        if let Some(lease) = self.family.lease.take() {
+            lease.release();
+        }
         Ok(outcome)
     }
 
@@ -391,27 +393,26 @@ impl Monitor {
     /// what became of the pVMs nobody waited for (orphans, and children the root left).
     pub fn wait_for_family(&mut self, forward: Option<i32>) -> Vec<(u32, String)> {
         if let Some(sig) = forward {
-            self.signal_family(sig);
+            self.family.signal_all(sig);
         }
         let mut reports = Vec::new();
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into a local.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if pid < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            let (pid, status) = match sys::waitpid(None, false) {
+                Ok(Some(reaped)) => reaped,
+                Ok(None) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
                     let mask = signals::take();
                     for sig in signals::GUEST_SIGNALS.into_iter().filter(|&s| s != libc::SIGCHLD) {
                         if mask & (1 << sig) != 0 {
-                            self.signal_family(sig);
+                            self.family.signal_all(sig);
                         }
                     }
                     continue;
                 }
-                break; // ECHILD: the family is gone.
-            }
-            match self.family.collect(pid as u32, status) {
-                Collected::Child(id, record) => reports.push((id, describe_record(&record))),
+                Err(_) => break, // ECHILD: the family is gone.
+            };
+            match self.family.collect(pid, status) {
+                Collected::Child(id, record, oom) => reports.push((id, describe_record(&record, oom))),
                 Collected::Orphan(id, text) => reports.push((id, text)),
                 Collected::Other => {}
             }
@@ -419,35 +420,28 @@ impl Monitor {
         reports
     }
 
-    fn signal_family(&self, sig: i32) {
-        let me = self.family.ids.id;
-        for e in self.family.registry.list().unwrap_or_default() {
-            if e.family == self.family.ids.family && e.id != me {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(e.id as i32, sig) };
-            }
-        }
-    }
-
-    /// Removes this pVM's registry entry but leaves the family's named objects (a root that
-    /// ends while its family lives on).
+    /// Removes this pVM's registry entry and gives back its lease, but leaves the family's
+    /// named objects (a root that ends while its family lives on).
     pub fn unregister_root_only(&mut self) {
         if self.family.entry.take().is_some() {
             self.family.registry.remove(self.family.ids.id);
-            self.family.host.release();
+        }
+        if let Some(lease) = self.family.lease.take() {
+            lease.release();
         }
     }
 
-    /// Removes this pVM's registry entry (the root, when its family is gone).
+    /// Removes this pVM's registry entry (the root, when its family is gone) and the family's
+    /// named objects.
     pub fn unregister(&mut self) {
         self.unregister_root_only();
-        // The family's named queues and shared memory end with it.
         if self.family.ids.parent == 0 {
-            let suffix = format!("@{}", self.family.ids.family);
-            let dir = self.family.registry.dir().join("ipc");
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.file_name().to_str().is_some_and(|n| n.ends_with(&suffix)) {
-                    let _ = std::fs::remove_file(entry.path());
+            let suffix = format!("@{:016x}", self.family.ids.family_key);
+            if let Ok(dir) = self.family.registry.dir().subdir("ipc") {
+                for name in dir.names().unwrap_or_default() {
+                    if name.ends_with(&suffix) {
+                        let _ = dir.remove(&name);
+                    }
                 }
             }
         }
@@ -496,40 +490,7 @@ impl Monitor {
                 Err(crash) => return Ok(Outcome::Crashed(crash)),
             };
             tracing::trace!(?call, "hypercall");
-            let result = match call.nr {
-                Hypercall::Write => hypercall::write(&self.mem, call.arg).map(|()| None),
-                Hypercall::Exit => {
-                    hypercall::exit(&self.mem, call.arg).map(|code| Some(Outcome::Exited(code)))
-                }
-                Hypercall::Exception => self
-                    .exception(call.arg)
-                    .map(|e| Some(Outcome::Crashed(Crash::Exception(e)))),
-                Hypercall::Fork => self.fork(call.arg).map(|()| None),
-                Hypercall::Wait => self.wait(call.arg),
-                Hypercall::Clock => hypercall::clock(&self.mem, call.arg, monotonic_ns()).map(|()| None),
-                Hypercall::Pause => Ok(self.pause_hypercall()),
-                Hypercall::PipeCreate => self.pipe_create(call.arg).map(|()| None),
-                Hypercall::IpcWait => self.ipc_wait(call.arg),
-                // Fire-and-forget calls: a bad handle is the guest's own problem, nothing to report.
-                Hypercall::IpcNotify => {
-                    self.ipc.notify(call.arg);
-                    Ok(None)
-                }
-                Hypercall::IpcClose => {
-                    self.ipc.close(&self.vm, call.arg);
-                    Ok(None)
-                }
-                Hypercall::SigAction => self.sig_action(call.arg).map(|()| None),
-                Hypercall::Kill => self.kill(call.arg).map(|()| None),
-                Hypercall::MqOpen => self.open_named(call.arg, Hypercall::MqOpen).map(|()| None),
-                Hypercall::ShmOpen => self.open_named(call.arg, Hypercall::ShmOpen).map(|()| None),
-                Hypercall::MqWait => self.mq_wait(call.arg),
-                Hypercall::MqWake => {
-                    self.ipc.queue_wake(call.arg >> 1, call.arg & 1);
-                    Ok(None)
-                }
-            };
-            match result {
+            match hypercall::dispatch(self, call) {
                 Ok(None) => {}
                 Ok(Some(outcome)) => return Ok(outcome),
                 Err(crash) => return Ok(Outcome::Crashed(crash)),
@@ -589,89 +550,6 @@ impl Monitor {
         }
     }
 
-    /// [`Hypercall::Pause`]: sleeps until a signal; returns the end of the pVM, if it is one.
-    fn pause_hypercall(&mut self) -> Option<Outcome> {
-        loop {
-            if self.guest_signals_pending() {
-                tracing::debug!("pause: guest has pending signals");
-                return None;
-            }
-            tracing::debug!("pause: sleeping");
-            signals::sleep_until(signals::attention);
-            match self.attend() {
-                Attention::End(outcome) => return Some(outcome),
-                Attention::Guest => return None,
-                Attention::None => {}
-            }
-        }
-    }
-
-    /// [`Hypercall::Wait`]: blocks in `waitpid` (a signal interrupts it: one the guest handles
-    /// makes it return `EINTR`, one that ends the pVM ends it).
-    fn wait(&mut self, arg: u64) -> Result<Option<Outcome>, Crash> {
-        let bad = || Crash::BadHypercall {
-            addr: Hypercall::Wait.address(),
-            reason: "argument struct outside guest memory",
-        };
-        let mut args: WaitArgs = self.mem.read_obj(arg, Access::Guest).map_err(|_| bad())?;
-        let nohang = args.flags & WAIT_NOHANG != 0;
-        let target = args.id;
-        args.kind = wait_kind::NONE;
-        args.result = 0;
-        loop {
-            let known = if target == 0 {
-                !self.family.children.is_empty()
-            } else {
-                self.family.has_child(target as u32)
-            };
-            if !known || target > i32::MAX as u64 {
-                args.result = -errno::ECHILD;
-                break;
-            }
-            if !nohang && self.guest_signals_pending() {
-                args.result = -errno::EINTR;
-                break;
-            }
-            let pid = if target == 0 { -1 } else { target as i32 };
-            let mut status = 0;
-            // SAFETY: waitpid writes the status into a local.
-            let r = unsafe { libc::waitpid(pid, &mut status, if nohang { libc::WNOHANG } else { 0 }) };
-            if r == 0 {
-                break;
-            }
-            if r < 0 {
-                if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                    args.result = -errno::ECHILD;
-                    break;
-                }
-                match self.attend() {
-                    Attention::End(outcome) => return Ok(Some(outcome)),
-                    Attention::Guest => {
-                        args.result = -errno::EINTR;
-                        break;
-                    }
-                    Attention::None => continue,
-                }
-            }
-            match self.family.collect(r as u32, status) {
-                Collected::Child(id, record) => {
-                    args.child = u64::from(id);
-                    args.kind = record.kind;
-                    args.code = record.code;
-                    args.fault_addr = record.fault_addr;
-                    args.rip = record.rip;
-                    break;
-                }
-                Collected::Orphan(id, text) => {
-                    crate::outcome::report_line(format_args!("pvm {id} (orphan) {text}"))
-                }
-                Collected::Other => {}
-            }
-        }
-        self.mem.write_obj(arg, &args, Access::Guest).map_err(|_| bad())?;
-        Ok(None)
-    }
-
     /// Writes a timing record for `pvmctl bench fork`.
     pub(crate) fn bench_record(&self, kind: u64, t0: u64, t1: u64) {
         if let Some(fd) = self.bench_fd {
@@ -680,30 +558,11 @@ impl Monitor {
             rec[8..16].copy_from_slice(&u64::from(self.family.ids.id).to_le_bytes());
             rec[16..24].copy_from_slice(&t0.to_le_bytes());
             rec[24..32].copy_from_slice(&t1.to_le_bytes());
-            // SAFETY: writes a local buffer to an fd the bench passed us; one write of 32 bytes
-            // to a pipe is atomic, so records of a family never mix.
-            unsafe { libc::write(fd, rec.as_ptr().cast(), rec.len()) };
+            // SAFETY: the bench passed this fd for the life of the pVM and nothing closes it.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            // One write of 32 bytes to a pipe is atomic, so records of a family never mix.
+            let _ = sys::write_all(fd, &rec);
         }
-    }
-
-    fn in_stack_guard(&self, addr: u64) -> bool {
-        let guard = loader::image_limit(self.mem.size());
-        (guard..guard + layout::STACK_GUARD_SIZE).contains(&addr)
-    }
-
-    fn exception(&self, frame_addr: u64) -> Result<Exception, Crash> {
-        let frame = hypercall::exception_frame(&self.mem, frame_addr)?;
-        let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
-        let fault_addr = if frame.vector == 14 { cr2 } else { 0 };
-        Ok(Exception {
-            vector: frame.vector,
-            error_code: frame.error_code,
-            rip: frame.rip,
-            rsp: frame.rsp,
-            fault_addr,
-            in_stack_guard: frame.vector == 14 && self.in_stack_guard(fault_addr),
-            via_idt: true,
-        })
     }
 
     /// A triple fault: the exception could not be delivered (e.g. the ring-0 stack itself was
@@ -734,51 +593,40 @@ impl Monitor {
     }
 }
 
-/// A parent pVM holds one pipe per child: lift the soft open-file limit to the hard one, so a
-/// family of a thousand pVMs does not run out of descriptors at the default 1024.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Maps the reserved area, the image, the heap, the stack and the hypercall window; returns CR3.
-fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::ArchError> {
-    let mut pt = PageTables::new(mem)?;
-    let identity =
-        |pt: &mut PageTables<'_>, start: u64, end: u64, perm: Perm| pt.map(start, start, end - start, perm);
-    identity(&mut pt, layout::GDT_ADDR, layout::IDT_ADDR, Perm::KERNEL_RW)?;
-    identity(&mut pt, layout::IDT_ADDR, layout::STUBS_ADDR, Perm::KERNEL_RO)?;
-    identity(
-        &mut pt,
-        layout::STUBS_ADDR,
-        layout::RING0_STACK_ADDR,
-        Perm::KERNEL_RX,
-    )?;
-    let stacks_end = layout::DF_STACK_ADDR + layout::DF_STACK_SIZE;
-    identity(&mut pt, layout::RING0_STACK_ADDR, stacks_end, Perm::KERNEL_RW)?;
-    let status_end = layout::STATUS_ADDR + layout::PAGE_SIZE;
-    identity(&mut pt, layout::STATUS_ADDR, status_end, Perm::USER_RW)?;
-    let boot_end = layout::BOOT_INFO_ADDR + layout::BOOT_INFO_SIZE;
-    identity(&mut pt, layout::BOOT_INFO_ADDR, boot_end, Perm::USER_RO)?;
-    for s in &image.segments {
-        identity(&mut pt, s.start, s.end, s.perm)?;
-    }
+/// Maps the reserved area, the image, the heap, the stack and the hypercall window; returns CR3
+/// and what the guest may access at CPL3, both from the same list of ranges.
+fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<(u64, GuestView), arch::ArchError> {
     let heap_end = loader::image_limit(mem.size());
+    let mut ranges = vec![
+        (layout::GDT_ADDR, layout::IDT_ADDR, Perm::KERNEL_RW),
+        (layout::IDT_ADDR, layout::STUBS_ADDR, Perm::KERNEL_RO),
+        (layout::STUBS_ADDR, layout::RING0_STACK_ADDR, Perm::KERNEL_RX),
+        (
+            layout::RING0_STACK_ADDR,
+            layout::DF_STACK_ADDR + layout::DF_STACK_SIZE,
+            Perm::KERNEL_RW,
+        ),
+        (
+            layout::STATUS_ADDR,
+            layout::STATUS_ADDR + layout::PAGE_SIZE,
+            Perm::USER_RW,
+        ),
+        (
+            layout::BOOT_INFO_ADDR,
+            layout::BOOT_INFO_ADDR + layout::BOOT_INFO_SIZE,
+            Perm::USER_RO,
+        ),
+    ];
+    ranges.extend(image.segments.iter().map(|s| (s.start, s.end, s.perm)));
     if heap_end > image.end() {
-        identity(&mut pt, image.end(), heap_end, Perm::USER_RW)?;
+        ranges.push((image.end(), heap_end, Perm::USER_RW));
     }
-    identity(
-        &mut pt,
-        heap_end + layout::STACK_GUARD_SIZE,
-        mem.size(),
-        Perm::USER_RW,
-    )?;
+    ranges.push((heap_end + layout::STACK_GUARD_SIZE, mem.size(), Perm::USER_RW));
+
+    let mut pt = PageTables::new(mem)?;
+    for &(start, end, perm) in &ranges {
+        pt.map(start, start, end - start, perm)?;
+    }
     pt.map(
         layout::HYPERCALL_VA,
         layout::HYPERCALL_GPA,
@@ -787,8 +635,25 @@ fn build_address_space(mem: &GuestMemory, image: &Image) -> Result<u64, arch::Ar
     )?;
     // The whole IPC window, backed later region by region (each its own memory slot).
     let ipc_end = layout::IPC_BASE + layout::IPC_SIZE;
-    identity(&mut pt, layout::IPC_BASE, ipc_end, Perm::USER_RW)?;
-    Ok(pt.root())
+    pt.map(
+        layout::IPC_BASE,
+        layout::IPC_BASE,
+        ipc_end - layout::IPC_BASE,
+        Perm::USER_RW,
+    )?;
+    let view = GuestView::new(
+        ranges
+            .iter()
+            .filter(|(_, _, perm)| perm.user)
+            .map(|&(start, end, perm)| GuestRange {
+                start,
+                end,
+                writable: perm.write,
+            })
+            .collect(),
+    )
+    .ok_or(arch::ArchError::Overlap)?;
+    Ok((pt.root(), view))
 }
 
 fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) -> Result<(), MonitorError> {

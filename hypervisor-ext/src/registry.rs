@@ -1,26 +1,44 @@
-//! The registry of running pVMs: no daemon, one JSON entry per pVM in a runtime directory.
+//! The registry of running pVMs: no daemon, one JSON entry per pVM in the runtime directory.
 //!
-//! A monitor creates `<dir>/<id>.json` and holds a POSIX (`fcntl`) write lock on it for its
-//! whole life. Such locks belong to the process and vanish when it dies, however it dies, and a
-//! forked child does not inherit them: so an entry whose lock nobody holds belongs to a monitor
-//! that is gone. An entry in state `exited` stays until the pVM's reaper (its parent, or the
-//! family's root for orphans) collects the status, as a zombie process does; any other unlocked
-//! entry is stale (its monitor was killed with SIGKILL) and readers remove it.
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+//! A monitor creates `<id>.json` and holds a POSIX (`fcntl`) write lock on it for its whole
+//! life. Such a lock belongs to the process, vanishes when it dies however it dies, is not
+//! inherited by fork, and the kernel says which process holds it (`F_GETLK`). It is also
+//! dropped when its process closes *any* descriptor of the file, so a monitor never opens its
+//! own entry again: listings skip it.
+//!
+//! Nothing read from the directory is trusted: an entry counts as a live pVM only if its file
+//! name, its `id` field, and the pid holding its lock all agree, and that process is a pvm
+//! monitor (named [`MONITOR_NAME`]). An entry in state `exited` stays until the pVM's reaper
+//! (its parent, or the family's root for orphans) collects the status, as a zombie does. An
+//! unlocked entry in another state is stale (its monitor was killed with SIGKILL and nobody
+//! reaped it): a lister removes it, under the entry's own lock, so that it never removes the
+//! entry of a monitor registering under a recycled pid. Signals to a pVM found here go through a
+//! pidfd opened *before* the entry is verified, so a pid recycled meanwhile gets nothing.
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+use crate::rundir::{RunDir, RunDirError};
+use crate::sys::{self, LockHolder, Open};
+
+/// What a pvm monitor calls itself (`/proc/PID/comm`), so that an entry can only name one.
+pub const MONITOR_NAME: &CStr = c"pvm-monitor";
+
+/// Largest entry file read (entries are a few hundred bytes).
+const MAX_ENTRY_SIZE: usize = 64 * 1024;
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The runtime directory cannot be created or read.
-    #[error("runtime directory {path}: {source}")]
-    Dir {
+    /// The runtime directory is unusable.
+    #[error(transparent)]
+    Dir(#[from] RunDirError),
+    /// The runtime directory cannot be read.
+    #[error("cannot read the runtime directory {path}: {source}")]
+    List {
         /// The directory.
         path: PathBuf,
         /// The I/O error.
@@ -34,6 +52,20 @@ pub enum RegistryError {
         /// The I/O error.
         source: io::Error,
     },
+}
+
+/// Why a signal to a registered pVM was not sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignalError {
+    /// No live pVM has that id.
+    #[error("no such pVM")]
+    NoSuchPvm,
+    /// The pVM exists but the caller may not signal it.
+    #[error("permission denied")]
+    NotAllowed,
+    /// The host refused (errno).
+    #[error("the host refused the signal (errno {0})")]
+    Host(i32),
 }
 
 /// Lifecycle state recorded in an entry (`ps` refines `running` into running/blocked from /proc).
@@ -55,8 +87,10 @@ pub struct Entry {
     pub id: u32,
     /// Parent pVM id, 0 for a family's root.
     pub parent: u32,
-    /// Family id (the root's id).
+    /// Family id (the root's id; for people, pids are reused).
     pub family: u32,
+    /// The family's unique key (random, never reused): what family checks compare.
+    pub family_key: u64,
     /// Name (argv[0] of the guest).
     pub name: String,
     /// Image path.
@@ -75,51 +109,16 @@ pub struct Entry {
     pub outcome: Option<String>,
 }
 
-/// The number of pVMs registered in a runtime directory, in a shared page (`live.count`) that
-/// every monitor using the directory maps, so that checking the host-wide limit at a fork costs
-/// an atomic add instead of a directory scan. It can only overcount (a monitor killed with
-/// SIGKILL never gives its unit back): when it says the limit is reached, the directory is
-/// counted for real before a pVM is refused.
-#[derive(Clone, Copy)]
-pub struct HostCounter {
-    live: &'static AtomicU32,
-}
-
-impl HostCounter {
-    /// Counts one more pVM unless that would pass `max`.
-    pub fn try_acquire(&self, max: u32, registry: &Registry) -> bool {
-        let add = || {
-            self.live
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-                .is_ok()
-        };
-        if add() {
-            return true;
-        }
-        let actual = registry.list().map_or(max as usize, |l| l.len());
-        self.live
-            .store(actual.min(u32::MAX as usize) as u32, Ordering::SeqCst);
-        add()
-    }
-
-    /// Counts one pVM less.
-    pub fn release(&self) {
-        let _ = self
-            .live
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-    }
-}
-
-/// The runtime directory.
-#[derive(Clone, Debug)]
+/// The registry in a runtime directory.
+#[derive(Debug)]
 pub struct Registry {
-    dir: PathBuf,
+    dir: RunDir,
 }
 
 /// A live entry, owned and locked by its monitor.
 #[derive(Debug)]
 pub struct EntryHandle {
-    file: File,
+    file: OwnedFd,
     path: PathBuf,
     /// The recorded data.
     pub entry: Entry,
@@ -134,8 +133,7 @@ pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return Path::new(&dir).join("pvm");
     }
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = sys::geteuid();
     if uid == 0 {
         "/run/pvm".into()
     } else {
@@ -149,76 +147,79 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Whether some process holds a write lock on `file`.
-fn is_locked(file: &File) -> bool {
-    // SAFETY: a zeroed flock is a valid argument; F_GETLK only writes into it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_RDLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    // SAFETY: F_GETLK on an open fd with a valid flock.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    r == 0 && fl.l_type != libc::F_UNLCK as i16
+fn file_name(id: u32) -> String {
+    format!("{id}.json")
 }
 
-fn lock(file: &File) -> io::Result<()> {
-    // SAFETY: a zeroed flock is valid; l_len 0 locks the whole file.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    // SAFETY: F_SETLK on an open fd with a valid flock.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// The id an entry's file name gives, if it is one.
+fn id_of(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".json")?;
+    // Canonical decimal only: "007.json" or "+7.json" are not entries.
+    let id: u32 = digits.parse().ok()?;
+    (id > 0 && file_name(id) == name).then_some(id)
 }
 
-/// Whether process `pid` still exists (a zombie counts).
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Whether process `pid` exists (a zombie counts) and is a pvm monitor.
+fn is_monitor(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": the name is between the first '(' and the last ')'.
+    let (Some(open), Some(close)) = (
+        stat.iter().position(|&b| b == b'('),
+        stat.iter().rposition(|&b| b == b')'),
+    ) else {
+        return false;
+    };
+    open < close && &stat[open + 1..close] == MONITOR_NAME.to_bytes()
+}
+
+/// What reading an entry file found.
+enum Found {
+    /// A live pVM, or one that exited and waits for its reaper.
+    Valid(Entry),
+    /// Nobody holds it and its monitor is gone: it may be removed.
+    Stale,
+    /// Not a valid entry (unreadable, malformed, mismatched, or held by someone who is not the
+    /// pVM it names): ignored, never removed.
+    Invalid,
 }
 
 impl Registry {
-    /// Opens (creating it, mode 0700) the runtime directory `dir`.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Registry, RegistryError> {
-        let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| RegistryError::Dir {
-                path: dir.clone(),
-                source,
-            })?;
-        Ok(Registry { dir })
+    /// Opens (creating it, mode 0700) and verifies the runtime directory `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            dir: RunDir::open(dir.as_ref())?,
+        })
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
+    /// The runtime directory.
+    pub fn dir(&self) -> &RunDir {
         &self.dir
     }
 
-    fn path(&self, id: u32) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    /// Creates and locks the entry of a starting pVM.
+    /// Creates and locks the entry of a starting pVM (this process).
     pub fn register(&self, mut entry: Entry) -> Result<EntryHandle, RegistryError> {
-        let path = self.path(entry.id);
+        let name = file_name(entry.id);
+        let path = self.dir.path().join(&name);
         let err = |source| RegistryError::Entry {
             path: path.clone(),
             source,
         };
         entry.started_ms = now_ms();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(err)?;
-        lock(&file).map_err(err)?;
+        // A stale entry of a recycled pid may exist, and a lister may be removing it under its
+        // lock right now: take the lock, then make sure the name still leads to our file.
+        let mut tries = 0;
+        let file = loop {
+            tries += 1;
+            let file = self.dir.open_file(&name, Open::Create).map_err(err)?;
+            match sys::lock_process(file.as_fd()) {
+                Ok(()) if self.dir.names_file(&name, file.as_fd()) => break file,
+                Ok(()) => {}
+                Err(e) if tries > 1000 => return Err(err(e)),
+                Err(_) => std::thread::yield_now(),
+            }
+        };
         let mut handle = EntryHandle {
             file,
             path: path.clone(),
@@ -228,118 +229,128 @@ impl Registry {
         Ok(handle)
     }
 
-    /// Number of entries (live or not yet reaped), by scanning the directory.
-    pub fn count(&self) -> usize {
-        fs::read_dir(&self.dir).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".json"))
-                .count()
-        })
-    }
-
-    /// Maps the directory's [`HostCounter`], creating it if needed.
-    pub fn host_counter(&self) -> Result<HostCounter, RegistryError> {
-        let path = self.dir.join("live.count");
-        let err = |source| RegistryError::Entry {
-            path: path.clone(),
-            source,
+    /// Reads an entry file and judges it.
+    fn examine(&self, name: &str, id: u32) -> Found {
+        let Ok(file) = self.dir.open_file(name, Open::Read) else {
+            return Found::Invalid;
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(err)?;
-        if file.metadata().map_err(err)?.len() < 4096 {
-            file.set_len(4096).map_err(err)?;
-        }
-        // SAFETY: maps one page of a regular file of at least that size; the mapping outlives
-        // the fd (closed on return) and is never unmapped.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
+        let holder = sys::process_lock_holder(file.as_fd());
+        let Ok(text) = sys::read_prefix(file.as_fd(), MAX_ENTRY_SIZE) else {
+            return Found::Invalid;
         };
-        if p == libc::MAP_FAILED {
-            return Err(err(io::Error::last_os_error()));
+        let Ok(entry) = serde_json::from_slice::<Entry>(&text) else {
+            return Found::Invalid;
+        };
+        if entry.id != id {
+            return Found::Invalid;
         }
-        // SAFETY: the page is mapped for the rest of the process's life (and inherited by
-        // fork), page-aligned, and only ever accessed atomically.
-        let live = unsafe { &*(p as *const AtomicU32) };
-        Ok(HostCounter { live })
+        match holder {
+            // Held by the pVM it names: live (or exiting, its teardown still holding it).
+            Ok(LockHolder::Process(p)) if p == id && is_monitor(id) => Found::Valid(entry),
+            Ok(LockHolder::Nobody) if entry.state == State::Exited && is_monitor(id) => Found::Valid(entry),
+            Ok(LockHolder::Nobody) => Found::Stale,
+            _ => Found::Invalid,
+        }
     }
 
-    /// Reads entry `id`, if present.
-    pub fn read(&self, id: u32) -> Option<Entry> {
-        read_entry(&self.path(id)).map(|(entry, _)| entry)
+    /// Removes a stale entry under its own lock, so that a monitor registering under a recycled
+    /// pid (which takes the same lock) never loses its fresh entry.
+    fn remove_stale(&self, name: &str, id: u32) {
+        let Ok(file) = self.dir.open_file(name, Open::ReadWrite) else {
+            return;
+        };
+        if sys::lock_process(file.as_fd()).is_err() || !self.dir.names_file(name, file.as_fd()) {
+            return;
+        }
+        // Still stale under the lock? (Its content may have changed meanwhile.)
+        let stale = sys::read_prefix(file.as_fd(), MAX_ENTRY_SIZE)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Entry>(&t).ok())
+            .is_some_and(|e| e.id == id && !(e.state == State::Exited && is_monitor(id)));
+        if stale {
+            let _ = self.dir.remove(name);
+        }
+        // Dropping `file` releases the lock.
     }
 
-    /// Removes entry `id` (its pVM was reaped).
-    pub fn remove(&self, id: u32) {
-        let _ = fs::remove_file(self.path(id));
-    }
-
-    /// All entries of live or not-yet-reaped pVMs, sorted by id. Stale entries (monitor gone
-    /// without exiting, e.g. killed with SIGKILL) are removed on the way.
+    /// Valid entries of live or not-yet-reaped pVMs, sorted by id, except this process's own
+    /// (a monitor must not open its own entry: closing it would drop its lock). Stale entries
+    /// are removed on the way; invalid ones are ignored.
     pub fn list(&self) -> Result<Vec<Entry>, RegistryError> {
-        let dir = fs::read_dir(&self.dir).map_err(|source| RegistryError::Dir {
-            path: self.dir.clone(),
+        let names = self.dir.names().map_err(|source| RegistryError::List {
+            path: self.dir.path().to_path_buf(),
             source,
         })?;
+        let me = sys::getpid();
         let mut entries = Vec::new();
-        for item in dir.flatten() {
-            let path = item.path();
-            if path.extension().is_none_or(|e| e != "json") {
+        for name in names {
+            let Some(id) = id_of(&name) else { continue };
+            if id == me {
                 continue;
             }
-            let Some((entry, locked)) = read_entry(&path) else {
-                continue;
-            };
-            // F_GETLK does not report a process's own locks: a monitor listing the registry
-            // must not take its own entry for a stale one.
-            let ours = entry.id == std::process::id();
-            let alive = locked || ours || (entry.state == State::Exited && process_exists(entry.id));
-            if alive {
-                entries.push(entry);
-            } else {
-                let _ = fs::remove_file(&path);
+            match self.examine(&name, id) {
+                Found::Valid(entry) => entries.push(entry),
+                Found::Stale => self.remove_stale(&name, id),
+                Found::Invalid => {}
             }
         }
         entries.sort_by_key(|e| e.id);
         Ok(entries)
     }
-}
 
-/// Reads an entry and whether its monitor still holds it. A torn read (the monitor rewriting
-/// it) is retried.
-fn read_entry(path: &Path) -> Option<(Entry, bool)> {
-    for _ in 0..3 {
-        let mut file = File::open(path).ok()?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).ok()?;
-        if let Ok(entry) = serde_json::from_str::<Entry>(&text) {
-            return Some((entry, is_locked(&file)));
+    /// The valid entry of pVM `id` (never this process's own).
+    pub fn lookup(&self, id: u32) -> Option<Entry> {
+        if id == 0 || id == sys::getpid() {
+            return None;
         }
-        std::thread::yield_now();
+        match self.examine(&file_name(id), id) {
+            Found::Valid(entry) => Some(entry),
+            _ => None,
+        }
     }
-    None
+
+    /// What the entry of `id` says, unverified: for a reaper about its own reaped child (whose
+    /// lock is gone with it). Never this process's own entry.
+    pub fn read_reaped(&self, id: u32) -> Option<Entry> {
+        if id == 0 || id == sys::getpid() {
+            return None;
+        }
+        let file = self.dir.open_file(&file_name(id), Open::Read).ok()?;
+        let text = sys::read_prefix(file.as_fd(), MAX_ENTRY_SIZE).ok()?;
+        serde_json::from_slice::<Entry>(&text).ok().filter(|e| e.id == id)
+    }
+
+    /// Removes entry `id` (its pVM was reaped).
+    pub fn remove(&self, id: u32) {
+        if id != 0 && id != sys::getpid() {
+            let _ = self.dir.remove(&file_name(id));
+        }
+    }
+
+    /// Sends `sig` to live pVM `id` if `allowed(entry)`: the pidfd is opened first and the entry
+    /// verified after, so a pid recycled in between is never signalled.
+    pub fn signal(&self, id: u32, sig: i32, allowed: impl Fn(&Entry) -> bool) -> Result<(), SignalError> {
+        let pidfd = sys::pidfd_open(id).map_err(|_| SignalError::NoSuchPvm)?;
+        let entry = self.lookup(id).ok_or(SignalError::NoSuchPvm)?;
+        if entry.state == State::Exited {
+            return Err(SignalError::NoSuchPvm);
+        }
+        if !allowed(&entry) {
+            return Err(SignalError::NotAllowed);
+        }
+        match sys::pidfd_send_signal(pidfd.as_fd(), sig) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(SignalError::NoSuchPvm),
+            Err(e) => Err(SignalError::Host(e.raw_os_error().unwrap_or(libc::EIO))),
+        }
+    }
 }
 
 impl EntryHandle {
     fn write(&mut self) -> io::Result<()> {
         let mut text = serde_json::to_vec(&self.entry).map_err(io::Error::other)?;
         text.push(b'\n');
-        self.file.rewind()?;
-        self.file.write_all(&text)?;
-        self.file.set_len(text.len() as u64)
+        sys::rewrite(self.file.as_fd(), &text)
     }
 
     /// Records a new state.
@@ -356,7 +367,7 @@ impl EntryHandle {
         self.write()
     }
 
-    /// The entry's file (for closing an inherited handle without touching the entry).
+    /// The entry's file (for messages).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -371,6 +382,7 @@ mod tests {
             id,
             parent: 0,
             family: id,
+            family_key: 7,
             name: "t".into(),
             image: "/x".into(),
             mem_size: 1,
@@ -381,44 +393,51 @@ mod tests {
         }
     }
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pvm-registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
-    fn entries_round_trip_and_stale_ones_vanish() {
-        let dir = std::env::temp_dir().join(format!("pvm-registry-unit-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+    fn file_names_are_canonical_ids() {
+        assert_eq!(id_of("42.json"), Some(42));
+        for bad in [
+            "042.json",
+            "+42.json",
+            "0.json",
+            "42.json.new",
+            "x.json",
+            ".json",
+            "99999999999.json",
+        ] {
+            assert_eq!(id_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_stale_and_forged_entries() {
+        let dir = scratch("entries");
         let reg = Registry::open(&dir).unwrap();
         let me = std::process::id();
         let mut handle = reg.register(entry(me)).unwrap();
         handle.set_state(State::Paused).unwrap();
-        // Our own lock is invisible to F_GETLK from our own process, so check the content here
-        // and the stale path with an entry no process holds.
-        assert_eq!(reg.read(me).unwrap().state, State::Paused);
-        fs::write(
-            reg.path(999_999_999),
-            serde_json::to_vec(&entry(999_999_999)).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(reg.count(), 2);
-        let listed = reg.list().unwrap();
-        assert!(listed.iter().all(|e| e.id != 999_999_999));
-        assert!(listed.iter().any(|e| e.id == me), "our own entry is not stale");
-        assert!(!reg.path(999_999_999).exists());
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn host_counter_limits_and_recounts_when_full() {
-        let dir = std::env::temp_dir().join(format!("pvm-registry-count-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let reg = Registry::open(&dir).unwrap();
-        let counter = reg.host_counter().unwrap();
-        assert!(counter.try_acquire(2, &reg));
-        assert!(counter.try_acquire(2, &reg));
-        // Full by the counter, but the directory holds no entry: the recount makes room.
-        assert!(counter.try_acquire(2, &reg));
-        // A second mapping (another monitor) sees the same count.
-        let other = reg.host_counter().unwrap();
-        other.release();
-        assert!(counter.try_acquire(2, &reg));
-        let _ = fs::remove_dir_all(&dir);
+        // A monitor's own entry is never listed (opening it would drop its lock).
+        assert!(reg.list().unwrap().is_empty());
+        assert!(reg.lookup(me).is_none());
+        // An entry nobody holds is stale and removed; one whose id disagrees with its name or
+        // that is not JSON is ignored and kept.
+        let write = |name: &str, e: &Entry| {
+            std::fs::write(dir.join(name), serde_json::to_vec(e).unwrap()).unwrap();
+        };
+        write("999999999.json", &entry(999_999_999));
+        write("12345.json", &entry(54321));
+        std::fs::write(dir.join("777.json"), b"not json").unwrap();
+        assert!(reg.list().unwrap().is_empty());
+        assert!(!dir.join("999999999.json").exists());
+        assert!(dir.join("12345.json").exists() && dir.join("777.json").exists());
+        // Our own lock survived all that reading.
+        assert!(reg.dir.names_file(&file_name(me), handle.file.as_fd()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use kvm_ioctls::VcpuFd;
 
+use crate::sys::{self, SigSet};
+
 /// The `immediate_exit` byte of the running vCPU, for the handler.
 static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 /// Guest-visible signals received and not yet taken, one bit per number.
@@ -71,14 +73,9 @@ pub fn arm_kick(vcpu: &mut VcpuFd) {
     let run = vcpu.get_kvm_run();
     IMMEDIATE_EXIT.store(std::ptr::addr_of_mut!(run.immediate_exit), Ordering::SeqCst);
     for sig in all_signals() {
-        // SAFETY: installs a handler that only performs atomic stores; no SA_RESTART so a
-        // blocking KVM_RUN, waitpid or poll returns EINTR.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+        // The handler only performs atomic stores; no SA_RESTART, so a blocking KVM_RUN,
+        // waitpid or poll returns EINTR.
+        sys::set_signal_handler(sig, on_signal);
     }
 }
 
@@ -140,28 +137,19 @@ pub fn forget_inherited(inherited: Inherited) {
 /// are handled right after. Used around a fork, so that a signal sent to a child whose monitor is
 /// still building its VM does not interrupt those ioctls (EINTR) but waits for the vCPU loop.
 pub struct Held {
-    old: libc::sigset_t,
+    old: SigSet,
 }
 
 /// Holds the monitor's signals back.
 pub fn hold() -> Held {
-    // SAFETY: sigset manipulation on local sets; sigprocmask on this single-threaded process.
-    unsafe {
-        let mut block: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut block);
-        for sig in all_signals() {
-            libc::sigaddset(&mut block, sig);
-        }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old);
-        Held { old }
+    Held {
+        old: SigSet::of(&all_signals()).block(),
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        // SAFETY: restores the mask saved by `hold`.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+        self.old.set_mask();
     }
 }
 
@@ -170,7 +158,6 @@ impl Drop for Held {
 pub fn sleep_until(done: impl Fn() -> bool) {
     let held = hold();
     while !done() {
-        // SAFETY: sigsuspend with the mask from before `hold`; it returns after a handler ran.
-        unsafe { libc::sigsuspend(&held.old) };
+        held.old.suspend();
     }
 }

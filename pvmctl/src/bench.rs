@@ -211,6 +211,9 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         args: vec!["noop".into()],
         run_dir: run_dir.clone(),
         limits: Limits::default(),
+        // In this process: its descriptors and its later forks must stay usable, so row (b) is
+        // measured without the seccomp filter (row (a), `pvmctl run`, has it).
+        confine: false,
         bench_fd: None,
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;

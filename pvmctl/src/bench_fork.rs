@@ -1206,6 +1206,10 @@ fn density_run(exe: &Path, forktest: &Path, count: u32) -> Result<DensityRun, Be
         .arg((count + 1).to_string())
         .arg("--max-pvms")
         .arg((count + 16).to_string())
+        // Idle pVMs touch ~1 MiB each: the default budget (the host's RAM, counted at --mem per
+        // pVM) would stop this long before it shows density.
+        .arg("--max-mem-total")
+        .arg("1024G")
         .arg(forktest)
         .args(["--", "idle", &count.to_string()])
         .stdin(Stdio::null())
@@ -1294,7 +1298,7 @@ fn density_run(exe: &Path, forktest: &Path, count: u32) -> Result<DensityRun, Be
     // register once they are built. Wait for all of them before measuring memory.
     let registry = Registry::open(&run_dir).map_err(ForkBenchError::from)?;
     let settle_deadline = Instant::now() + SETTLE_TIMEOUT;
-    while registry.count() < count as usize + 1 && Instant::now() < settle_deadline {
+    while registry.list().map_or(0, |l| l.len()) < count as usize + 1 && Instant::now() < settle_deadline {
         thread::sleep(SETTLE_POLL);
     }
     let settled = start.elapsed();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hypervisor_ext::registry::{Entry, Registry, RegistryError, State};
+use hypervisor_ext::registry::{Entry, Registry, RegistryError, SignalError, State};
 use hypervisor_ext::signals::{pause_signal, resume_signal};
 use serde::Serialize;
 
@@ -255,7 +255,7 @@ fn signal_targets(
                 ids.extend(
                     entries
                         .iter()
-                        .filter(|m| m.family == e.family && m.state != State::Exited)
+                        .filter(|m| m.family_key == e.family_key && m.state != State::Exited)
                         .map(|m| m.id),
                 );
             } else {
@@ -267,17 +267,15 @@ fn signal_targets(
     ids.dedup();
     let mut sent = Vec::new();
     for id in ids {
-        // SAFETY: kill has no memory-safety preconditions; the id comes from a live registry entry.
-        if unsafe { libc::kill(id as i32, sig) } == 0 {
-            sent.push(id);
-        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        // Through a pidfd, and only to the verified monitor of a live entry.
+        match registry.signal(id, sig, |_| true) {
+            Ok(()) => sent.push(id),
             // It ended meanwhile (e.g. its family's root stopped it first).
-        } else {
-            eprintln!(
-                "pvmctl: error: cannot signal pVM {id}: {}",
-                std::io::Error::last_os_error()
-            );
-            missing = true;
+            Err(SignalError::NoSuchPvm) => {}
+            Err(e) => {
+                eprintln!("pvmctl: error: cannot signal pVM {id}: {e}");
+                missing = true;
+            }
         }
     }
     Ok((sent, missing))
@@ -307,7 +305,7 @@ pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
     let deadline = Instant::now() + Duration::from_secs(2);
     for id in ids {
         while registry
-            .read(id)
+            .lookup(id)
             .is_some_and(|e| e.state != want && e.state != State::Exited)
         {
             if Instant::now() > deadline {

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use hypervisor_ext::outcome::report_line;
-use hypervisor_ext::{parse_mem_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome};
+use hypervisor_ext::{
+    default_mem_total, parse_mem_size, parse_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome,
+};
 
 use crate::image::{self, ImageError};
 
@@ -20,14 +22,22 @@ pub struct RunArgs {
     /// Most pVMs alive at once in this pVM's family (a fork past it fails with LimitReached).
     #[arg(long, value_name = "N", default_value_t = Limits::default().per_family)]
     max_family: u32,
-    /// Most pVMs alive at once on this host (entries in the runtime directory).
+    /// Most pVMs alive at once on this host (of this runtime directory).
     #[arg(long, value_name = "N", default_value_t = Limits::default().per_host)]
     max_pvms: u32,
+    /// Most guest memory all live pVMs of this runtime directory may hold together (each counts
+    /// its --mem from boot or fork until it ends) [default: the host's RAM].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_mem_total: Option<u64>,
     /// Return when the root pVM ends, leaving the rest of its family running (manage it with
     /// `pvmctl ps` and `pvmctl kill --family`). By default `pvmctl run` returns when the whole
     /// family is gone.
     #[arg(long)]
     detach_family: bool,
+    /// Run the monitors without their seccomp allow-list (to measure what it costs, or to
+    /// debug); never for untrusted guests.
+    #[arg(long)]
+    unconfined: bool,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -86,8 +96,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
         limits: Limits {
             per_family: args.max_family,
             per_host: args.max_pvms,
+            mem_total: args.max_mem_total.unwrap_or_else(default_mem_total),
         },
         bench_fd: bench_fd(),
+        confine: !args.unconfined,
     };
     let mut monitor = Monitor::new(&image, &config)?;
     let outcome = monitor.run()?;

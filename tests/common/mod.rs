@@ -32,9 +32,15 @@ pub fn examples_dir() -> PathBuf {
 }
 
 /// A private runtime directory for one test (the test process's pid keeps runs apart).
+/// (mode 0700: pvm refuses a runtime directory others may access).
 pub fn run_dir(test: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
     let dir = std::env::temp_dir().join(format!("pvm-test-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create test runtime dir");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .expect("create test runtime dir");
     dir
 }
 

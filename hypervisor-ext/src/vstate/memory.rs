@@ -1,8 +1,14 @@
 //! Guest RAM: one private anonymous mapping, shared copy-on-write with a forked monitor by the
-//! host kernel. Every access the monitor makes to guest memory goes through [`GuestMemory::translate`].
+//! host kernel. Every access the monitor makes to guest memory goes through
+//! [`GuestMemory::translate`], which checks an access made for the guest against what the
+//! guest itself may do (its [`GuestView`]): a hypercall can read only what the guest can read
+//! and write only what it can write, so it can never be used to write the guest's code or
+//! read-only data, or the page tables, descriptor tables and stubs the guest cannot reach.
 use std::ptr::NonNull;
 
 use pvm_abi::{layout, Plain};
+
+use crate::sys;
 
 /// Errors of guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +22,7 @@ pub enum MemoryError {
         source: std::io::Error,
     },
     /// An address range is not inside the memory the access may touch.
-    #[error("guest range {addr:#x}+{len:#x} is outside the pVM's memory")]
+    #[error("guest range {addr:#x}+{len:#x} is outside what the access may touch")]
     OutOfBounds {
         /// First guest-physical address.
         addr: u64,
@@ -30,10 +36,55 @@ pub enum MemoryError {
 pub enum Access {
     /// The monitor's own bookkeeping: anything in guest RAM (reserved area included).
     Monitor,
-    /// An address or length that came from the guest: only the app's part of RAM (image, heap,
-    /// stack), never the reserved area holding page tables, GDT, IDT and stubs. So a hypercall
-    /// can never be used to write what the guest itself may not write.
-    Guest,
+    /// A read for the guest (a buffer or struct it passed): only what it may read itself.
+    GuestRead,
+    /// A write for the guest (an OUT field): only what it may write itself.
+    GuestWrite,
+}
+
+/// How the guest may access a range of its RAM (what its page tables say at CPL3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    /// First address.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// The guest may write it (it may read every range of the view).
+    pub writable: bool,
+}
+
+/// What the guest may access at CPL3: sorted, disjoint ranges (anything else it may not).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestView {
+    ranges: Vec<GuestRange>,
+}
+
+impl GuestView {
+    /// A view of `ranges` (any order; overlapping ones are a bug of the caller and refused).
+    pub fn new(mut ranges: Vec<GuestRange>) -> Option<GuestView> {
+        ranges.retain(|r| r.start < r.end);
+        ranges.sort_by_key(|r| r.start);
+        if ranges.windows(2).any(|w| w[0].end > w[1].start) {
+            return None;
+        }
+        Some(GuestView { ranges })
+    }
+
+    /// Whether the guest may access all of `[start, end)` (`write`: for writing).
+    fn allows(&self, start: u64, end: u64, write: bool) -> bool {
+        let mut at = start;
+        let first = self.ranges.partition_point(|r| r.end <= start);
+        for r in &self.ranges[first..] {
+            if at >= end {
+                break;
+            }
+            if r.start > at || (write && !r.writable) {
+                return false;
+            }
+            at = r.end;
+        }
+        at >= end
+    }
 }
 
 /// Guest RAM, mapped in the monitor and registered with KVM as memory slot 0 (guest-physical
@@ -41,31 +92,42 @@ pub enum Access {
 pub struct GuestMemory {
     base: NonNull<u8>,
     size: u64,
+    view: GuestView,
 }
 
 impl GuestMemory {
     /// Maps `size` bytes of zeroed, private, anonymous memory (small pages until
-    /// [`GuestMemory::advise_huge_pages`]).
+    /// [`GuestMemory::advise_huge_pages`]). The guest may access nothing of it until
+    /// [`GuestMemory::set_view`].
     pub fn new(size: u64) -> Result<GuestMemory, MemoryError> {
         let map_err = |source| MemoryError::Map { size, source };
         let len = usize::try_from(size).map_err(|_| map_err(std::io::ErrorKind::InvalidInput.into()))?;
-        // SAFETY: a fresh anonymous mapping with no address hint; it aliases nothing. Private (not
-        // MAP_SHARED) so that fork() shares it copy-on-write; NORESERVE so untouched RAM costs nothing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(map_err(std::io::Error::last_os_error()));
+        // Private (not MAP_SHARED) so that fork() shares it copy-on-write; NORESERVE so untouched
+        // RAM costs nothing.
+        let base = sys::map_private(len).map_err(map_err)?;
+        Ok(GuestMemory {
+            base,
+            size,
+            view: GuestView::default(),
+        })
+    }
+
+    /// Sets what the guest may access (from the same ranges its page tables are built from).
+    pub fn set_view(&mut self, view: GuestView) {
+        self.view = view;
+    }
+
+    fn advise(&self, start: u64, end: u64, advice: sys::Advice) {
+        if start < end && end <= self.size {
+            // SAFETY: a page-aligned range inside our own mapping.
+            unsafe {
+                sys::advise(
+                    self.base.as_ptr().add(start as usize),
+                    (end - start) as usize,
+                    advice,
+                )
+            };
         }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| map_err(std::io::ErrorKind::Other.into()))?;
-        Ok(GuestMemory { base, size })
     }
 
     /// Advises transparent huge pages for the whole 2 MiB chunks inside `[start, end)`. A huge
@@ -75,33 +137,13 @@ impl GuestMemory {
         let large = layout::LARGE_PAGE_SIZE;
         let start = start.div_ceil(large) * large;
         let end = end.min(self.size) / large * large;
-        if start < end {
-            // SAFETY: advising a page-aligned range inside our own mapping; failure (THP disabled)
-            // is harmless.
-            unsafe {
-                libc::madvise(
-                    self.base.as_ptr().add(start as usize).cast(),
-                    (end - start) as usize,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-        }
+        self.advise(start, end, sys::Advice::HugePages);
     }
 
     /// Faults in `[start, end)` (page-aligned) ahead of use with one call: cheaper than a page
     /// fault per page where faults are expensive (a host that is itself a VM). Best effort.
     pub fn populate(&self, start: u64, end: u64) {
-        let end = end.min(self.size);
-        if start < end {
-            // SAFETY: a range inside our own mapping; MADV_POPULATE_WRITE only faults pages in.
-            unsafe {
-                libc::madvise(
-                    self.base.as_ptr().add(start as usize).cast(),
-                    (end - start) as usize,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            };
-        }
+        self.advise(start, end.min(self.size), sys::Advice::PopulateWrite);
     }
 
     /// Size of guest RAM in bytes.
@@ -116,15 +158,20 @@ impl GuestMemory {
 
     /// The one bounds-checked translation from a guest-physical range to a host pointer.
     pub fn translate(&self, addr: u64, len: u64, access: Access) -> Result<NonNull<u8>, MemoryError> {
-        let lowest = match access {
-            Access::Monitor => layout::RESERVED_START,
-            Access::Guest => layout::IMAGE_BASE,
-        };
+        let out = MemoryError::OutOfBounds { addr, len };
         let end = addr
             .checked_add(len)
             .ok_or(MemoryError::OutOfBounds { addr, len })?;
-        if addr < lowest || end > self.size {
-            return Err(MemoryError::OutOfBounds { addr, len });
+        if addr < layout::RESERVED_START || end > self.size {
+            return Err(out);
+        }
+        let allowed = match access {
+            Access::Monitor => true,
+            Access::GuestRead => self.view.allows(addr, end, false),
+            Access::GuestWrite => self.view.allows(addr, end, true),
+        };
+        if !allowed {
+            return Err(out);
         }
         // SAFETY: addr < size, so the offset stays inside the mapping.
         Ok(unsafe { self.base.add(addr as usize) })
@@ -147,6 +194,14 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// A view of guest bytes for the duration of a hypercall (the vCPU is stopped, so the guest
+    /// does not change them meanwhile; no other pVM can write private guest RAM).
+    pub fn slice(&self, addr: u64, len: u64, access: Access) -> Result<&[u8], MemoryError> {
+        let src = self.translate(addr, len, access)?;
+        // SAFETY: translate checked the range; the mapping lives as long as `self`.
+        Ok(unsafe { std::slice::from_raw_parts(src.as_ptr(), len as usize) })
+    }
+
     /// Reads a plain struct from guest memory (a copy: later guest writes do not affect it).
     pub fn read_obj<T: Plain>(&self, addr: u64, access: Access) -> Result<T, MemoryError> {
         let src = self.translate(addr, size_of::<T>() as u64, access)?;
@@ -166,8 +221,9 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        // SAFETY: unmapping the mapping created in new(); no reference into it outlives self.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.size as usize) };
+        // SAFETY: unmapping the mapping created in new(); no reference into it outlives self,
+        // and the monitor drops the VM (its memory slots) before the memory.
+        unsafe { sys::unmap(self.base, self.size as usize) };
     }
 }
 
@@ -175,31 +231,86 @@ impl Drop for GuestMemory {
 mod tests {
     use super::*;
 
-    #[test]
-    fn translation_checks_bounds_and_policy() {
-        let mem = GuestMemory::new(layout::MIN_MEM_SIZE).unwrap();
+    fn mem() -> GuestMemory {
+        let mut mem = GuestMemory::new(layout::MIN_MEM_SIZE).unwrap();
         let top = mem.size();
-        assert!(mem.translate(layout::IMAGE_BASE, 16, Access::Guest).is_ok());
-        assert!(mem.translate(top - 8, 8, Access::Guest).is_ok());
-        assert!(mem.translate(top - 8, 9, Access::Guest).is_err());
-        assert!(mem.translate(u64::MAX - 4, 16, Access::Guest).is_err());
-        assert!(mem.translate(layout::IDT_ADDR, 16, Access::Guest).is_err());
+        let view = GuestView::new(vec![
+            GuestRange {
+                start: layout::BOOT_INFO_ADDR,
+                end: layout::BOOT_INFO_ADDR + layout::PAGE_SIZE,
+                writable: false,
+            },
+            GuestRange {
+                start: layout::IMAGE_BASE,
+                end: layout::IMAGE_BASE + 0x1000,
+                writable: false,
+            },
+            GuestRange {
+                start: layout::IMAGE_BASE + 0x1000,
+                end: top,
+                writable: true,
+            },
+        ])
+        .unwrap();
+        mem.set_view(view);
+        mem
+    }
+
+    #[test]
+    fn translation_checks_bounds_and_the_guests_own_permissions() {
+        let mem = mem();
+        let top = mem.size();
+        let rw = layout::IMAGE_BASE + 0x1000;
+        assert!(mem.translate(rw, 16, Access::GuestWrite).is_ok());
+        assert!(mem.translate(top - 8, 8, Access::GuestWrite).is_ok());
+        assert!(mem.translate(top - 8, 9, Access::GuestRead).is_err());
+        assert!(mem.translate(u64::MAX - 4, 16, Access::GuestRead).is_err());
+        assert!(mem.translate(layout::IDT_ADDR, 16, Access::GuestRead).is_err());
         assert!(mem.translate(layout::IDT_ADDR, 16, Access::Monitor).is_ok());
         assert!(mem.translate(0, 8, Access::Monitor).is_err());
+        // Read-only for the guest: readable for it, never written for it.
+        assert!(mem.translate(layout::IMAGE_BASE, 16, Access::GuestRead).is_ok());
+        assert!(mem.translate(layout::IMAGE_BASE, 16, Access::GuestWrite).is_err());
+        assert!(mem.translate(rw - 8, 16, Access::GuestWrite).is_err());
+        assert!(mem.translate(rw - 8, 16, Access::GuestRead).is_ok());
+        // The boot block: the guest's own read-only strings.
+        assert!(mem
+            .translate(layout::BOOT_INFO_ADDR + 100, 8, Access::GuestRead)
+            .is_ok());
+        assert!(mem
+            .translate(layout::BOOT_INFO_ADDR + 100, 8, Access::GuestWrite)
+            .is_err());
+        // Spanning a hole.
+        assert!(mem
+            .translate(layout::BOOT_INFO_ADDR, layout::IMAGE_BASE, Access::GuestRead)
+            .is_err());
+        assert!(GuestView::new(vec![
+            GuestRange {
+                start: 0x1000,
+                end: 0x3000,
+                writable: true
+            },
+            GuestRange {
+                start: 0x2000,
+                end: 0x4000,
+                writable: true
+            },
+        ])
+        .is_none());
     }
 
     #[test]
     fn objects_round_trip() {
-        let mem = GuestMemory::new(layout::MIN_MEM_SIZE).unwrap();
+        let mem = mem();
+        let at = layout::IMAGE_BASE + 0x1003;
         let args = pvm_abi::WriteArgs {
             fd: 1,
             buf: 2,
             len: 3,
             result: -4,
         };
-        mem.write_obj(layout::IMAGE_BASE + 3, &args, Access::Guest)
-            .unwrap();
-        let back: pvm_abi::WriteArgs = mem.read_obj(layout::IMAGE_BASE + 3, Access::Guest).unwrap();
+        mem.write_obj(at, &args, Access::GuestWrite).unwrap();
+        let back: pvm_abi::WriteArgs = mem.read_obj(at, Access::GuestRead).unwrap();
         assert_eq!((back.fd, back.buf, back.len, back.result), (1, 2, 3, -4));
     }
 }

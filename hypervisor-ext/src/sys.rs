@@ -1,0 +1,743 @@
+//! Every host system call the monitor makes outside KVM's ioctls (which go through `kvm-ioctls`),
+//! in one place, so that the seccomp allow-list (`seccomp.rs`) can be read against it.
+//!
+//! Typed wrappers come from `rustix`. Raw `libc` is used only where rustix has no call, and each
+//! such function says why: `fork` and `clone` (rustix offers them only to programs without std),
+//! signal handlers and masks (same), `fcntl` byte-range and open-file-description locks (rustix
+//! locks whole files only and cannot query a lock's holder), `close_range` and `mallopt`.
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::process::{Pid, Signal};
+
+pub use rustix::fs::Stat;
+
+/// A pVM id as a host pid: positive and at most `i32::MAX`. Anything else (0, or a value that
+/// would read as negative) names a process *group* or every process to `kill(2)`, never one
+/// process, so it is refused here whatever the caller checked before.
+pub fn pid(id: u32) -> io::Result<Pid> {
+    i32::try_from(id)
+        .ok()
+        .and_then(Pid::from_raw)
+        .filter(|p| p.as_raw_nonzero().get() > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+}
+
+/// This process's id.
+pub fn getpid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Which side of a [`fork`] this is.
+pub enum Forked {
+    /// The parent, with the child's pid.
+    Parent(u32),
+    /// The child.
+    Child,
+}
+
+/// `fork(2)`. libc: rustix offers fork only to programs that run without std.
+///
+/// # Safety
+/// The process must be single-threaded, so that the child starts with consistent locks and heap.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees a single thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        child => Ok(Forked::Parent(child as u32)),
+    }
+}
+
+/// Clones a helper that shares this process's memory and file table (`CLONE_VM | CLONE_FILES`)
+/// and runs `f(arg)` on `stack`, with exit signal 0 (whoever inherits it reaps it). libc: rustix
+/// has no `clone`.
+///
+/// # Safety
+/// `f` must run on the bare stack with raw system calls only (it shares the caller's memory and
+/// must not touch Rust state), and `stack` must outlive the helper.
+pub unsafe fn clone_helper(
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &'static mut [u8],
+    arg: usize,
+) -> io::Result<u32> {
+    // SAFETY: the range is inside `stack`; rounding down keeps it inside and 16-byte aligned.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.map_addr(|a| a & !15);
+    // SAFETY: as the caller promised above.
+    let pid = unsafe { libc::clone(f, top.cast(), libc::CLONE_VM | libc::CLONE_FILES, arg as *mut _) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid as u32)
+}
+
+/// Ends this process at once, running no destructors. libc: rustix offers `exit_group` only to
+/// programs without std.
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit ends the process without running destructors; nothing is left to do.
+    unsafe { libc::_exit(status) }
+}
+
+/// How a waited-for process ended: the raw `waitpid` status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitStatus(pub i32);
+
+impl WaitStatus {
+    /// The signal that ended it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        libc::WIFSIGNALED(self.0).then(|| libc::WTERMSIG(self.0))
+    }
+
+    /// Its exit code (when no signal ended it).
+    pub fn code(self) -> i32 {
+        libc::WEXITSTATUS(self.0)
+    }
+}
+
+/// `waitpid` for `pid` (any child: `None`): `Ok(None)` with `nohang` when none has ended;
+/// `EINTR` when a signal interrupted it; `ECHILD` when there is nothing to wait for.
+pub fn waitpid(pid: Option<u32>, nohang: bool) -> io::Result<Option<(u32, WaitStatus)>> {
+    let pid = pid.map(self::pid).transpose()?;
+    let opts = if nohang {
+        rustix::process::WaitOptions::NOHANG
+    } else {
+        rustix::process::WaitOptions::empty()
+    };
+    Ok(rustix::process::waitpid(pid, opts)?
+        .map(|(p, status)| (p.as_raw_nonzero().get() as u32, WaitStatus(status.as_raw()))))
+}
+
+/// A pidfd: a handle on one process that a recycled pid can never redirect.
+pub fn pidfd_open(id: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_open(
+        pid(id)?,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// The signal numbered `sig`, if it is one the monitor sends (the guest-visible ones, KILL,
+/// and the pause/resume signals of `pvmctl`).
+pub fn signal(sig: i32) -> io::Result<Signal> {
+    Signal::from_named_raw(sig)
+        .or_else(|| {
+            // SAFETY: SIGRTMIN..=SIGRTMAX are valid signal numbers that glibc does not reserve.
+            (libc::SIGRTMIN()..=libc::SIGRTMAX())
+                .contains(&sig)
+                .then(|| unsafe { Signal::from_raw_unchecked(sig) })
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Sends `sig` to the process `pidfd` refers to.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    Ok(rustix::process::pidfd_send_signal(pidfd, signal(sig)?)?)
+}
+
+/// Sends `sig` to process `id` (a positive pid, never a group). Use it only on a pid that
+/// cannot have been recycled: this process, or an unreaped child.
+pub fn kill(id: u32, sig: i32) -> io::Result<()> {
+    Ok(rustix::process::kill_process(pid(id)?, signal(sig)?)?)
+}
+
+/// Makes this process the reaper of its orphaned descendants.
+pub fn set_child_subreaper() -> io::Result<()> {
+    Ok(rustix::process::set_child_subreaper(Some(
+        rustix::process::getpid(),
+    ))?)
+}
+
+/// `PR_SET_NO_NEW_PRIVS`: neither this process nor its children can gain privileges (setuid
+/// binaries, file capabilities), and unprivileged seccomp filters become possible.
+pub fn set_no_new_privs() -> io::Result<()> {
+    Ok(rustix::thread::set_no_new_privs(true)?)
+}
+
+/// Names this process (what `/proc/PID/comm` shows).
+pub fn set_name(name: &CStr) -> io::Result<()> {
+    Ok(rustix::thread::set_name(name)?)
+}
+
+/// Raises the soft open-file limit to the hard one.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
+    }
+}
+
+/// Closes every descriptor from `first` on except `keep`. libc: rustix has no `close_range`.
+pub fn close_fds_from(first: RawFd, keep: Option<RawFd>) {
+    let close = |lo: RawFd, hi: RawFd| {
+        if lo <= hi {
+            // SAFETY: closes descriptors this process owns and no live object refers to (the
+            // caller runs this before it opens anything past the standard ones).
+            unsafe { libc::close_range(lo as u32, hi as u32, 0) };
+        }
+    };
+    match keep {
+        Some(k) if k >= first => {
+            close(first, k - 1);
+            close(k + 1, RawFd::MAX);
+        }
+        _ => close(first, RawFd::MAX),
+    }
+}
+
+/// Closes the standard descriptors (right before the process exits).
+pub fn close_stdio() {
+    // libc: rustix's `close` takes ownership of an OwnedFd; these are not owned by anything.
+    for fd in 0..=2 {
+        // SAFETY: closing 0-2 right before exit; nothing uses them afterwards.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// One malloc arena for the whole process. libc: a glibc setting with no system call.
+pub fn single_malloc_arena() {
+    // SAFETY: mallopt has no memory-safety preconditions.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// Bytes of RAM of the host.
+pub fn host_ram() -> u64 {
+    let info = rustix::system::sysinfo();
+    info.totalram.saturating_mul(u64::from(info.mem_unit))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (comparable between the processes of a family).
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// 8 random bytes from the kernel.
+pub fn random_u64() -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())?;
+    Ok(u64::from_le_bytes(b))
+}
+
+// ---- signals ------------------------------------------------------------------------------
+
+/// Installs `handler` for `sig` without `SA_RESTART` (so blocking calls return `EINTR`).
+/// libc: rustix has no `sigaction` for programs that use std.
+pub fn set_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C"` function that the
+    // caller wrote to be async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// A set of signals. libc: rustix has no signal sets for programs that use std.
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    /// The set of `sigs`.
+    pub fn of(sigs: &[i32]) -> SigSet {
+        // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset fill it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in sigs {
+                libc::sigaddset(&mut set, s);
+            }
+            SigSet(set)
+        }
+    }
+
+    /// Blocks the set; returns the previous mask.
+    pub fn block(&self) -> SigSet {
+        // SAFETY: sigprocmask with valid sets on this (single-threaded) process.
+        unsafe {
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_BLOCK, &self.0, &mut old);
+            SigSet(old)
+        }
+    }
+
+    /// Makes this set the mask.
+    pub fn set_mask(&self) {
+        // SAFETY: sigprocmask with a valid set.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+
+    /// Sleeps with this set as the mask until a handler has run.
+    pub fn suspend(&self) {
+        // SAFETY: sigsuspend with a valid set; it returns after a handler ran.
+        unsafe { libc::sigsuspend(&self.0) };
+    }
+}
+
+// ---- memory --------------------------------------------------------------------------------
+
+/// Maps `len` bytes of zeroed private anonymous memory without reserving swap (guest RAM: a
+/// forked monitor shares it copy-on-write).
+pub fn map_private(len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping with no address hint aliases nothing.
+    let p = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Maps the first `len` bytes of `file` shared, read-write.
+pub fn map_file_shared(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping with no address hint aliases nothing; the caller sized the file.
+    let p = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            file,
+            0,
+        )
+    }?;
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Unmaps a mapping made by one of the `map_*` functions.
+///
+/// # Safety
+/// Nothing may use the range afterwards (no reference into it, no KVM memory slot over it).
+pub unsafe fn unmap(addr: NonNull<u8>, len: usize) {
+    // SAFETY: as the caller promised.
+    let _ = unsafe { rustix::mm::munmap(addr.as_ptr().cast(), len) };
+}
+
+/// Advice for a range of a mapping.
+#[derive(Clone, Copy, Debug)]
+pub enum Advice {
+    /// Back it with transparent huge pages.
+    HugePages,
+    /// Fault it in now, writable.
+    PopulateWrite,
+}
+
+/// `madvise`; failure is harmless (the advice is an optimisation) and ignored.
+///
+/// # Safety
+/// The range must lie inside a mapping this process owns.
+pub unsafe fn advise(addr: *mut u8, len: usize, advice: Advice) {
+    let advice = match advice {
+        Advice::HugePages => rustix::mm::Advice::LinuxHugepage,
+        Advice::PopulateWrite => rustix::mm::Advice::LinuxPopulateWrite,
+    };
+    // SAFETY: as the caller promised.
+    let _ = unsafe { rustix::mm::madvise(addr.cast(), len, advice) };
+}
+
+/// A new memory file of `size` bytes (an IPC region).
+pub fn memfd(size: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(c"pvm-ipc", rustix::fs::MemfdFlags::CLOEXEC)?;
+    rustix::fs::ftruncate(&fd, size)?;
+    Ok(fd)
+}
+
+/// A shared futex word (in a `MAP_SHARED` mapping other monitors map too).
+///
+/// # Safety
+/// `word` must point to a 4-byte-aligned word of a live shared mapping.
+pub unsafe fn futex_word<'a>(word: *const u32) -> &'a AtomicU32 {
+    // SAFETY: as the caller promised; the kernel and other monitors access it atomically.
+    unsafe { &*(word.cast::<AtomicU32>()) }
+}
+
+/// How a futex sleep ended.
+pub enum FutexWake {
+    /// Woken, or the word no longer held the value.
+    Changed,
+    /// The timeout passed or a signal interrupted the sleep.
+    TimedOut,
+}
+
+/// Sleeps on a *shared* futex while `word` holds `value`, at most `timeout_ns`.
+pub fn futex_wait(word: &AtomicU32, value: u32, timeout_ns: i64) -> io::Result<FutexWake> {
+    use rustix::io::Errno;
+    use rustix::thread::futex;
+    let timeout = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: timeout_ns,
+    };
+    match futex::wait(word, futex::Flags::empty(), value, Some(&timeout)) {
+        Ok(()) | Err(Errno::AGAIN) => Ok(FutexWake::Changed),
+        Err(Errno::TIMEDOUT) | Err(Errno::INTR) => Ok(FutexWake::TimedOut),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Wakes every sleeper on the shared futex `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+}
+
+// ---- descriptors ---------------------------------------------------------------------------
+
+/// A pipe whose ends are close-on-exec (and non-blocking with `nonblock`).
+pub fn pipe(nonblock: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::PipeFlags;
+    let flags = if nonblock {
+        PipeFlags::CLOEXEC | PipeFlags::NONBLOCK
+    } else {
+        PipeFlags::CLOEXEC
+    };
+    Ok(rustix::pipe::pipe_with(flags)?)
+}
+
+/// Whether `fd` has hung up (every write end of its pipe, or the process of a pidfd, is gone),
+/// without waiting.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR)
+}
+
+/// Writes all of `buf` to `fd`, retrying after signals; returns how much was written before an
+/// error, or the error if nothing was.
+pub fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::write(fd, &buf[done..]) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// The standard output or error descriptor.
+pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
+    // Descriptors 1 and 2 stay open for the life of the monitor (only its exit closes them).
+    match fd {
+        2 => rustix::stdio::stderr(),
+        _ => rustix::stdio::stdout(),
+    }
+}
+
+// ---- files and directories ------------------------------------------------------------------
+
+/// How [`open_at`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// An existing directory.
+    Dir,
+    /// An existing file, read-only.
+    Read,
+    /// An existing file, read-write.
+    ReadWrite,
+    /// Create it (mode 0600) or open it if it exists, read-write.
+    Create,
+    /// Create it (mode 0600), failing if it exists.
+    Exclusive,
+}
+
+/// Opens `name` in the directory `dir`, never following a symbolic link in its last component
+/// and never blocking on a FIFO: the one way the monitor opens files in the runtime directory.
+pub fn open_at(dir: BorrowedFd<'_>, name: &str, how: Open) -> io::Result<OwnedFd> {
+    let base = OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let flags = match how {
+        Open::Dir => OFlags::RDONLY | OFlags::DIRECTORY,
+        Open::Read => OFlags::RDONLY,
+        Open::ReadWrite => OFlags::RDWR,
+        Open::Create => OFlags::RDWR | OFlags::CREATE,
+        Open::Exclusive => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+    };
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        base | flags,
+        Mode::RUSR | Mode::WUSR,
+    )?)
+}
+
+/// A new open file description of the file `fd` refers to, read-write (through
+/// `/proc/self/fd`: the one way to get one for a memfd).
+pub fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens a directory by path, not following a symbolic link in its last component.
+pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Creates directory `name` in `dir` with mode 0700 (`Ok(false)`: it existed).
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<bool> {
+    match rustix::fs::mkdirat(dir, name, Mode::RWXU) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates directory `path` (mode 0700) and its missing parents (mode 0700 too).
+pub fn mkdir_all(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Removes file `name` from `dir` (never following a link: the link itself is removed).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    Ok(rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty())?)
+}
+
+/// `fstat`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
+}
+
+/// `fstatat` of `name` in `dir`, not following a symbolic link (and not opening the file).
+pub fn stat_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<Stat> {
+    Ok(rustix::fs::statat(
+        dir,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+/// Whether a stat is of a directory.
+pub fn is_dir(st: &Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+}
+
+/// Whether a stat is of a regular file.
+pub fn is_file(st: &Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+}
+
+/// The names in directory `dir` (without `.` and `..`), read through a duplicate of it.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        if let Ok(name) = entry.file_name().to_str() {
+            if name != "." && name != ".." {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Reads at most `max` bytes of `fd` from offset 0.
+pub fn read_prefix(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; max];
+    let mut done = 0;
+    while done < max {
+        match rustix::io::pread(fd, &mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Replaces the contents of `fd` with `data`.
+pub fn rewrite(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::pwrite(fd, &data[done..], done as u64) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(rustix::fs::ftruncate(fd, data.len() as u64)?)
+}
+
+/// Writes `data` at `offset` of `fd`.
+pub fn write_at(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sets the length of `fd`.
+pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::ftruncate(fd, len)?)
+}
+
+// ---- record locks ----------------------------------------------------------------------------
+
+/// Who holds a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockHolder {
+    /// Nobody (except maybe the caller: the kernel does not report a process's own POSIX locks).
+    Nobody,
+    /// A process-owned (POSIX) lock of this pid.
+    Process(u32),
+    /// An open-file-description lock (the kernel does not say whose), or a holder whose pid is
+    /// not visible from here.
+    Unknown,
+}
+
+fn flock(l_type: i32, start: u64, len: u64) -> libc::flock {
+    // SAFETY: a zeroed flock is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = l_type as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl
+}
+
+fn fcntl_lock(fd: BorrowedFd<'_>, cmd: i32, fl: &mut libc::flock) -> io::Result<()> {
+    // SAFETY: an fcntl lock command on an open descriptor with a valid flock, which the kernel
+    // reads (and for the GETLK commands writes).
+    if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, fl as *mut libc::flock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes a process-owned (POSIX) write lock on the whole of `fd`, without waiting. Such a lock
+/// vanishes when the process dies and is not inherited by fork; it is *also released when the
+/// process closes any descriptor of the file*, so the holder must never open the file again.
+pub fn lock_process(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl_lock(fd, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 0))
+}
+
+/// Who holds a process-owned lock on any part of `fd` (`F_GETLK`).
+pub fn process_lock_holder(fd: BorrowedFd<'_>) -> io::Result<LockHolder> {
+    let mut fl = flock(libc::F_WRLCK, 0, 0);
+    fcntl_lock(fd, libc::F_GETLK, &mut fl)?;
+    Ok(match (i32::from(fl.l_type), fl.l_pid) {
+        (libc::F_UNLCK, _) => LockHolder::Nobody,
+        (_, p) if p > 0 => LockHolder::Process(p as u32),
+        _ => LockHolder::Unknown,
+    })
+}
+
+/// Takes an open-file-description write lock on bytes `[start, start+len)` of `fd`, without
+/// waiting (`Ok(false)`: someone else holds part of it). Such a lock belongs to the open file
+/// description: every descriptor that shares it (a forked child's copy) keeps it alive, and it
+/// vanishes when the last one is closed, however the holders end.
+pub fn lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
+    match fcntl_lock(fd, libc::F_OFD_SETLK, &mut flock(libc::F_WRLCK, start, len)) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits for an open-file-description write lock on `[start, start+len)` of `fd`.
+pub fn wait_lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    loop {
+        match fcntl_lock(fd, libc::F_OFD_SETLKW, &mut flock(libc::F_WRLCK, start, len)) {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            other => return other,
+        }
+    }
+}
+
+/// Releases this description's open-file-description locks on `[start, start+len)`.
+pub fn unlock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    fcntl_lock(fd, libc::F_OFD_SETLK, &mut flock(libc::F_UNLCK, start, len))
+}
+
+/// A file's identity (device and inode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    major: u32,
+    minor: u32,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file `st` describes.
+    pub fn of(st: &Stat) -> FileId {
+        FileId {
+            major: rustix::fs::major(st.st_dev),
+            minor: rustix::fs::minor(st.st_dev),
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// An open-file-description write lock the kernel lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeLock {
+    /// First byte.
+    pub start: u64,
+    /// Bytes (`u64::MAX - start` for "to the end of the file").
+    pub len: u64,
+}
+
+/// The open-file-description write locks on `file`, from the kernel's list of all locks
+/// (`/proc/locks`: one line per lock, `N: OFDLCK ADVISORY WRITE -1 MAJ:MIN:INO START END`).
+pub fn ofd_locks_of(file: FileId) -> io::Result<Vec<RangeLock>> {
+    let text = std::fs::read_to_string("/proc/locks")?;
+    let want = format!("{:02x}:{:02x}:{}", file.major, file.minor, file.ino);
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Waiters are listed as "N: -> OFDLCK ...": not held, skipped by the kind check.
+            if f.len() != 8 || f[1] != "OFDLCK" || f[3] != "WRITE" || f[5] != want {
+                return None;
+            }
+            let start: u64 = f[6].parse().ok()?;
+            let len = match f[7] {
+                "EOF" => u64::MAX - start,
+                end => end.parse::<u64>().ok()?.checked_sub(start)? + 1,
+            };
+            Some(RangeLock { start, len })
+        })
+        .collect())
+}
