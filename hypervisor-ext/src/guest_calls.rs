@@ -189,10 +189,13 @@ impl Host for Monitor {
             tracing::warn!(error = %e, "named objects unavailable");
             -errno::EIO
         })?;
+        let registry = &self.family.registry;
+        let alive = |key: u64| registry.family_alive(key);
         self.ipc.open_named(
             &self.vm,
             &dir,
             self.family.ids.family_key,
+            &alive,
             key.as_bytes(),
             create,
             what,

@@ -133,8 +133,10 @@ pub fn region_gpa(index: usize) -> u64 {
 }
 
 /// `size` rounded up to whole pages (memory slots are made of pages).
+/// `size` rounded up to whole pages (`u64::MAX` if that overflows: too large for any region).
 fn page_round(size: u64) -> u64 {
-    size.div_ceil(layout::PAGE_SIZE) * layout::PAGE_SIZE
+    size.checked_next_multiple_of(layout::PAGE_SIZE)
+        .unwrap_or(u64::MAX)
 }
 
 fn host_pipe() -> Result<(OwnedFd, OwnedFd), i64> {
@@ -205,14 +207,16 @@ impl Ipc {
 
     /// Opens (or creates, with `create`) the named object `key` of the family with key
     /// `family_key`, whose objects live in `dir` as files named `KIND.KEY@FAMILYKEY`. A key held
-    /// by another family is refused (`EPERM`): objects never cross families. Files are opened
-    /// through the verified directory: a planted symbolic link, FIFO or another user's file is
-    /// refused, never followed.
+    /// by another family that `family_alive` is refused (`EPERM`): objects never cross
+    /// families. Files are opened through the verified directory: a planted symbolic link, FIFO
+    /// or another user's file is refused, never followed.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_named(
         &mut self,
         vm: &VmFd,
         dir: &RunDir,
         family_key: u64,
+        family_alive: &dyn Fn(u64) -> bool,
         key: &[u8],
         create: bool,
         what: Named,
@@ -229,12 +233,18 @@ impl Ipc {
         let prefix = format!("{kind}.{key}@");
         let ours = format!("{family_key:016x}");
         let names = dir.names().map_err(|_| -errno::EIO)?;
-        if names
-            .iter()
-            .filter_map(|n| n.strip_prefix(&prefix))
-            .any(|owner| owner != ours)
-        {
-            return Err(-errno::EPERM);
+        for owner in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+            if owner == ours {
+                continue;
+            }
+            // Another family's: refused while that family lives; the key is free once it is
+            // gone (its root was killed before it could clean up).
+            match u64::from_str_radix(owner, 16) {
+                Ok(key) if !family_alive(key) => {
+                    let _ = dir.remove(&format!("{prefix}{owner}"));
+                }
+                _ => return Err(-errno::EPERM),
+            }
         }
         let name = format!("{prefix}{ours}");
         let refused = |e: std::io::Error| match e.raw_os_error() {
@@ -261,7 +271,9 @@ impl Ipc {
                     capacity,
                     msg_size,
                 ),
-                Named::Shm { size } if size > 0 => (page_round(size), size, 0),
+                Named::Shm { size } if size > 0 && size <= layout::IPC_SLOT_SIZE => {
+                    (page_round(size), size, 0)
+                }
                 _ => {
                     let _ = dir.remove(&name);
                     return Err(-errno::EINVAL);

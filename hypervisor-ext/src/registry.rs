@@ -320,9 +320,17 @@ impl Registry {
         serde_json::from_slice::<Entry>(&text).ok().filter(|e| e.id == id)
     }
 
-    /// Removes entry `id` (its pVM was reaped).
+    /// Whether the family with key `family_key` has a live pVM (other than this one).
+    pub fn family_alive(&self, family_key: u64) -> bool {
+        self.list().is_ok_and(|l| {
+            l.iter()
+                .any(|e| e.family_key == family_key && e.state != State::Exited)
+        })
+    }
+
+    /// Removes entry `id` (its pVM was reaped, or is this one, ending).
     pub fn remove(&self, id: u32) {
-        if id != 0 && id != sys::getpid() {
+        if id != 0 {
             let _ = self.dir.remove(&file_name(id));
         }
     }

@@ -183,9 +183,10 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_sched_yield, any()); // registry: retry of a contended entry
     r.insert(libc::SYS_clock_gettime, any()); // sys::monotonic_ns (when the vDSO falls back)
     r.insert(libc::SYS_getrandom, any()); // std's hash seeds
-                                          // Descriptors and files: the runtime directory (rundir.rs: openat relative to its verified
-                                          // descriptor), registry entries, the ledger, named IPC objects, memfds of IPC regions, the
-                                          // outcome pipes, /proc reads (a pVM's name, the OOM count, the kernel's lock list).
+    r.insert(libc::SYS_getcwd, any()); // std's panic message (a monitor's bug, still reported)
+                                       // Descriptors and files: the runtime directory (rundir.rs: openat relative to its verified
+                                       // descriptor), registry entries, the ledger, named IPC objects, memfds of IPC regions, the
+                                       // outcome pipes, /proc reads (a pVM's name, the OOM count, the kernel's lock list).
     r.insert(libc::SYS_openat, any());
     r.insert(libc::SYS_open, any()); // rustix opens paths with `open`
     r.insert(libc::SYS_close, any());

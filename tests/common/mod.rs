@@ -44,10 +44,18 @@ pub fn run_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// The `pvmctl` under test: this build's, or the one `PVM_TEST_PVMCTL` names (to check that a
+/// regression test fails on an older build: `PVM_TEST_PVMCTL=/old/pvmctl cargo test`).
+pub fn pvmctl_bin() -> PathBuf {
+    std::env::var_os("PVM_TEST_PVMCTL")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pvmctl")), PathBuf::from)
+}
+
 /// `pvmctl` with a private runtime dir.
 pub fn pvmctl(test: &str) -> Command {
     require_kvm();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvmctl"));
+    let mut cmd = Command::new(pvmctl_bin());
     cmd.env("PVM_RUN_DIR", run_dir(test)).env_remove("PVM_LOG");
     cmd
 }
@@ -158,6 +166,11 @@ impl Running {
         let image = guest(guest_name);
         let mut cmd = pvmctl(test);
         cmd.arg("run").args(opts).arg(image).arg("--").args(args);
+        Running::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a `pvmctl run`) in the background.
+    pub fn spawn(mut cmd: Command) -> Running {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -252,4 +265,69 @@ pub fn ps_until(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Waits (at most [`TIME_LIMIT`]) until no process holds anything in `test`'s runtime directory
+/// open (monitors and their teardown helpers are gone), then asserts that nothing was left
+/// behind: no registry entry, no named IPC object, no lease in the resource ledger.
+pub fn assert_no_leaks(test: &str) {
+    let dir = run_dir(test);
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        let holders = processes_using(&dir);
+        if holders.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes still hold {} open: {holders:?}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read the runtime dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "registry entries left in {}: {left:?}",
+        dir.display()
+    );
+    let ipc: Vec<String> = std::fs::read_dir(dir.join("ipc"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(ipc.is_empty(), "named IPC objects left: {ipc:?}");
+    let usage = hypervisor_ext::ledger_usage(&dir).expect("read the resource ledger");
+    assert_eq!(
+        (usage.pvms, usage.mem_mib),
+        (0, 0),
+        "leases left in the resource ledger"
+    );
+}
+
+/// Pids of the processes with a descriptor (or working directory) inside `dir`.
+pub fn processes_using(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let fds = std::fs::read_dir(proc_entry.path().join("fd"));
+        let uses = fds
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)));
+        if uses {
+            pids.push(pid);
+        }
+    }
+    pids
 }

@@ -1,0 +1,434 @@
+//! The hostile-guest suite: a guest made to attack its monitor (`examples/hostile`), a faulty
+//! host (a hostile runtime directory), and the limits under a fork bomb. Every case must be
+//! contained: the hostile pVM gets an error or dies with a clear report, other processes and the
+//! host are unaffected, and nothing leaks (processes, run-dir files, registry entries, leases).
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+fn hostile(test: &str, opts: &[&str], args: &[&str]) -> Output {
+    let out = run_guest(test, opts, "hostile", args);
+    out.expect_no_host_panic();
+    out
+}
+
+/// The `RESULT` of each `PREFIX CASE: RESULT` line.
+fn results<'a>(out: &'a Output, prefix: &str) -> Vec<(&'a str, &'a str)> {
+    out.stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.split_once(": "))
+        .collect()
+}
+
+const BAD_HYPERCALL: &str = "Crashed { vector: 256, fault_addr: 0, rip: 0 }";
+
+#[test]
+fn argument_structs_the_guest_cannot_access_crash_only_that_guest() {
+    let test = "hostile-args";
+    let out = hostile(test, &[], &["args"]);
+    out.expect_status(0);
+    let cases = results(&out, "args ");
+    // 12 hypercalls x 12 places: the reserved area, outside RAM, the windows, the guard page.
+    assert_eq!(cases.len(), 144, "{out:#?}");
+    for (case, status) in cases {
+        assert_eq!(status, BAD_HYPERCALL, "args {case}");
+    }
+    assert!(out.stderr.contains("bad hypercall"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn out_fields_never_write_the_guests_code_rodata_or_boot_block() {
+    // Defect: OUT fields were written into the guest's read-only text and rodata (W^X bypass).
+    let test = "hostile-readonly";
+    let out = hostile(test, &[], &["readonly"]);
+    out.expect_status(0);
+    assert!(!out.stdout.contains("WRITTEN"), "{out:#?}");
+    let cases = results(&out, "readonly ");
+    assert_eq!(cases.len(), 3 * 6 + 1, "{out:#?}");
+    for (case, status) in cases {
+        if case == "Exit rodata" {
+            assert_eq!(status, "Exited(42)", "an IN-only struct may be read-only");
+        } else {
+            assert_eq!(status, BAD_HYPERCALL, "readonly {case}");
+        }
+    }
+    assert!(out.stdout.contains("readonly: rodata intact true"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn buffers_in_the_boot_block_are_the_guests_own() {
+    // Defect: `MessageQueue::open(pvm::args().nth(1)?)` failed with Invalid.
+    let test = "hostile-boot";
+    let out = hostile(test, &[], &["boot-buffers", "key-from-args"]);
+    out.expect_status(0);
+    assert!(out.stdout.starts_with("key-from-args\n"), "{out:#?}");
+    assert!(out.stdout.contains("boot-buffers write: 13"), "{out:#?}");
+    assert!(out.stdout.contains("boot-buffers queue: Ok(())"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn buffers_and_keys_the_guest_cannot_read_get_errors() {
+    let test = "hostile-buffers";
+    let out = hostile(test, &[], &["buffers"]);
+    out.expect_status(0);
+    for (case, result) in results(&out, "buffers write ") {
+        let want = match case {
+            "huge-len" => "65536", // clamped to one call's maximum, from the guest's own heap
+            "fd-3" | "fd-max" => "-22",
+            _ => "-14",
+        };
+        assert_eq!(result, want, "write {case}");
+    }
+    let keys = results(&out, "buffers key ");
+    assert_eq!(keys.len(), 20, "{out:#?}");
+    for (case, result) in keys {
+        let want = if ["null", "gdt", "end"].iter().any(|c| case.ends_with(c)) {
+            "-14"
+        } else {
+            "-22"
+        };
+        assert_eq!(result, want, "key {case}");
+    }
+    assert!(out.stdout.contains("buffers: alive"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn ids_that_name_no_pvm_of_the_family_reach_no_host_process() {
+    // Defect: a root's `kill` of id 0 (its "parent") became the host's kill(0, sig): every
+    // process of pvmctl's process group got the signal. Here a sentinel leads the group and
+    // pvmctl runs in it: neither may be touched, whatever id the guest names.
+    let test = "hostile-ids";
+    let mut sentinel = Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .expect("start the sentinel");
+    let group = sentinel.id();
+    let mut cmd = pvmctl(test);
+    cmd.arg("run")
+        .arg(guest("hostile"))
+        .args(["--", "ids", &group.to_string()])
+        .process_group(group as i32)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = finish(cmd.spawn().expect("start pvmctl"));
+    let sentinel_alive = sentinel.try_wait().expect("look at the sentinel").is_none();
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+    assert!(
+        sentinel_alive,
+        "the sentinel in pvmctl's process group was killed: {out:#?}"
+    );
+    out.expect_status(0).expect_no_host_panic();
+    let kills = results(&out, "ids kill ");
+    assert_eq!(kills.len(), 8, "{out:#?}");
+    for (case, result) in kills {
+        assert_eq!(result, "-3", "kill {case}: ESRCH");
+    }
+    for (case, result) in results(&out, "ids signal ")
+        .into_iter()
+        .chain(results(&out, "ids sigaction "))
+    {
+        assert_eq!(result, "-22", "signal {case}: EINVAL");
+    }
+    for (case, result) in results(&out, "ids wait ") {
+        assert_eq!(result, "-10", "wait {case}: ECHILD");
+    }
+    assert!(out.stdout.contains("ids: alive"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn bogus_handles_sides_and_geometries_get_errors() {
+    let test = "hostile-handles";
+    let out = hostile(test, &[], &["handles"]);
+    out.expect_status(0);
+    for (case, result) in results(&out, "handles ") {
+        let want = match case {
+            "closed" | "max" | "2^32" | "12345" => "ipc-wait -9 mq-wait -9",
+            "regions" => "511 pipes, then Unavailable",
+            "regions after close" => "Ok(())",
+            _ => "-22",
+        };
+        assert_eq!(result, want, "handles {case}");
+    }
+    assert!(out.stdout.contains("handles: alive"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn stores_and_loads_outside_the_protocol_crash_only_that_guest() {
+    let test = "hostile-window";
+    let out = hostile(test, &[], &["window"]);
+    out.expect_status(0);
+    let cases = results(&out, "window ");
+    assert_eq!(cases.len(), 6, "{out:#?}");
+    for (case, status) in cases {
+        if case == "past-window" {
+            // The first non-canonical address: a general protection fault.
+            assert!(status.starts_with("Crashed { vector: 13"), "{case}: {status}");
+        } else {
+            assert_eq!(status, BAD_HYPERCALL, "window {case}");
+        }
+    }
+    assert_no_leaks(test);
+}
+
+/// Runs the fork bomb under `opts` until every pVM was refused once; returns how many pVMs it
+/// reached and what refused the last ones.
+fn fork_bomb(test: &str, opts: &[&str]) -> (usize, String) {
+    let mut family = Running::start(test, opts, "hostile", &["forkbomb"]);
+    let mut forked = 0;
+    let mut refused = 0;
+    let mut why = String::new();
+    // Every pVM forks until refused, then sleeps: pVMs = forks + 1 = refusals at the end.
+    while refused == 0 || refused < forked + 1 {
+        let line = family.expect("forkbomb ");
+        if line == "forked" {
+            forked += 1;
+        } else if let Some(reason) = line.strip_prefix("refused: ") {
+            refused += 1;
+            why = reason.to_string();
+        }
+        assert!(forked < 1000, "the fork bomb is not stopping");
+    }
+    let rows = ps_until(test, false, |rows| rows.len() == forked + 1);
+    assert_eq!(
+        rows.len(),
+        forked + 1,
+        "ps shows every pVM of the bomb: {rows:#?}"
+    );
+    ctl(test, &["kill", "--family", &family.id().to_string()]).expect_status(0);
+    family.finish().expect_status(143);
+    assert_no_leaks(test);
+    (forked + 1, why)
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_host_limit() {
+    // Defect: under --max-pvms 8 a fork bomb reached 64 pVMs (entries of live monitors were
+    // deleted as stale, so the recount undercounted).
+    let (pvms, why) = fork_bomb("bomb-host", &["--max-pvms", "8", "--max-family", "1000"]);
+    assert_eq!((pvms, why.as_str()), (8, "pVM limit reached"));
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_family_limit() {
+    let (pvms, why) = fork_bomb("bomb-family", &["--max-family", "6"]);
+    assert_eq!((pvms, why.as_str()), (6, "pVM limit reached"));
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_memory_budget() {
+    let (pvms, why) = fork_bomb(
+        "bomb-memory",
+        &["--mem", "64M", "--max-mem-total", "320M", "--max-family", "1000"],
+    );
+    assert_eq!(pvms, 5);
+    assert!(why.contains("memory"), "{why}");
+}
+
+#[test]
+fn a_guest_exhausting_its_memory_ends_alone_with_a_report() {
+    let test = "hostile-exhaust";
+    let out = hostile(test, &["--mem", "16M"], &["exhaust"]);
+    out.expect_status(101);
+    assert!(out.stderr.contains("pVM panicked"), "{out:#?}");
+    assert!(out.stdout.contains("exhaust: 4 MiB"), "{out:#?}");
+    assert!(
+        out.stderr.contains("memory allocation of 1048576 bytes failed"),
+        "{out:#?}"
+    );
+    assert_no_leaks(test);
+}
+
+#[test]
+fn a_guest_spinning_at_cpl3_obeys_pause_kill_and_ctrl_c() {
+    let test = "hostile-spin";
+    let latency = |what: &str, t: Instant| eprintln!("{what}: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    // pause / resume, then kill.
+    let mut spin = Running::start(test, &[], "spin", &[]);
+    spin.expect("spinning");
+    let id = spin.id().to_string();
+    let t = Instant::now();
+    ctl(test, &["pause", &id]).expect_status(0);
+    latency("pause confirmed", t);
+    let rows = ps_json(test, false);
+    assert_eq!(rows[0]["state"], "paused", "{rows:#?}");
+    ctl(test, &["resume", &id]).expect_status(0);
+    let t = Instant::now();
+    ctl(test, &["kill", &id]).expect_status(0);
+    spin.finish().expect_status(143);
+    latency("kill to exit", t);
+    // Ctrl-C: SIGINT to pvmctl itself.
+    let mut spin = Running::start(test, &[], "spin", &[]);
+    spin.expect("spinning");
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &spin.id().to_string()])
+        .status()
+        .expect("send SIGINT");
+    spin.finish().expect_status(130);
+    latency("Ctrl-C to exit", t);
+    assert_no_leaks(test);
+}
+
+#[test]
+fn hostile_runtime_directories_are_refused() {
+    // Defect: a runtime directory owned by another user or open to others was accepted.
+    let base = run_dir("hostile-rundir");
+    let refused = |dir: &std::path::Path, why: &str| {
+        let out = Command::new(pvmctl_bin())
+            .arg("run")
+            .arg("--run-dir")
+            .arg(dir)
+            .arg(guest("hello"))
+            .output()
+            .expect("run pvmctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{}: {stderr}", dir.display());
+        assert!(stderr.contains(why), "{}: {stderr}", dir.display());
+        let ps = Command::new(pvmctl_bin())
+            .args(["ps", "--run-dir"])
+            .arg(dir)
+            .output()
+            .expect("run pvmctl ps");
+        assert_ne!(ps.status.code(), Some(0), "ps accepted {}", dir.display());
+    };
+    for mode in [0o777, 0o770, 0o705] {
+        let dir = base.join(format!("mode-{mode:o}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        refused(&dir, &format!("mode {mode:o}"));
+    }
+    let link = base.join("link");
+    let real = base.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    refused(&link, "symbolic link");
+    // Another user's directory: made with chown as root; as anyone else, `/` is one.
+    // SAFETY: geteuid has no preconditions.
+    let other = if unsafe { libc::geteuid() } == 0 {
+        let dir = base.join("other");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        dir
+    } else {
+        "/".into()
+    };
+    refused(&other, "belongs to user");
+}
+
+#[test]
+fn a_symlink_planted_for_a_named_object_is_never_followed() {
+    // Defect: a guest's shared memory mapped the target of a planted link and wrote into it.
+    let test = "hostile-symlink";
+    let dir = run_dir(test);
+    let target = dir.join("precious");
+    std::fs::write(&target, b"precious data").unwrap();
+    let mut family = Running::start(test, &[], "hostile", &["shm-on-signal", "victim"]);
+    family.expect("shm-on-signal ready");
+    let root = family.id();
+    let entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{root}.json"))).unwrap()).unwrap();
+    let ipc = dir.join("ipc");
+    std::fs::create_dir_all(&ipc).unwrap();
+    std::fs::set_permissions(&ipc, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Where this build names the family's object, and where older builds did.
+    let mut names = vec![format!("shm.victim@{root}")];
+    if let Some(key) = entry["family_key"].as_u64() {
+        names.push(format!("shm.victim@{key:016x}"));
+    }
+    for name in &names {
+        std::os::unix::fs::symlink(&target, ipc.join(name)).unwrap();
+    }
+    ctl(test, &["kill", "-s", "USR1", &root.to_string()]).expect_status(0);
+    let created = family.expect("shm-on-signal create: ");
+    let opened = family.expect("shm-on-signal open: ");
+    let out = family.finish();
+    out.expect_status(0).expect_no_host_panic();
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious data", "{out:#?}");
+    assert_eq!(created, "Err(PermissionDenied)", "{out:#?}");
+    assert_eq!(opened, "Err(PermissionDenied)", "{out:#?}");
+    for name in &names {
+        let _ = std::fs::remove_file(ipc.join(name));
+    }
+    std::fs::remove_file(&target).unwrap();
+    assert_no_leaks(test);
+}
+
+/// Holds a POSIX write lock on `file` for as long as it is open (in this test process).
+fn lock(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; l_len 0 locks the whole file.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: F_SETLK on an open descriptor with a valid flock.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+}
+
+#[test]
+fn forged_registry_entries_are_neither_listed_nor_signalled() {
+    // Defect: an entry naming the pid of an ordinary process, kept locked by anyone, was listed
+    // by `ps`, and `pvmctl kill NAME` killed that process.
+    let test = "hostile-forged";
+    let dir = run_dir(test);
+    let mut victim = Command::new("sleep").arg("600").spawn().expect("start a victim");
+    let forge = |id: u32, name: &str| {
+        let entry = serde_json::json!({
+            "id": id, "parent": 0, "family": id, "family_key": 1, "name": name, "image": "/bin/sleep",
+            "mem_size": 67108864u64, "started_ms": 0, "state": "running"
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.join(format!("{id}.json")))
+            .unwrap();
+        f.write_all(entry.to_string().as_bytes()).unwrap();
+        lock(&f);
+        f
+    };
+    // Locked by this test process, naming the victim; and naming this (non-monitor) process.
+    let _held = [
+        forge(victim.id(), "forged"),
+        forge(std::process::id(), "forged-self"),
+    ];
+    let rows = ps_json(test, true);
+    assert!(rows.is_empty(), "forged entries listed: {rows:#?}");
+    for target in ["forged", "forged-self", &victim.id().to_string()] {
+        let out = ctl(test, &["kill", "-s", "KILL", target]);
+        out.expect_status(1);
+        assert!(out.stderr.contains("no pVM"), "{out:#?}");
+    }
+    let _ = ctl(test, &["kill", "-s", "KILL", "--family", "forged"]);
+    // A SIGKILL is final once sent: if pvmctl had sent one, this TERM would not be the signal
+    // the victim dies of.
+    Command::new("kill")
+        .args(["-TERM", &victim.id().to_string()])
+        .status()
+        .expect("send TERM");
+    let status = victim.wait().expect("wait for the victim");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "pvmctl kill reached an ordinary process"
+    );
+}
