@@ -195,6 +195,7 @@ fn message_queues_keep_boundaries_order_and_limits() {
         r#"mq: "from the child"; child Ok(Exited(0))"#,
         "mq: missing Some(NotFound)",
         "mq: bad key Some(Invalid)",
+        "mq: capacity 1 Some(Invalid)",
     ] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }

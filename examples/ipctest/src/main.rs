@@ -397,6 +397,8 @@ fn mq() -> Result<(), Error> {
                 MessageQueue::open_existing("no.such.queue").err()
             );
             pvm::println!("mq: bad key {:?}", MessageQueue::open("bad key!", 4).err());
+            // One cell cannot tell full from free: refused.
+            pvm::println!("mq: capacity 1 {:?}", MessageQueue::open("one.cell", 1).err());
             Ok(())
         }
     }
