@@ -30,7 +30,7 @@ fn main() {
         .expect("pvmctl lives in the workspace root")
         .to_path_buf();
     let examples = root.join("examples");
-    for dir in ["examples", "pvm-runtime", "abi"] {
+    for dir in ["examples", "pvm-runtime", "abi", "ipc"] {
         watch(&root.join(dir));
     }
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

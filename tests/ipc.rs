@@ -195,6 +195,31 @@ fn message_queues_keep_boundaries_order_and_limits() {
         r#"mq: "from the child"; child Ok(Exited(0))"#,
         "mq: missing Some(NotFound)",
         "mq: bad key Some(Invalid)",
+        "mq: capacity 1 Some(Invalid)",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+}
+
+#[test]
+fn a_scribbled_queue_cell_fails_blocked_senders_and_receivers_instead_of_spinning() {
+    for (scenario, line) in [
+        ("mq-scribble", "mq-scribble: blocking send Err(Corrupted)"),
+        ("mq-scribble-recv", "mq-scribble: blocking receive Err(Corrupted)"),
+    ] {
+        let out = ipctest(&format!("ipc-{scenario}"), scenario);
+        out.expect_status(0);
+        assert!(out.stdout.contains(line), "{line}: {out:#?}");
+    }
+}
+
+#[test]
+fn a_peer_paused_mid_send_makes_the_receiver_sleep_not_fail() {
+    let out = ipctest("ipc-mq-paused", "mq-paused");
+    out.expect_status(0);
+    for line in [
+        "mq-paused: the receiver slept while the cell was held: true",
+        r#"mq-paused: received ["paused", "second"]; child Ok(Exited(0))"#,
     ] {
         assert!(out.stdout.contains(line), "{line}: {out:#?}");
     }

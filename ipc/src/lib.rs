@@ -200,10 +200,15 @@ pub fn queue_region_size(capacity: u64, msg_size: u64) -> u64 {
     QUEUE_CELLS_OFFSET as u64 + capacity * queue_cell_size(msg_size)
 }
 
+/// Fewest messages a queue holds: with one cell, Vyukov's sequence numbers cannot tell a full
+/// cell (`seq = p + 1`) from a free one of the next lap (`p + C`), and a second send would
+/// overwrite the first message.
+pub const QUEUE_MIN_CAPACITY: u64 = 2;
+
 /// Whether a queue geometry is valid.
 pub fn valid_queue(capacity: u64, msg_size: u64) -> bool {
     capacity.is_power_of_two()
-        && capacity <= QUEUE_MAX_CAPACITY
+        && (QUEUE_MIN_CAPACITY..=QUEUE_MAX_CAPACITY).contains(&capacity)
         && (1..=QUEUE_MAX_MESSAGE).contains(&msg_size)
 }
 
@@ -239,11 +244,66 @@ pub const QUEUE_RECV_SEQ_OFFSET: usize = core::mem::offset_of!(QueueHeader, recv
 /// Byte offset of [`QueueHeader::send_seq`] in the region.
 pub const QUEUE_SEND_SEQ_OFFSET: usize = core::mem::offset_of!(QueueHeader, send_seq);
 
-/// How many times a queue operation retries a contended cell before calling the queue corrupt
-/// (a correct peer never makes it retry that often).
+/// How many times a queue operation (or peek) looks again after losing a race for a cell, or
+/// after finding its position stale, before calling the queue corrupt (a correct peer never
+/// makes it retry that often). Keeps the work of every call bounded, whatever peers write.
 const MAX_RETRIES: u32 = 1 << 20;
 
+/// What a side finds in the cell at its position (see the invariants on [`Queue`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// The cell is ready for this side: claim it.
+    Go,
+    /// Not this side's turn yet: the queue is full (sender) or empty (receiver), or a peer
+    /// holds the cell mid-operation. Only a peer's progress changes that: wait for it.
+    Wait,
+    /// The position was stale (the index has moved on since): look again at this position.
+    Moved(u64),
+}
+
 /// A queue as one side sees it.
+///
+/// # Invariants (D. Vyukov's bounded MPMC queue, `C` = capacity, a power of two >= 2)
+///
+/// `enqueue_pos` (E) and `dequeue_pos` (D) count positions since creation; position `p` uses
+/// cell `p % C`. The cell for position `p` goes through, in this order:
+///
+/// | `seq` | state |
+/// |---|---|
+/// | `p` | free for the sender of `p` (also: claimed by it, E > p, not yet published) |
+/// | `p + 1` | holds the message of `p` (also: claimed by the receiver of `p`, D > p, not yet released) |
+/// | `p + C` | free for the sender of `p + C`: the next lap |
+///
+/// Every sequence number only grows, and each index only grows, by one per claim (a successful
+/// CAS from `p` to `p + 1`, made only after reading the `seq` that allows it). Positions are
+/// loaded with acquire and claimed with acquire-release, so a side that loaded position `p`
+/// sees at least the `seq` that allowed the claim of `p - C` (release sequence of the index),
+/// never an older one. Hence, with `dif = seq - p` for a sender and `dif = seq - (p + 1)` for a
+/// receiver (wrapping, as `i64`), what a correct peer can make a side see:
+///
+/// * sender at `p`: `0` free (go); `1 - C` full: the message of `p - C` not taken yet, or taken
+///   by a receiver that has not released the cell (wait); `-C` a sender of the previous lap
+///   claimed the cell and has not published (wait); `> 0` our `p` is stale: E has moved on (a
+///   `seq` above `p` is only written after E passed `p`): reload E, and if it still reads `p`,
+///   the cell is corrupt.
+/// * receiver at `p`: `0` a message (go); `-1` empty, or a sender claimed the cell and has not
+///   published (wait); `-C` the receiver of the previous lap claimed the cell and has not
+///   released it (wait); `> 0` stale, as for the sender.
+/// * anything else (below `-C`, or a negative value other than those) is a value no correct
+///   peer writes: [`RingError::Corrupted`].
+///
+/// A peer paused mid-operation therefore reads as "wait" (full or empty), never as corruption,
+/// and the peer that finishes the operation wakes the waiters. What a side cannot tell apart is
+/// a hostile peer that writes a *reachable* state (say, a cell that looks claimed and never
+/// published): that blocks the queue like a peer paused forever would, and the waiting side
+/// sleeps (it does not spin). The geometry (capacity, message size) is the one given to
+/// [`Queue::attach`], never re-read from the header, and a received length is checked against
+/// it before any copy.
+///
+/// [`Queue::can_send`] and [`Queue::can_receive`] apply the same classification without side
+/// effects: they are the readiness predicates of waiting callers, so a caller that waits while
+/// the peek says "wait" and retries when it says "go" never disagrees with the operation for
+/// longer than peers keep making progress.
 pub struct Queue {
     header: *const QueueHeader,
     cells: *mut u8,
@@ -260,7 +320,8 @@ impl Queue {
     /// Initializes a queue in freshly zeroed memory of `queue_region_size(capacity, msg_size)`.
     ///
     /// # Safety
-    /// `base` must point to such memory, page-aligned, valid for the life of every view.
+    /// `base` must point to such memory, page-aligned, valid for the life of every view, and
+    /// the geometry must be valid ([`valid_queue`]).
     pub unsafe fn init(base: *mut u8, capacity: u64, msg_size: u64) {
         // SAFETY: the caller vouches for the region.
         let q = unsafe { Queue::attach(base, capacity, msg_size) };
@@ -277,7 +338,8 @@ impl Queue {
     ///
     /// # Safety
     /// `base` must point to `queue_region_size(capacity, msg_size)` bytes that stay mapped for
-    /// the life of the view (other pVMs may write any of it at any time).
+    /// the life of the view (other pVMs may write any of it at any time), and the geometry
+    /// must be valid ([`valid_queue`]).
     pub unsafe fn attach(base: *mut u8, capacity: u64, msg_size: u64) -> Queue {
         // SAFETY: the cells start inside the region the caller vouches for.
         let cells = unsafe { base.add(QUEUE_CELLS_OFFSET) };
@@ -301,6 +363,11 @@ impl Queue {
         self.msg_size
     }
 
+    /// Cells.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     fn cell(&self, pos: u64) -> *mut u8 {
         // SAFETY: `pos % capacity < capacity`: the cell lies inside the cells area.
         unsafe { self.cells.add(((pos % self.capacity) * self.cell_size) as usize) }
@@ -311,88 +378,127 @@ impl Queue {
         unsafe { &*(self.cell(pos) as *const AtomicU64) }
     }
 
-    /// Puts one message in; `Ok(false)` when the queue is full.
-    pub fn send(&self, msg: &[u8]) -> Result<bool, RingError> {
-        if msg.len() as u64 > self.msg_size {
-            return Err(RingError::Corrupted);
+    /// Classifies the cell of position `pos` for the side advancing `index`: a sender
+    /// (`receiver` false) or a receiver, by the invariants above.
+    fn turn(&self, index: &AtomicU64, pos: u64, receiver: bool) -> Result<Turn, RingError> {
+        let seq = self.cell_seq(pos).load(Ordering::Acquire);
+        let expect = if receiver { pos.wrapping_add(1) } else { pos };
+        let dif = seq.wrapping_sub(expect) as i64;
+        // `C <= QUEUE_MAX_CAPACITY`, so it fits an i64 (the view's own copy, never re-read).
+        let cap = self.capacity as i64;
+        // The other "wait" value: full (sender) or empty (receiver).
+        let next = if receiver { -1 } else { 1 - cap };
+        if dif == 0 {
+            Ok(Turn::Go)
+        } else if dif == next || dif == -cap {
+            Ok(Turn::Wait)
+        } else if dif > 0 {
+            // Only a claim of `pos` (which moved the index past it, and which our acquire load
+            // of `seq` now sees) lets the cell's `seq` pass `expect`.
+            match index.load(Ordering::Acquire) {
+                now if now == pos => Err(RingError::Corrupted),
+                now => Ok(Turn::Moved(now)),
+            }
+        } else {
+            Err(RingError::Corrupted)
         }
-        let h = self.header();
-        let mut pos = h.enqueue_pos.load(Ordering::Relaxed);
+    }
+
+    /// The side advancing `index` peeks at its position until the answer is definite.
+    fn peek(&self, index: &AtomicU64, receiver: bool) -> Result<bool, RingError> {
+        let mut pos = index.load(Ordering::Acquire);
         for _ in 0..MAX_RETRIES {
-            let seq = self.cell_seq(pos).load(Ordering::Acquire);
-            let dif = seq.wrapping_sub(pos) as i64;
-            if dif == 0 {
-                match h.enqueue_pos.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        let cell = self.cell(pos);
-                        // SAFETY: the cell is ours until we publish its sequence; the length
-                        // and data fit it (msg.len() <= msg_size).
-                        unsafe {
-                            core::ptr::write_volatile(cell.add(8) as *mut u32, msg.len() as u32);
-                            core::ptr::copy_nonoverlapping(msg.as_ptr(), cell.add(16), msg.len());
-                        }
-                        self.cell_seq(pos).store(pos.wrapping_add(1), Ordering::Release);
-                        return Ok(true);
-                    }
-                    Err(now) => pos = now,
-                }
-            } else if dif < 0 {
-                return Ok(false);
-            } else {
-                pos = h.enqueue_pos.load(Ordering::Relaxed);
+            match self.turn(index, pos, receiver)? {
+                Turn::Go => return Ok(true),
+                Turn::Wait => return Ok(false),
+                Turn::Moved(now) => pos = now,
             }
         }
         Err(RingError::Corrupted)
     }
 
-    /// Takes one message out into `buf`; returns its length, or `Ok(None)` when empty.
-    pub fn receive(&self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
-        let h = self.header();
-        let mut pos = h.dequeue_pos.load(Ordering::Relaxed);
+    /// Whether a [`Queue::send`] now would find a free cell (`Ok(false)`: full, or a peer holds
+    /// the next cell mid-operation: wait for a receiver). No side effects.
+    pub fn can_send(&self) -> Result<bool, RingError> {
+        self.peek(&self.header().enqueue_pos, false)
+    }
+
+    /// Whether a [`Queue::receive`] now would find a message (`Ok(false)`: empty, or a peer
+    /// holds the next cell mid-operation: wait for a sender). No side effects.
+    pub fn can_receive(&self) -> Result<bool, RingError> {
+        self.peek(&self.header().dequeue_pos, true)
+    }
+
+    /// Claims the next position of the side advancing `index`: `Ok(Some(pos))` (the cell of
+    /// `pos` is ours until we publish or release it), `Ok(None)` when it has to wait.
+    fn claim(&self, index: &AtomicU64, receiver: bool) -> Result<Option<u64>, RingError> {
+        let mut pos = index.load(Ordering::Acquire);
         for _ in 0..MAX_RETRIES {
-            let seq = self.cell_seq(pos).load(Ordering::Acquire);
-            let dif = seq.wrapping_sub(pos.wrapping_add(1)) as i64;
-            if dif == 0 {
-                match h.dequeue_pos.compare_exchange_weak(
+            match self.turn(index, pos, receiver)? {
+                Turn::Wait => return Ok(None),
+                Turn::Moved(now) => pos = now,
+                Turn::Go => match index.compare_exchange_weak(
                     pos,
                     pos.wrapping_add(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
                 ) {
-                    Ok(_) => {
-                        let cell = self.cell(pos);
-                        // SAFETY: the cell is ours until we hand it back; the length is
-                        // checked against the cell and the buffer before copying.
-                        let len = unsafe { core::ptr::read_volatile(cell.add(8) as *const u32) } as usize;
-                        let ok = len as u64 <= self.msg_size && len <= buf.len();
-                        if ok {
-                            // SAFETY: checked just above.
-                            unsafe { core::ptr::copy_nonoverlapping(cell.add(16), buf.as_mut_ptr(), len) };
-                        }
-                        self.cell_seq(pos)
-                            .store(pos.wrapping_add(self.capacity), Ordering::Release);
-                        return if ok {
-                            Ok(Some(len))
-                        } else {
-                            Err(RingError::Corrupted)
-                        };
-                    }
+                    Ok(_) => return Ok(Some(pos)),
                     Err(now) => pos = now,
-                }
-            } else if dif < 0 {
-                return Ok(None);
-            } else {
-                pos = h.dequeue_pos.load(Ordering::Relaxed);
+                },
             }
         }
         Err(RingError::Corrupted)
     }
+
+    /// Puts one message in; `Ok(false)` when the queue is full (or a peer holds the next cell
+    /// mid-operation): then [`Queue::can_send`] says `false` too until a peer makes progress.
+    pub fn send(&self, msg: &[u8]) -> Result<bool, RingError> {
+        if msg.len() as u64 > self.msg_size {
+            return Err(RingError::Corrupted);
+        }
+        let Some(pos) = self.claim(&self.header().enqueue_pos, false)? else {
+            return Ok(false);
+        };
+        let cell = self.cell(pos);
+        // SAFETY: the cell is ours until we publish its sequence; the length and data fit it
+        // (msg.len() <= msg_size).
+        unsafe {
+            core::ptr::write_volatile(cell.add(8) as *mut u32, msg.len() as u32);
+            core::ptr::copy_nonoverlapping(msg.as_ptr(), cell.add(16), msg.len());
+        }
+        self.cell_seq(pos).store(pos.wrapping_add(1), Ordering::Release);
+        Ok(true)
+    }
+
+    /// Takes one message out into `buf`; returns its length, or `Ok(None)` when empty (or a
+    /// peer holds the next cell mid-operation): then [`Queue::can_receive`] says `false` too
+    /// until a peer makes progress. A message whose length field is corrupt (above the message
+    /// size or `buf`) is consumed and reported as [`RingError::Corrupted`].
+    pub fn receive(&self, buf: &mut [u8]) -> Result<Option<usize>, RingError> {
+        let Some(pos) = self.claim(&self.header().dequeue_pos, true)? else {
+            return Ok(None);
+        };
+        let cell = self.cell(pos);
+        // SAFETY: the length field lies inside the cell, which is ours until we release it.
+        let len = unsafe { core::ptr::read_volatile(cell.add(8) as *const u32) } as usize;
+        let ok = len as u64 <= self.msg_size && len <= buf.len();
+        if ok {
+            // SAFETY: `len` was checked against the cell's data area and the buffer just above.
+            unsafe { core::ptr::copy_nonoverlapping(cell.add(16), buf.as_mut_ptr(), len) };
+        }
+        self.cell_seq(pos)
+            .store(pos.wrapping_add(self.capacity), Ordering::Release);
+        if ok {
+            Ok(Some(len))
+        } else {
+            Err(RingError::Corrupted)
+        }
+    }
 }
+
+#[cfg(test)]
+mod hostile_tests;
 
 #[cfg(test)]
 mod tests {
@@ -485,7 +591,13 @@ mod tests {
         // SAFETY: writes the length field of the next cell, inside the region.
         unsafe { core::ptr::write_volatile(q.cell(pos).add(8) as *mut u32, 9999) };
         assert_eq!(q.receive(&mut buf), Err(RingError::Corrupted));
-        assert!(valid_queue(16, 64) && !valid_queue(3, 64) && !valid_queue(16, 0) && !valid_queue(16, 5000));
+        assert!(
+            valid_queue(16, 64)
+                && !valid_queue(1, 64)
+                && !valid_queue(3, 64)
+                && !valid_queue(16, 0)
+                && !valid_queue(16, 5000)
+        );
     }
 
     #[test]

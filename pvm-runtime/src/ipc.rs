@@ -5,7 +5,7 @@
 //! `BrokenPipe` once every reader is (noticed when the ring is full). Data moves without exits:
 //! a side that finds the ring empty (or full) spins for a bounded time ([`set_spin`]), then
 //! sleeps in its monitor, and the other side wakes it only then.
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use pvm_abi::{errno, mq_side, Hypercall, IpcWaitArgs, MqWaitArgs, NamedArgs, PipeArgs};
 use pvm_ipc::{Pipe, Queue, RingError, PIPE_DEFAULT_CAPACITY};
@@ -135,6 +135,34 @@ pub fn pipe_with_capacity(capacity: u64) -> Result<(Reader, Writer), Error> {
     ))
 }
 
+/// How many rounds in a row a blocking call may find its operation failing right after its
+/// readiness predicate said "ready" (without sleeping in between) before it reports
+/// [`Error::Corrupted`]. The predicates apply the operations' own checks, so with correct
+/// peers a failure after "ready" means a peer took the room or the data first, which needs
+/// the peer to make progress each time; only a peer rewriting the shared state on purpose
+/// could keep it up, and this bounds the spinning it could cause.
+const MAX_DISAGREEMENTS: u32 = 1 << 16;
+
+/// Counts the rounds of a blocking call in which the predicate said "ready" at once (no
+/// sleep) and the operation then failed: `Err(Corrupted)` at [`MAX_DISAGREEMENTS`].
+struct Disagreements(u32);
+
+impl Disagreements {
+    /// The predicate said "ready" without a sleep, the operation will be tried again.
+    fn ready_at_once(&mut self) -> Result<(), Error> {
+        self.0 += 1;
+        if self.0 >= MAX_DISAGREEMENTS {
+            return Err(Error::Corrupted);
+        }
+        Ok(())
+    }
+
+    /// The caller slept and was woken: a peer made progress.
+    fn slept(&mut self) {
+        self.0 = 0;
+    }
+}
+
 /// Spins until `ready()` or the spin budget is spent; returns whether it became ready.
 fn spin(ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
     let budget = SPIN_CYCLES.load(Ordering::Relaxed);
@@ -165,6 +193,12 @@ struct End<'a> {
 /// after progress a sleeping peer is woken; otherwise the end spins while `ready` is false,
 /// then raises its flag, checks once more and sleeps in the monitor. `Ok(None)`: the peer end
 /// is gone everywhere.
+///
+/// `step` and `ready` cannot disagree for good: both come from one load of the same checked
+/// indices (`Pipe::indices`), so for a given ring state `ready` is true exactly when `step`
+/// moves at least one byte (`buf` is never empty here), and only this end moves its own index.
+/// A disagreement needs a peer rewriting the indices between the two loads; the
+/// [`Disagreements`] bound turns a peer that keeps doing so into `Corrupted` as well.
 fn transfer(
     handle: u64,
     nonblocking: bool,
@@ -173,9 +207,12 @@ fn transfer(
     mut step: impl FnMut() -> Result<usize, RingError>,
     ready: impl Fn() -> Result<bool, Error>,
 ) -> Result<Option<usize>, Error> {
+    let mut disagreements = Disagreements(0);
     loop {
         let n = step()?;
         if n > 0 {
+            // The index store (SeqCst) before the flag load: a peer that raised its flag
+            // before we moved the index is seen here.
             if peer.sleeping.load(Ordering::SeqCst) != 0 {
                 wake(handle, peer.seq);
             }
@@ -185,12 +222,17 @@ fn transfer(
             return Err(Error::WouldBlock);
         }
         if spin(&ready)? {
+            disagreements.ready_at_once()?;
             continue;
         }
         me.sleeping.store(1, Ordering::SeqCst);
         let seq = me.seq.load(Ordering::SeqCst);
+        // Our flag before the peer's index (read by `ready` with acquire): the fence pairs
+        // with the peer's SeqCst index store and flag load, so one of us sees the other.
+        fence(Ordering::SeqCst);
         if ready()? {
             me.sleeping.store(0, Ordering::SeqCst);
+            disagreements.ready_at_once()?;
             continue;
         }
         let woken = wait(handle, seq);
@@ -198,6 +240,7 @@ fn transfer(
         if !woken? {
             return Ok(None);
         }
+        disagreements.slept();
     }
 }
 
@@ -356,7 +399,7 @@ pub struct MessageQueue {
 
 impl MessageQueue {
     /// Opens the family's queue `key`, creating it with room for `capacity` messages (a power
-    /// of two, at most 1024) of up to [`DEFAULT_MESSAGE_SIZE`] bytes if it does not exist.
+    /// of two, 2 to 1024) of up to [`DEFAULT_MESSAGE_SIZE`] bytes if it does not exist.
     pub fn open(key: &str, capacity: usize) -> Result<MessageQueue, Error> {
         Self::open_with(key, capacity, DEFAULT_MESSAGE_SIZE)
     }
@@ -395,41 +438,84 @@ impl MessageQueue {
         self.queue.msg_size() as usize
     }
 
-    fn wake(&self, side: u64) {
-        raw(Hypercall::MqWake, self.handle << 1 | side);
+    /// Guest address of the queue's region (its header; the cells start a page later). Every
+    /// pVM of the family holding the queue maps it; the tests use it to play a hostile peer.
+    pub fn region_addr(&self) -> u64 {
+        self.queue.header() as *const pvm_ipc::QueueHeader as u64
     }
 
-    /// Sleeps on `side` unless `ready()` turns true meanwhile.
-    fn sleep(&self, side: u64, ready: impl Fn() -> Result<bool, Error>) -> Result<(), Error> {
+    /// The futex word of `side` and its count of sleepers.
+    fn side(&self, side: u64) -> (&AtomicU32, &AtomicU32) {
         let h = self.queue.header();
-        let (waiters, word) = if side == mq_side::RECV {
+        if side == mq_side::RECV {
             (&h.recv_waiters, &h.recv_seq)
         } else {
             (&h.send_waiters, &h.send_seq)
-        };
+        }
+    }
+
+    /// After our operation made room (or a message): wakes `side`'s sleepers if there are any.
+    fn notify(&self, side: u64) {
+        let (waiters, word) = self.side(side);
+        // The cell's sequence store (release, in `Queue`) before the waiters load: the fence
+        // pairs with the one in `sleep`, so either the sleeper's predicate sees our cell or
+        // we see its count.
+        fence(Ordering::SeqCst);
+        if waiters.load(Ordering::SeqCst) != 0 {
+            word.fetch_add(1, Ordering::SeqCst);
+            raw(Hypercall::MqWake, self.handle << 1 | side);
+        }
+    }
+
+    /// Sleeps on `side` unless `ready()` turns true meanwhile: `Ok(true)` slept (and was
+    /// woken), `Ok(false)` ready without sleeping.
+    fn sleep(&self, side: u64, ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
+        let (waiters, word) = self.side(side);
         waiters.fetch_add(1, Ordering::SeqCst);
         let seq = word.load(Ordering::SeqCst);
-        let result = if ready()? {
-            Ok(())
-        } else {
-            let mut args = MqWaitArgs {
-                handle: self.handle,
-                side,
-                seq: u64::from(seq),
-                result: 0,
-            };
-            raw(Hypercall::MqWait, &mut args as *mut MqWaitArgs as u64);
-            match -args.result {
-                0 => Ok(()),
-                errno::EINTR => {
-                    crate::signal::dispatch();
-                    Err(Error::Interrupted)
+        // Pairs with the fence in `notify`.
+        fence(Ordering::SeqCst);
+        let result = match ready() {
+            Ok(true) => Ok(false),
+            Err(e) => Err(e),
+            Ok(false) => {
+                let mut args = MqWaitArgs {
+                    handle: self.handle,
+                    side,
+                    seq: u64::from(seq),
+                    result: 0,
+                };
+                raw(Hypercall::MqWait, &mut args as *mut MqWaitArgs as u64);
+                match -args.result {
+                    0 => Ok(true),
+                    errno::EINTR => {
+                        crate::signal::dispatch();
+                        Err(Error::Interrupted)
+                    }
+                    _ => Err(Error::Host(args.result)),
                 }
-                _ => Err(Error::Host(args.result)),
             }
         };
         waiters.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// After an operation found the queue full (empty): waits until `ready()` (the queue's
+    /// peek, which classifies the cell exactly as the operation does) says the operation can
+    /// go, spinning first, then sleeping on `side`. A cell held by a peer paused mid-operation
+    /// reads as "not ready": we sleep, and the peer that finishes wakes us.
+    fn wait_ready(
+        &self,
+        side: u64,
+        ready: impl Fn() -> Result<bool, Error>,
+        disagreements: &mut Disagreements,
+    ) -> Result<(), Error> {
+        if spin(&ready)? || !self.sleep(side, &ready)? {
+            disagreements.ready_at_once()
+        } else {
+            disagreements.slept();
+            Ok(())
+        }
     }
 
     /// Sends `msg` (waiting for room).
@@ -437,36 +523,17 @@ impl MessageQueue {
         if msg.len() > self.max_message() {
             return Err(Error::TooLarge);
         }
+        let mut disagreements = Disagreements(0);
         loop {
             if self.queue.send(msg)? {
-                let h = self.queue.header();
-                if h.recv_waiters.load(Ordering::SeqCst) != 0 {
-                    h.recv_seq.fetch_add(1, Ordering::SeqCst);
-                    self.wake(mq_side::RECV);
-                }
+                self.notify(mq_side::RECV);
                 return Ok(());
             }
             if self.nonblocking {
                 return Err(Error::WouldBlock);
             }
-            let has_room = || Ok(self.queue_has_room());
-            if spin(has_room)? {
-                continue;
-            }
-            self.sleep(mq_side::SEND, has_room)?;
+            self.wait_ready(mq_side::SEND, || Ok(self.queue.can_send()?), &mut disagreements)?;
         }
-    }
-
-    fn queue_has_room(&self) -> bool {
-        let h = self.queue.header();
-        let sent = h.enqueue_pos.load(Ordering::SeqCst);
-        let taken = h.dequeue_pos.load(Ordering::SeqCst);
-        sent.wrapping_sub(taken) < h.capacity.load(Ordering::SeqCst)
-    }
-
-    fn queue_has_message(&self) -> bool {
-        let h = self.queue.header();
-        h.enqueue_pos.load(Ordering::SeqCst) != h.dequeue_pos.load(Ordering::SeqCst)
     }
 
     /// Receives one message into `buf` (waiting for one); returns its length.
@@ -474,23 +541,20 @@ impl MessageQueue {
         if buf.len() < self.max_message() {
             return Err(Error::TooLarge);
         }
+        let mut disagreements = Disagreements(0);
         loop {
             if let Some(n) = self.queue.receive(buf)? {
-                let h = self.queue.header();
-                if h.send_waiters.load(Ordering::SeqCst) != 0 {
-                    h.send_seq.fetch_add(1, Ordering::SeqCst);
-                    self.wake(mq_side::SEND);
-                }
+                self.notify(mq_side::SEND);
                 return Ok(n);
             }
             if self.nonblocking {
                 return Err(Error::WouldBlock);
             }
-            let has_message = || Ok(self.queue_has_message());
-            if spin(has_message)? {
-                continue;
-            }
-            self.sleep(mq_side::RECV, has_message)?;
+            self.wait_ready(
+                mq_side::RECV,
+                || Ok(self.queue.can_receive()?),
+                &mut disagreements,
+            )?;
         }
     }
 }

@@ -30,11 +30,14 @@ fn main() -> i32 {
         "hostile" => hostile(),
         "handled-term" => handled_term(),
         "mq" => mq(),
+        "mq-scribble" => mq_scribble(false),
+        "mq-scribble-recv" => mq_scribble(true),
+        "mq-paused" => mq_paused(),
         "shm" => shm(),
         "hold" => hold(),
         "open-other" => open_other(),
         _ => {
-            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|shm|hold|open-other");
+            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other");
             return 2;
         }
     };
@@ -394,6 +397,101 @@ fn mq() -> Result<(), Error> {
                 MessageQueue::open_existing("no.such.queue").err()
             );
             pvm::println!("mq: bad key {:?}", MessageQueue::open("bad key!", 4).err());
+            // One cell cannot tell full from free: refused.
+            pvm::println!("mq: capacity 1 {:?}", MessageQueue::open("one.cell", 1).err());
+            Ok(())
+        }
+    }
+}
+
+/// A child scribbles a value no correct peer writes over the sequence number of the queue's
+/// next cell: the parent's blocking send (or, with `recv`, blocking receive of the message sent
+/// before) reports corruption instead of spinning forever; the queue's next user does too.
+fn mq_scribble(recv: bool) -> Result<(), Error> {
+    let q = MessageQueue::open_with("test.scribble", 4, 32)?;
+    if recv {
+        q.send(b"first")?;
+    }
+    let base = q.region_addr();
+    match fork() {
+        Fork::Child => {
+            // The first cell (position 0, the next to fill or drain) starts a page after the
+            // header; its first word is its sequence number.
+            // SAFETY: deliberately corrupts the shared queue through its mapping.
+            unsafe {
+                let seq = (base + pvm_ipc::QUEUE_CELLS_OFFSET as u64) as *mut u64;
+                core::ptr::write_volatile(seq, 0xdead_beef_dead_beef);
+            }
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            let _ = child.wait();
+            let what = if recv { "receive" } else { "send" };
+            let result = if recv {
+                q.receive(&mut [0u8; 32]).map(|_| ())
+            } else {
+                q.send(b"second")
+            };
+            pvm::println!("mq-scribble: blocking {what} {result:?}");
+            Ok(())
+        }
+    }
+}
+
+/// A child plays a sender paused in the middle of a send (it claims the next cell and does not
+/// publish it): the parent's blocking receive must sleep, not spin and not report corruption,
+/// and get the message once the child finishes the send.
+fn mq_paused() -> Result<(), Error> {
+    let q = MessageQueue::open_with("test.paused", 4, 32)?;
+    match fork() {
+        Fork::Child => {
+            let mine = MessageQueue::open_existing("test.paused")?;
+            let base = mine.region_addr();
+            // SAFETY: the queue's header at the start of its region, all atomics.
+            let h = unsafe { &*(base as *const pvm_ipc::QueueHeader) };
+            // Claim position 0 as a sender does, then "pause".
+            if h.enqueue_pos
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                pvm::println!("mq-paused: the queue was not fresh");
+                pvm::exit(1)
+            }
+            // Until the receiver sleeps in its monitor (it counts itself a waiter first).
+            let start = pvm::time::Instant::now();
+            let mut slept = false;
+            while !slept && start.elapsed().as_secs() < 10 {
+                slept = h.recv_waiters.load(Ordering::SeqCst) != 0;
+            }
+            pvm::println!("mq-paused: the receiver slept while the cell was held: {slept}");
+            // Resume: fill and publish the claimed cell (seq = position + 1), then send another
+            // message normally, which wakes the receiver.
+            let cell = (base + pvm_ipc::QUEUE_CELLS_OFFSET as u64) as *mut u8;
+            // SAFETY: the cell of position 0, which this pVM claimed.
+            unsafe {
+                core::ptr::write_volatile(cell.add(8) as *mut u32, 6);
+                core::ptr::copy_nonoverlapping(b"paused".as_ptr(), cell.add(16), 6);
+                (*(cell as *const core::sync::atomic::AtomicU64)).store(1, Ordering::Release);
+            }
+            mine.send(b"second")?;
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            // Receive only once the child holds the cell: the header indexes then say "a
+            // message" while the cell says "not yet" (the old runtime spun on that).
+            // SAFETY: the queue's header at the start of its region, all atomics.
+            let h = unsafe { &*(q.region_addr() as *const pvm_ipc::QueueHeader) };
+            let start = pvm::time::Instant::now();
+            while h.enqueue_pos.load(Ordering::SeqCst) == 0 && start.elapsed().as_secs() < 10 {
+                core::hint::spin_loop();
+            }
+            let mut got = alloc::vec::Vec::new();
+            let mut buf = [0u8; 32];
+            for _ in 0..2 {
+                let n = q.receive(&mut buf)?;
+                got.push(alloc::string::String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            pvm::println!("mq-paused: received {got:?}; child {:?}", child.wait());
             Ok(())
         }
     }
