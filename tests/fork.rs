@@ -188,3 +188,16 @@ fn console_lines_of_a_family_never_mix() {
     }
     assert_eq!(count, 4 * 40);
 }
+
+#[test]
+fn a_signal_interrupts_a_blocked_wait_once_and_its_handler_runs() {
+    // Defect found by the chaos test: the runtime did not run the handlers a wait was
+    // interrupted for, so every later wait was interrupted again at once.
+    let out = run_guest("fork-wait-intr", &[], "forktest", &["wait-interrupted"]);
+    out.expect_status(0).expect_no_host_panic();
+    assert!(
+        out.stdout
+            .contains("wait-interrupted: handler ran 1 time(s), then Exited(3)"),
+        "{out:#?}"
+    );
+}

@@ -432,3 +432,64 @@ fn forged_registry_entries_are_neither_listed_nor_signalled() {
         "pvmctl kill reached an ordinary process"
     );
 }
+
+/// A memory cgroup of `limit` bytes, made for one test (as root: cgroup v1's memory controller,
+/// or v2's), removed when dropped.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> MemoryCgroup {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let v2_memory = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let (dir, limit_file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(name), "memory.limit_in_bytes")
+        } else if v2_memory {
+            (v2.join(name), "memory.max")
+        } else {
+            panic!("this test needs a memory cgroup it can create (cgroup v1 or v2 with the memory controller, as root)");
+        };
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {} (run as root): {e}", dir.display()));
+        std::fs::write(dir.join(limit_file), limit.to_string()).expect("set the memory limit");
+        let _ = std::fs::write(dir.join("memory.swappiness"), "0");
+        MemoryCgroup { dir }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_monitor_the_kernels_oom_killer_ends_is_reported_as_such() {
+    // Defect: an OOM-killed monitor left no report line.
+    let test = "hostile-oom";
+    let cgroup = MemoryCgroup::new(&format!("pvm-test-oom-{}", std::process::id()), 160 << 20);
+    let mut family = Running::start(
+        test,
+        &["--mem", "512M", "--max-mem-total", "4G"],
+        "hostile",
+        &["oom-on-signal", "320"],
+    );
+    family.expect("oom-on-signal ready");
+    cgroup.add(family.id());
+    ctl(test, &["kill", "-s", "USR1", &family.id().to_string()]).expect_status(0);
+    let status = family.expect("oom-on-signal child: ");
+    let out = family.finish();
+    out.expect_status(0).expect_no_host_panic();
+    assert_eq!(status, "Killed(9)", "{out:#?}");
+    assert!(out.stderr.contains("OOM killer"), "{out:#?}");
+    assert!(!out.stdout.contains("child touched"), "{out:#?}");
+    drop(cgroup);
+    assert_no_leaks(test);
+}

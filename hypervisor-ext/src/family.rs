@@ -286,6 +286,10 @@ impl Family {
                 Ok(()) => (OutcomeRecord::from_bytes(&buf), false),
                 Err(_) => (OutcomeRecord::from_wait_status(status), self.oom_killed(status)),
             };
+            if oom {
+                // The guest's wait sees "killed by signal 9"; the operator learns why.
+                crate::outcome::report_line(format_args!("pvm {pid}: {}", describe_record(&record, true)));
+            }
             self.registry.remove(pid);
             return Collected::Child(pid, record, oom);
         }

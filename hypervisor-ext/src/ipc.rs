@@ -114,6 +114,11 @@ fn slot_of(index: usize) -> u32 {
 /// and the sleep, or a peer dying without a wake-up, is seen soon.
 const SLEEP_SLICE_NS: i64 = 10_000_000;
 
+/// Sleep slices after which a sleeper goes back to its guest to look again, even unwoken: a peer
+/// that scribbled over the ring's waiter flags or counts (so that nobody wakes the sleeper) only
+/// delays it by this much (100 ms), never hangs it.
+const SLICES_BEFORE_RECHECK: u32 = 10;
+
 /// Sleeps on the shared futex `word` while it holds `seq`, for at most [`SLEEP_SLICE_NS`]:
 /// Ok(Some(())) woken or changed, Ok(None) timed out or interrupted.
 fn futex_wait(word: &AtomicU32, seq: u32, interrupted: &impl Fn() -> bool) -> Result<Option<()>, i64> {
@@ -348,13 +353,14 @@ impl Ipc {
         interrupted: impl Fn() -> bool,
     ) -> Result<bool, i64> {
         let word = self.queue_word(handle, side).ok_or(-errno::EBADF)?;
-        loop {
+        for _ in 0..SLICES_BEFORE_RECHECK {
             match futex_wait(word, seq, &interrupted)? {
                 Some(()) => return Ok(true),
                 None if interrupted() => return Ok(false),
                 None => {}
             }
         }
+        Ok(true)
     }
 
     /// Wakes every sleeper of `side` of queue `handle`.
@@ -467,7 +473,7 @@ impl Ipc {
     pub fn wait(&self, handle: u64, seq: u32, interrupted: impl Fn() -> bool) -> Result<Woken, i64> {
         let (mine, _, peer_alive) = self.pipe_words(handle).ok_or(-errno::EBADF)?;
         let peer_gone = || sys::hung_up(peer_alive.as_fd());
-        loop {
+        for _ in 0..SLICES_BEFORE_RECHECK {
             if peer_gone() {
                 return Ok(Woken::PeerGone);
             }
@@ -478,6 +484,7 @@ impl Ipc {
                 None => {}
             }
         }
+        Ok(Woken::Notified)
     }
 
     /// Closes `handle`; a region no handle uses any more is removed from `vm` and unmapped.

@@ -27,6 +27,10 @@ pub const BENCH_PARENT_PAUSE: u64 = 1;
 /// Bench record kind: child ready (parent's fork hypercall to the child's first hypercall).
 pub const BENCH_CHILD_READY: u64 = 2;
 
+/// How much more readily the kernel's OOM killer picks a monitor than other processes (of
+/// -1000..1000).
+const OOM_SCORE_ADJ: i32 = 500;
+
 /// Guest RAM when `--mem` is not given.
 pub const DEFAULT_MEM_SIZE: u64 = 64 << 20;
 
@@ -309,6 +313,9 @@ impl Monitor {
         })?;
         family.entry = Some(entry);
         sys::raise_fd_limit();
+        // When the host runs out of memory, guests go first: a pVM's memory is what its user
+        // asked for, the host's other processes are not.
+        sys::prefer_oom_kill(OOM_SCORE_ADJ);
         // The root collects the family's orphans, as init would.
         sys::set_child_subreaper().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
         Ok(Monitor {

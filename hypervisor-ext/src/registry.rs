@@ -159,19 +159,31 @@ fn id_of(name: &str) -> Option<u32> {
     (id > 0 && file_name(id) == name).then_some(id)
 }
 
+/// What /proc says of process `pid` (a zombie included): whether it is a pvm monitor, and its
+/// parent's pid.
+fn proc_stat(pid: u32) -> Option<(bool, u32)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": the name is between the first '(' and the last ')'.
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    if open >= close {
+        return None;
+    }
+    let monitor = &stat[open + 1..close] == MONITOR_NAME.to_bytes();
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((monitor, ppid))
+}
+
 /// Whether process `pid` exists (a zombie counts) and is a pvm monitor.
 fn is_monitor(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "PID (COMM) STATE ...": the name is between the first '(' and the last ')'.
-    let (Some(open), Some(close)) = (
-        stat.iter().position(|&b| b == b'('),
-        stat.iter().rposition(|&b| b == b')'),
-    ) else {
-        return false;
-    };
-    open < close && &stat[open + 1..close] == MONITOR_NAME.to_bytes()
+    proc_stat(pid).is_some_and(|(monitor, _)| monitor)
+}
+
+/// Whether pVM `pid` ended and a monitor can still collect its status (its parent, or its
+/// family's root): an ended pVM whose reaper is gone (its parent is now init) is stale.
+fn awaits_reaper(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(monitor, ppid)| monitor && is_monitor(ppid))
 }
 
 /// What reading an entry file found.
@@ -247,7 +259,9 @@ impl Registry {
         match holder {
             // Held by the pVM it names: live (or exiting, its teardown still holding it).
             Ok(LockHolder::Process(p)) if p == id && is_monitor(id) => Found::Valid(entry),
-            Ok(LockHolder::Nobody) if entry.state == State::Exited && is_monitor(id) => Found::Valid(entry),
+            Ok(LockHolder::Nobody) if entry.state == State::Exited && awaits_reaper(id) => {
+                Found::Valid(entry)
+            }
             Ok(LockHolder::Nobody) => Found::Stale,
             _ => Found::Invalid,
         }
@@ -266,7 +280,7 @@ impl Registry {
         let stale = sys::read_prefix(file.as_fd(), MAX_ENTRY_SIZE)
             .ok()
             .and_then(|t| serde_json::from_slice::<Entry>(&t).ok())
-            .is_some_and(|e| e.id == id && !(e.state == State::Exited && is_monitor(id)));
+            .is_some_and(|e| e.id == id && !(e.state == State::Exited && awaits_reaper(id)));
         if stale {
             let _ = self.dir.remove(name);
         }
@@ -318,6 +332,27 @@ impl Registry {
         let file = self.dir.open_file(&file_name(id), Open::Read).ok()?;
         let text = sys::read_prefix(file.as_fd(), MAX_ENTRY_SIZE).ok()?;
         serde_json::from_slice::<Entry>(&text).ok().filter(|e| e.id == id)
+    }
+
+    /// Removes the named IPC objects (`ipc/KIND.KEY@FAMILYKEY`) of families with no pVM left
+    /// in `entries` (a full listing, not made by a monitor: its own entry is not in a listing):
+    /// what a root killed with SIGKILL could not clean up. Returns how many it removed.
+    pub fn sweep_named_objects(&self, entries: &[Entry]) -> usize {
+        let Ok(ipc) = self.dir.subdir("ipc") else {
+            return 0;
+        };
+        let mut removed = 0;
+        for name in ipc.names().unwrap_or_default() {
+            let owner = name
+                .rsplit_once('@')
+                .and_then(|(_, k)| u64::from_str_radix(k, 16).ok());
+            let dead = |key: u64| !entries.iter().any(|e| e.family_key == key);
+            // Looked at again right before: a family may have started since `entries` was read.
+            if owner.is_some_and(|key| dead(key) && !self.family_alive(key)) && ipc.remove(&name).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Whether the family with key `family_key` has a live pVM (other than this one).

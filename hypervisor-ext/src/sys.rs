@@ -166,6 +166,19 @@ pub fn set_name(name: &CStr) -> io::Result<()> {
     Ok(rustix::thread::set_name(name)?)
 }
 
+/// Makes the kernel's OOM killer pick this process (and what it forks) before others of the
+/// same size (`/proc/self/oom_score_adj`, which anyone may raise); never lowers it.
+pub fn prefer_oom_kill(adj: i32) {
+    let path = "/proc/self/oom_score_adj";
+    let now: i32 = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if now < adj {
+        let _ = std::fs::write(path, adj.to_string());
+    }
+}
+
 /// Raises the soft open-file limit to the hard one.
 pub fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};

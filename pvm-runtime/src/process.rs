@@ -15,6 +15,8 @@ pub enum Error {
     OutOfMemory,
     /// No such child (or no child at all) to wait for.
     NoChild,
+    /// A signal handler ran while waiting.
+    Interrupted,
     /// The monitor failed; the code is a negated errno.
     Host(i64),
 }
@@ -25,6 +27,7 @@ impl Error {
             errno::EAGAIN => Error::LimitReached,
             errno::ENOMEM => Error::OutOfMemory,
             errno::ECHILD => Error::NoChild,
+            errno::EINTR => Error::Interrupted,
             _ => Error::Host(r),
         }
     }
@@ -34,8 +37,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::LimitReached => f.write_str("pVM limit reached"),
-            Error::OutOfMemory => f.write_str("host out of memory"),
+            Error::OutOfMemory => {
+                f.write_str("out of memory (the host's, or the memory budget of your pVMs)")
+            }
             Error::NoChild => f.write_str("no such child pVM"),
+            Error::Interrupted => f.write_str("interrupted by a signal"),
             Error::Host(code) => write!(f, "monitor error {code}"),
         }
     }
@@ -158,6 +164,9 @@ fn wait_for(id: u64, flags: u64) -> Result<(u64, Option<ExitStatus>), Error> {
         ..Default::default()
     };
     raw(Hypercall::Wait, &mut args as *mut WaitArgs as u64);
+    // A wait the monitor interrupted (EINTR) was for these handlers: run them, or every later
+    // wait would be interrupted again at once.
+    crate::signal::dispatch();
     if args.result < 0 {
         return Err(Error::from_result(args.result));
     }

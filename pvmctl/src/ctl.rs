@@ -165,8 +165,10 @@ pub fn ps(args: PsArgs) -> Result<ExitCode, CtlError> {
 
 fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
     let registry = Registry::open(args.run_dir.path())?;
-    let rows: Vec<Row> = registry
-        .list()?
+    let entries = registry.list()?;
+    // What families killed before their root could clean up left behind.
+    registry.sweep_named_objects(&entries);
+    let rows: Vec<Row> = entries
         .into_iter()
         .map(row)
         .filter(|r| args.all || r.state != "exited")
@@ -244,7 +246,16 @@ fn signal_targets(
     let mut ids = Vec::new();
     let mut missing = false;
     for target in targets {
-        let found = resolve(&entries, target);
+        let mut found = resolve(&entries, target);
+        if family && found.is_empty() {
+            // A family outlives its root: its id still names it.
+            if let Ok(fam) = target.parse::<u32>() {
+                found = entries
+                    .iter()
+                    .filter(|e| e.family == fam && e.state != State::Exited)
+                    .collect();
+            }
+        }
         if found.is_empty() {
             eprintln!("pvmctl: error: no pVM {target}");
             missing = true;

@@ -29,6 +29,7 @@ fn main() -> i32 {
         "chain" => chain(),
         "chatter" => chatter(n),
         "orphans" => orphans(n),
+        "wait-interrupted" => wait_interrupted(),
         _ => {
             pvm::eprintln!(
                 "usage: forktest basic|diverge|registers|nested|statuses|wait-any N|limit|touch MIB|idle N"
@@ -400,5 +401,51 @@ fn orphans(n: u64) -> i32 {
         }
     }
     pvm::println!("orphans: {n} children forked, root exits");
+    0
+}
+
+static USR1_SEEN: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// A handled signal interrupts a blocked wait once: the handler runs, the wait goes on.
+fn wait_interrupted() -> i32 {
+    use core::sync::atomic::Ordering;
+    use pvm::signal::{self, Signal};
+    if signal::on(Signal::Usr1, |_| {
+        USR1_SEEN.fetch_add(1, Ordering::SeqCst);
+    })
+    .is_err()
+    {
+        return 1;
+    }
+    let parent = pvm::id();
+    let child = match fork() {
+        Fork::Child => {
+            let _ = signal::kill(parent, Signal::Usr1);
+            // Outlast the parent's interrupted wait by a little.
+            let start = pvm::time::Instant::now();
+            while start.elapsed().as_millis() < 20 {}
+            pvm::exit(3)
+        }
+        Fork::Parent(child) => child.id(),
+    };
+    let mut interrupted = 0;
+    let status = loop {
+        match pvm::Child::from_id(child).wait() {
+            Ok(s) => break s,
+            Err(pvm::process::Error::Interrupted) => interrupted += 1,
+            Err(e) => {
+                pvm::println!("wait-interrupted: {e}");
+                return 1;
+            }
+        }
+        if interrupted > 1000 {
+            pvm::println!("wait-interrupted: interrupted forever");
+            return 1;
+        }
+    };
+    pvm::println!(
+        "wait-interrupted: handler ran {} time(s), then {status:?}",
+        USR1_SEEN.load(Ordering::SeqCst)
+    );
     0
 }

@@ -38,9 +38,10 @@ fn main() -> i32 {
         "forkbomb" => forkbomb(),
         "exhaust" => exhaust(),
         "shm-on-signal" => shm_on_signal(arg),
+        "oom-on-signal" => oom_on_signal(arg.parse().unwrap_or(256)),
         _ => {
             pvm::eprintln!(
-                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY"
+                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB"
             );
             return 2;
         }
@@ -444,15 +445,34 @@ fn exhaust() {
 
 static GO: AtomicBool = AtomicBool::new(false);
 
-/// Says "ready", waits for USR1, then opens shared memory `key` (which the test may have planted
-/// a symbolic link for) and writes into it.
-fn shm_on_signal(key: &str) {
+/// Says "ready" and waits for USR1.
+fn ready_then_wait(what: &str) {
     signal::on(Signal::Usr1, |_| GO.store(true, Ordering::SeqCst)).expect("a handler");
-    pvm::println!("shm-on-signal ready");
+    pvm::println!("{what} ready");
     while !GO.load(Ordering::SeqCst) {
         call(Hypercall::Pause, 0);
         signal::dispatch();
     }
+}
+
+/// Says "ready", waits for USR1, then forks a child that touches `mib` MiB of its memory (the
+/// test has put the family in a memory cgroup too small for that) and reports how it ended.
+fn oom_on_signal(mib: usize) {
+    ready_then_wait("oom-on-signal");
+    let status = in_child(|| {
+        let mut v: Vec<u8> = Vec::with_capacity(mib << 20);
+        for i in 0..mib << 20 {
+            v.push(i as u8);
+        }
+        pvm::println!("oom-on-signal: child touched {} MiB", v.len() >> 20);
+    });
+    pvm::println!("oom-on-signal child: {status:?}");
+}
+
+/// Says "ready", waits for USR1, then opens shared memory `key` (which the test may have planted
+/// a symbolic link for) and writes into it.
+fn shm_on_signal(key: &str) {
+    ready_then_wait("shm-on-signal");
     let created = pvm::ipc::SharedMem::create(key, 4096);
     if let Ok(shm) = &created {
         let _ = shm.write(0, b"guest wrote here");
