@@ -199,14 +199,6 @@ pub struct Family {
     oom_kills: Option<u64>,
 }
 
-/// The kernel's count of processes its OOM killer ended (`oom_kill` in /proc/vmstat).
-fn oom_kills() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
-}
-
 impl Family {
     /// The family of a new root pVM.
     pub fn new(ids: Ids, limits: Limits, registry: Registry, ledger: FamilyLedger) -> Family {
@@ -236,7 +228,7 @@ impl Family {
     /// The lease for a child about to be forked (held by nobody else until the fork).
     pub fn admit_fork(&mut self, mem_size: u64) -> Result<Lease, LedgerError> {
         if self.oom_kills.is_none() {
-            self.oom_kills = oom_kills();
+            self.oom_kills = sys::oom_kill_count();
         }
         Lease::acquire(self.registry.dir(), &self.ledger, self.want(mem_size))
     }
@@ -311,7 +303,7 @@ impl Family {
         if status.signal() != Some(libc::SIGKILL) {
             return false;
         }
-        let now = oom_kills();
+        let now = sys::oom_kill_count();
         let before = std::mem::replace(&mut self.oom_kills, now);
         matches!((before, now), (Some(b), Some(n)) if n > b)
     }

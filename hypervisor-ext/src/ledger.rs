@@ -7,14 +7,14 @@
 //! every member inherits. A lease is an open-file-description (OFD) lock on a range of it, whose
 //! length is the pVM's memory in MiB (at least 1), at a position of its own. An OFD lock belongs
 //! to one open file description and vanishes when the last descriptor of it is closed, however
-//! its holders end: the set of locks *is* the set of live leases, and the kernel lists it
-//! (`/proc/locks`).
+//! its holders end: the set of locks *is* the set of live leases, and the kernel answers for it
+//! (`F_OFD_GETLK`).
 //!
 //! Admission runs under the ledger's mutex (another OFD lock, waited for): it checks a cached
 //! count and memory sum kept in the file's first bytes, takes the lease, and updates the cache; a
 //! monitor that ends gives its lease back the same way. The cache can only overcount (a monitor
-//! killed with SIGKILL never gives back): when it says "full", the ledger is recounted from the
-//! kernel's list of locks before anyone is refused. A parent takes its child's lease on fresh
+//! killed with SIGKILL never gives back): when it says "full", the ledger is recounted from its
+//! locks before anyone is refused. A parent takes its child's lease on fresh
 //! descriptions before it forks; the child keeps them and closes its copies of the parent's; the
 //! parent closes its copies of the child's. So each lease is held by one monitor.
 use std::io;
@@ -149,15 +149,36 @@ fn write_cache(fd: BorrowedFd<'_>, usage: Usage) -> io::Result<()> {
     sys::write_at(fd, &bytes, 0)
 }
 
-/// Counts the live leases of the ledger open as `fd` from the kernel's list of locks.
+/// Counts the live leases of the ledger open as `fd` by asking the kernel for the locks in its
+/// lease area: a lock found splits the area in two, each asked again (2n + 1 questions for n
+/// leases). Leases are only taken under the mutex (which the caller holds), so none appears
+/// meanwhile, and one that stays is found exactly once: the count never misses a live lease
+/// (one ending meanwhile may still be counted: an overcount only refuses).
 fn recount(fd: BorrowedFd<'_>) -> io::Result<Usage> {
-    let st = sys::fstat(fd)?;
-    let file = sys::FileId::of(&st);
     let mut usage = Usage::default();
-    for lock in sys::ofd_locks_of(file)? {
-        if lock.start >= LEASES {
+    let mut todo = vec![(LEASES, SLOTS * STRIDE)];
+    while let Some((start, len)) = todo.pop() {
+        let Some((at, held)) = sys::other_lock_in(fd, start, len)? else {
+            continue;
+        };
+        let end = start + len;
+        // A lease lies inside one stride; anything else (len 0: to the end of the file) is not
+        // a lease of ours, but is stepped over all the same.
+        let lock_end = if held == 0 {
+            end
+        } else {
+            at.saturating_add(held).min(end)
+        };
+        if (LEASES..LEASES + SLOTS * STRIDE).contains(&at) && held > 0 && held <= STRIDE {
             usage.pvms += 1;
-            usage.mem_mib += lock.len;
+            usage.mem_mib += held;
+        }
+        let at = at.max(start);
+        if at > start {
+            todo.push((start, at - start));
+        }
+        if lock_end < end {
+            todo.push((lock_end, end - lock_end));
         }
     }
     Ok(usage)
@@ -168,13 +189,13 @@ fn take(fd: OwnedFd, len: u64, fits: impl Fn(Usage) -> Result<(), LedgerError>) 
     let mutex = Mutex::lock(fd.as_fd())?;
     let mut usage = read_cache(fd.as_fd())?;
     if fits(usage).is_err() {
-        // The cache overcounts after SIGKILLs: the kernel's list of locks is the truth.
+        // The cache overcounts after SIGKILLs: the locks are the truth.
         usage = recount(fd.as_fd())?;
         write_cache(fd.as_fd(), usage)?;
         fits(usage)?;
     }
     // A position of our own, picked at random (collisions are rare; look further on one).
-    let first = (u64::from(sys::getpid()) ^ sys::monotonic_ns()).wrapping_mul(0x9e37_79b9_7f4a_7c15) % SLOTS;
+    let first = sys::monotonic_ns().wrapping_mul(0x9e37_79b9_7f4a_7c15) % SLOTS;
     let mut taken = None;
     for i in 0..SLOTS {
         let start = LEASES + (first + i) % SLOTS * STRIDE;
@@ -210,13 +231,19 @@ impl Held {
     }
 }
 
+/// Creates the host ledger if needed and checks it is a regular file of this user (a root does
+/// this once; forks then open it without the checks).
+pub fn verify(dir: &RunDir) -> io::Result<()> {
+    dir.open_file(LEDGER_FILE, Open::Create).map(drop)
+}
+
 impl Lease {
     /// Takes a lease for a new pVM: a place on the host with its memory, and one in its family.
     /// On failure nothing is held.
     pub fn acquire(dir: &RunDir, family: &FamilyLedger, want: Want) -> Result<Lease, LedgerError> {
         let mem = want.mem_mib.clamp(1, STRIDE);
         let budget = want.budget_mib;
-        let host = take(dir.open_file(LEDGER_FILE, Open::Create)?, mem, |u| {
+        let host = take(dir.open_trusted(LEDGER_FILE)?, mem, |u| {
             if u.pvms >= u64::from(want.per_host) {
                 Err(LedgerError::HostFull(want.per_host))
             } else if u.mem_mib.saturating_add(mem) > budget {
@@ -254,8 +281,8 @@ impl Lease {
     }
 }
 
-/// What the live leases of the runtime directory `path` hold, counted from the kernel's list of
-/// locks (not from the cache).
+/// What the live leases of the runtime directory `path` hold, counted from the locks (not from
+/// the cache).
 pub fn usage_of(path: &std::path::Path) -> Result<Usage, crate::rundir::RunDirError> {
     let dir = RunDir::open(path)?;
     let io_err = |source| crate::rundir::RunDirError::Io {

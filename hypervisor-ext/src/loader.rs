@@ -158,7 +158,7 @@ pub fn image_limit(mem_size: u64) -> u64 {
 impl Image {
     /// Reads and validates the image at `path`.
     pub fn open(path: &Path) -> Result<Image, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = crate::sys::read_file(path).map_err(|source| LoadError::Read {
             path: path.into(),
             source,
         })?;

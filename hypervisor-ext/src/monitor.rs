@@ -247,6 +247,7 @@ impl Monitor {
         };
         let ledger = FamilyLedger::new().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
         let mut family = Family::new(ids, config.limits, registry, ledger);
+        crate::ledger::verify(family.registry.dir()).map_err(LedgerError::Io)?;
         let lease = Lease::acquire(
             family.registry.dir(),
             &family.ledger,

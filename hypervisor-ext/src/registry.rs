@@ -162,7 +162,7 @@ fn id_of(name: &str) -> Option<u32> {
 /// What /proc says of process `pid` (a zombie included): whether it is a pvm monitor, and its
 /// parent's pid.
 fn proc_stat(pid: u32) -> Option<(bool, u32)> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let stat = sys::proc_stat(pid).ok()?;
     // "PID (COMM) STATE PPID ...": the name is between the first '(' and the last ')'.
     let open = stat.iter().position(|&b| b == b'(')?;
     let close = stat.iter().rposition(|&b| b == b')')?;

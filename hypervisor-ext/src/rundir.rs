@@ -141,6 +141,13 @@ impl RunDir {
         Ok(fd)
     }
 
+    /// Opens (creating it) file `name` read-write, never through a symbolic link, but without
+    /// checking it is a regular file of this user: for a file this monitor (or its family)
+    /// created and checked before, on a path where a fork's few system calls count.
+    pub fn open_trusted(&self, name: &str) -> io::Result<OwnedFd> {
+        sys::open_at(self.fd.as_fd(), name, Open::Create)
+    }
+
     /// The names in the directory.
     pub fn names(&self) -> io::Result<Vec<String>> {
         sys::list_dir(self.fd.as_fd())

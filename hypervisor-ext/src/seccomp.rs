@@ -132,6 +132,7 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::F_SETLK,      // registry: an entry's lock (sys::lock_process)
         libc::F_OFD_SETLK,  // ledger: leases (sys::lock_range, unlock_range)
         libc::F_OFD_SETLKW, // ledger: its mutex (sys::wait_lock_range)
+        libc::F_OFD_GETLK,  // ledger: recounting its leases (sys::other_lock_in)
     ]
     .map(|c| c as u64);
     let madvice = [

@@ -626,6 +626,26 @@ pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(rustix::fs::ftruncate(fd, len)?)
 }
 
+// ---- /proc --------------------------------------------------------------------------------
+
+/// `/proc/PID/stat` of process `pid` (a zombie's too).
+pub fn proc_stat(pid: u32) -> io::Result<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/stat"))
+}
+
+/// The kernel's count of processes its OOM killer ended (`oom_kill` in `/proc/vmstat`).
+pub fn oom_kill_count() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Reads a whole file (a guest image, before the monitor is confined).
+pub fn read_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
 // ---- record locks ----------------------------------------------------------------------------
 
 /// Who holds a lock.
@@ -704,53 +724,13 @@ pub fn unlock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> 
     fcntl_lock(fd, libc::F_OFD_SETLK, &mut flock(libc::F_UNLCK, start, len))
 }
 
-/// A file's identity (device and inode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileId {
-    major: u32,
-    minor: u32,
-    ino: u64,
-}
-
-impl FileId {
-    /// The identity of the file `st` describes.
-    pub fn of(st: &Stat) -> FileId {
-        FileId {
-            major: rustix::fs::major(st.st_dev),
-            minor: rustix::fs::minor(st.st_dev),
-            ino: st.st_ino,
-        }
+/// An open-file-description lock of *another* description overlapping `[start, start+len)`,
+/// as `(start, len)` (`F_OFD_GETLK`: which one, if several, is the kernel's choice).
+pub fn other_lock_in(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
+    let mut fl = flock(libc::F_WRLCK, start, len);
+    fcntl_lock(fd, libc::F_OFD_GETLK, &mut fl)?;
+    if i32::from(fl.l_type) == libc::F_UNLCK {
+        return Ok(None);
     }
-}
-
-/// An open-file-description write lock the kernel lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RangeLock {
-    /// First byte.
-    pub start: u64,
-    /// Bytes (`u64::MAX - start` for "to the end of the file").
-    pub len: u64,
-}
-
-/// The open-file-description write locks on `file`, from the kernel's list of all locks
-/// (`/proc/locks`: one line per lock, `N: OFDLCK ADVISORY WRITE -1 MAJ:MIN:INO START END`).
-pub fn ofd_locks_of(file: FileId) -> io::Result<Vec<RangeLock>> {
-    let text = std::fs::read_to_string("/proc/locks")?;
-    let want = format!("{:02x}:{:02x}:{}", file.major, file.minor, file.ino);
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // Waiters are listed as "N: -> OFDLCK ...": not held, skipped by the kind check.
-            if f.len() != 8 || f[1] != "OFDLCK" || f[3] != "WRITE" || f[5] != want {
-                return None;
-            }
-            let start: u64 = f[6].parse().ok()?;
-            let len = match f[7] {
-                "EOF" => u64::MAX - start,
-                end => end.parse::<u64>().ok()?.checked_sub(start)? + 1,
-            };
-            Some(RangeLock { start, len })
-        })
-        .collect())
+    Ok(Some((fl.l_start as u64, fl.l_len as u64)))
 }

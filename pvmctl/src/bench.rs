@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// IPC: pVM pipe round trips (spinning and not), pipe throughput and signal round trips,
     /// against Linux pipes, POSIX message queues and signals, measured in the same run.
     Ipc(crate::bench_ipc::IpcArgs),
+    /// Security: what the seccomp filter costs (confined against --unconfined) and how fast
+    /// Ctrl-C, kill and pause act on a guest spinning at CPL3, against a Linux process.
+    Security(crate::bench_security::SecurityArgs),
 }
 
 /// Arguments of `pvmctl bench boot`.
@@ -132,6 +135,9 @@ pub enum BenchError {
     /// `bench ipc` failed.
     #[error(transparent)]
     IpcBench(#[from] crate::bench_ipc::IpcBenchError),
+    /// `bench security` failed.
+    #[error(transparent)]
+    SecurityBench(#[from] crate::bench_security::SecurityBenchError),
 }
 
 /// How a child process ended (a decoded `waitpid` status).
@@ -175,6 +181,7 @@ pub fn bench(cmd: BenchCommand) -> Result<ExitCode, BenchError> {
         BenchCommand::Fork(args) => crate::bench_fork::fork(args),
         BenchCommand::Density(args) => crate::bench_fork::density(args),
         BenchCommand::Ipc(args) => crate::bench_ipc::ipc(args),
+        BenchCommand::Security(args) => crate::bench_security::security(args),
     }
 }
 

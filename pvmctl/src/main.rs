@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_fork;
 mod bench_ipc;
+mod bench_security;
 mod ctl;
 mod guest_build;
 mod image;

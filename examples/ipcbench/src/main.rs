@@ -5,6 +5,8 @@
 //!   queues; prints the round trip median and p99.
 //! - `signal N`: parent and child bounce USR1 N times (kill, handler, kill back); prints the
 //!   round trip (two deliveries) median and p99.
+//! - `hypercall N`: N clock reads, one hypercall (exit to the monitor and back) each; prints the
+//!   round trip median and p99.
 //!
 //! Times come from the TSC (no exit), calibrated against the host clock over the whole run.
 #![no_std]
@@ -41,8 +43,11 @@ fn main() -> i32 {
         ("stream", mib) if mib > 0 => stream(mib),
         ("signal", rounds) if rounds > 0 => signal_pingpong(rounds),
         ("mq", rounds) if rounds > 0 => mq_pingpong(rounds),
+        ("hypercall", rounds) if rounds > 0 => hypercalls(rounds),
         _ => {
-            pvm::eprintln!("usage: ipcbench stream MIB [--no-spin] | signal N | mq N [--no-spin]");
+            pvm::eprintln!(
+                "usage: ipcbench stream MIB [--no-spin] | signal N | mq N [--no-spin] | hypercall N"
+            );
             return 2;
         }
     };
@@ -170,4 +175,14 @@ fn mq_pingpong(rounds: usize) -> Result<(), ipc::Error> {
         }
         Err(_) => Err(ipc::Error::Unavailable),
     }
+}
+
+/// The cheapest hypercall, N times: what one exit to the monitor and back costs.
+fn hypercalls(rounds: usize) -> Result<(), ipc::Error> {
+    let samples = pvm::time::time_each(rounds, |_| {
+        core::hint::black_box(pvm::time::Instant::now());
+        Ok::<(), ipc::Error>(())
+    })?;
+    report("hypercall", &samples);
+    Ok(())
 }
