@@ -72,25 +72,31 @@ fn kill_randomly(test: &str, spare: &[u32], seconds: u64, rng: &mut Rng) -> usiz
     kills
 }
 
-#[test]
-fn random_sigkills_under_fork_and_ipc_load_leave_nothing_behind() {
-    let test = "chaos";
-    let mut rng = Rng::new();
-    let mut family = Running::start(test, &["--max-family", "64"], "chaos", &["4"]);
-    family.expect("root: 4 workers started");
+/// Starts the chaos family with `workers` workers; returns it, the root's id and the workers'
+/// ids (once all registered, so that all get the final USR1).
+fn start_family(test: &str, workers: usize) -> (Running, u32, Vec<u32>) {
+    let mut family = Running::start(test, &["--max-family", "64"], "chaos", &[&workers.to_string()]);
+    family.expect(&format!("root: {workers} workers started"));
     let root = family.id();
-    // The workers registered before the chaos starts (so that all get the final USR1). Two of
-    // them are spared, so that some survive to show they kept working; the other two, their
-    // children and everyone's teardown helpers are fair game.
     let rows = ps_until(test, false, |rows| {
-        rows.iter().filter(|r| r["parent"] == root).count() >= 4
+        rows.iter().filter(|r| r["parent"] == root).count() >= workers
     });
-    let mut workers: Vec<u32> = rows
+    let mut ids: Vec<u32> = rows
         .iter()
         .filter(|r| r["parent"] == root)
         .filter_map(|r| r["id"].as_u64().map(|id| id as u32))
         .collect();
-    workers.sort_unstable();
+    ids.sort_unstable();
+    (family, root, ids)
+}
+
+#[test]
+fn random_sigkills_under_fork_and_ipc_load_leave_nothing_behind() {
+    let test = "chaos";
+    let mut rng = Rng::new();
+    // Two workers are spared, so that some survive to show they kept working; the other two,
+    // their children and everyone's teardown helpers are fair game.
+    let (family, root, workers) = start_family(test, 4);
     let spare = [root, workers[0], workers[1]];
     let kills = kill_randomly(test, &spare, chaos_seconds(), &mut rng);
     ctl(test, &["kill", "-s", "USR1", "--family", &root.to_string()]).expect_status(0);
@@ -128,18 +134,9 @@ fn random_sigkills_under_fork_and_ipc_load_leave_nothing_behind() {
 fn a_family_whose_root_is_killed_leaves_nothing_once_killed_and_listed() {
     let test = "chaos-root";
     let mut rng = Rng::new();
-    let mut family = Running::start(test, &["--max-family", "64"], "chaos", &["3"]);
-    family.expect("root: 3 workers started");
-    let root = family.id();
-    let rows = ps_until(test, false, |rows| {
-        rows.iter().filter(|r| r["parent"] == root).count() >= 3
-    });
     // One worker is spared, so that the root is still there to be killed.
-    let worker = rows
-        .iter()
-        .filter(|r| r["parent"] == root)
-        .find_map(|r| r["id"].as_u64())
-        .unwrap_or(0) as u32;
+    let (family, root, workers) = start_family(test, 3);
+    let worker = workers[0];
     kill_randomly(test, &[root, worker], 1, &mut rng);
     // The root goes too: its family lives on, orphaned, until the operator kills it by the
     // family's id (the root's, which no entry has any more).

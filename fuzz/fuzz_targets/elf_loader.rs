@@ -19,7 +19,10 @@ fuzz_target!(|bytes: &[u8]| {
     let mut prev_end = layout::IMAGE_BASE;
     for s in &image.segments {
         assert!(s.start.is_multiple_of(layout::PAGE_SIZE) && s.end.is_multiple_of(layout::PAGE_SIZE));
-        assert!(s.start >= prev_end && s.start < s.end, "segments sorted and disjoint");
+        assert!(
+            s.start >= prev_end && s.start < s.end,
+            "segments sorted and disjoint"
+        );
         assert!(!(s.perm.write && s.perm.exec), "W^X");
         prev_end = s.end;
     }
@@ -40,15 +43,20 @@ fuzz_target!(|bytes: &[u8]| {
         let mut at = layout::IMAGE_BASE - 16 * layout::PAGE_SIZE;
         while at < (image.end() + 16 * layout::PAGE_SIZE).min(image_limit(mem_size)) {
             if !image.segments.iter().any(|s| (s.start..s.end).contains(&at)) {
-                mem.read_bytes(at, &mut page, Access::Monitor).expect("inside RAM");
-                assert!(page.iter().all(|&b| b == 0), "load wrote outside its segments at {at:#x}");
+                mem.read_bytes(at, &mut page, Access::Monitor)
+                    .expect("inside RAM");
+                assert!(
+                    page.iter().all(|&b| b == 0),
+                    "load wrote outside its segments at {at:#x}"
+                );
             }
             at += layout::PAGE_SIZE;
         }
         // Zero again for the next run.
         for s in &image.segments {
             let zeros = vec![0u8; (s.end - s.start) as usize];
-            mem.write_bytes(s.start, &zeros, Access::Monitor).expect("inside RAM");
+            mem.write_bytes(s.start, &zeros, Access::Monitor)
+                .expect("inside RAM");
         }
     });
 });

@@ -22,7 +22,10 @@ const TEXT: (u64, u64) = (layout::IMAGE_BASE, layout::IMAGE_BASE + 0x10000);
 const RODATA: (u64, u64) = (TEXT.1, TEXT.1 + 0x10000);
 const HEAP: (u64, u64) = (RODATA.1, MEM - layout::STACK_SIZE - layout::STACK_GUARD_SIZE);
 const STACK: (u64, u64) = (MEM - layout::STACK_SIZE, MEM);
-const BOOT: (u64, u64) = (layout::BOOT_INFO_ADDR, layout::BOOT_INFO_ADDR + layout::BOOT_INFO_SIZE);
+const BOOT: (u64, u64) = (
+    layout::BOOT_INFO_ADDR,
+    layout::BOOT_INFO_ADDR + layout::BOOT_INFO_SIZE,
+);
 const STATUS: (u64, u64) = (layout::STATUS_ADDR, layout::STATUS_ADDR + layout::PAGE_SIZE);
 const ME: u32 = 4242;
 
@@ -116,7 +119,9 @@ impl Fake<'_> {
 
 fn valid_key(key: &str) -> bool {
     (1..=64).contains(&key.len())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && key != "."
         && key != ".."
 }
@@ -157,7 +162,10 @@ impl Host for Fake<'_> {
                 assert!(self.has_child(id), "wait for a non-child {id}");
                 id
             }
-            None => *self.children.first().expect("wait for any child without children"),
+            None => *self
+                .children
+                .first()
+                .expect("wait for any child without children"),
         };
         self.children.retain(|&c| c != id);
         Flow::Continue(Ok(Some((id, OutcomeRecord::default()))))
@@ -186,7 +194,10 @@ impl Host for Fake<'_> {
             KillTarget::Myself => {}
             KillTarget::Child(id) => assert!(self.has_child(id)),
             KillTarget::Registered(id) => {
-                assert!(id > 0 && id <= i32::MAX as u32 && id != ME && !self.has_child(id), "kill {id}")
+                assert!(
+                    id > 0 && id <= i32::MAX as u32 && id != ME && !self.has_child(id),
+                    "kill {id}"
+                )
             }
         }
         0
@@ -227,9 +238,11 @@ fn view() -> GuestView {
 /// The monitor's own pages, as they are now: GDT, IDT, stubs, the first page-table page.
 fn protected(mem: &GuestMemory) -> Vec<u8> {
     let mut out = vec![0u8; 3 * layout::PAGE_SIZE as usize];
-    mem.read_bytes(layout::GDT_ADDR, &mut out, Access::Monitor).expect("inside RAM");
+    mem.read_bytes(layout::GDT_ADDR, &mut out, Access::Monitor)
+        .expect("inside RAM");
     let mut pt = vec![0u8; layout::PAGE_SIZE as usize];
-    mem.read_bytes(layout::PAGE_TABLES_ADDR, &mut pt, Access::Monitor).expect("inside RAM");
+    mem.read_bytes(layout::PAGE_TABLES_ADDR, &mut pt, Access::Monitor)
+        .expect("inside RAM");
     out.extend_from_slice(&pt);
     out
 }
@@ -282,7 +295,12 @@ fuzz_target!(|input: Input| {
 fn run(mem: &GuestMemory, input: Input) {
     let mut host = Fake {
         mem,
-        children: input.children.iter().map(|&c| u32::from(c) + 1).filter(|&c| c != ME).collect(),
+        children: input
+            .children
+            .iter()
+            .map(|&c| u32::from(c) + 1)
+            .filter(|&c| c != ME)
+            .collect(),
         answers: input.answers,
         next: 0,
     };
@@ -316,7 +334,10 @@ fn run(mem: &GuestMemory, input: Input) {
         let before = protected(host.mem);
         let (lo, was) = around(host.mem, call.arg);
         let result = hypercall::dispatch(&mut host, call);
-        assert!(protected(host.mem) == before, "{call:?} wrote the monitor's pages");
+        assert!(
+            protected(host.mem) == before,
+            "{call:?} wrote the monitor's pages"
+        );
         let (_, now) = around(host.mem, call.arg);
         let size = struct_size(call.nr);
         for (i, (a, b)) in was.iter().zip(&now).enumerate() {

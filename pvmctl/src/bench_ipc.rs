@@ -35,20 +35,20 @@ use hypervisor_ext::monotonic_ns;
 
 use crate::bench::{format_us, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
 
-/// Arguments of `pvmctl bench ipc`.
+/// Arguments of `pvmctl bench ipc` and `bench security`.
 #[derive(Args)]
-pub struct IpcArgs {
-    /// Rounds: each runs every pVM and Linux measurement once.
+pub struct RoundsArgs {
+    /// Rounds: each runs every measurement once (pVM and baseline, or confined and not).
     #[arg(
         long,
         value_name = "N",
         default_value_t = 5,
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
-    rounds: u32,
+    pub(crate) rounds: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Errors of `bench ipc` (wrapped in [`BenchError`]).
@@ -1234,7 +1234,7 @@ impl Measurements {
 }
 
 /// Runs `pvmctl bench ipc`.
-pub fn ipc(args: IpcArgs) -> Result<ExitCode, BenchError> {
+pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let env = PvmEnv {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.

@@ -12,25 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Args;
-
 use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
-
-/// Arguments of `pvmctl bench security`.
-#[derive(Args)]
-pub struct SecurityArgs {
-    /// Rounds: each runs every measurement confined and unconfined once.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 5,
-        value_parser = clap::value_parser!(u32).range(1..=1000)
-    )]
-    rounds: u32,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
+use crate::bench_ipc::RoundsArgs;
 
 /// Errors of `bench security` (wrapped in [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +179,7 @@ fn time_to_pause(run_dir: &Path, child: &Child) -> Duration {
 }
 
 /// `pvmctl bench security`.
-pub fn security(args: SecurityArgs) -> Result<ExitCode, BenchError> {
+pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let run_dir = std::env::temp_dir().join(format!("pvm-bench-security-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
