@@ -273,3 +273,61 @@ fn queues_and_shared_memory_of_another_family_are_refused() {
     ctl(test, &["kill", &holder.id().to_string()]).expect_status(0);
     holder.finish().expect_status(143);
 }
+
+#[test]
+fn a_new_root_with_a_recycled_pid_is_not_the_old_family() {
+    // Defect: a family was identified by its root's pid; once a detached family's root was
+    // gone, a new root given the same pid (pids are recycled) could signal the old family's
+    // pVMs and open its objects.
+    let test = "ipc-pid-reuse";
+    let mut family = Running::start(test, &["--detach-family"], "ipctest", &["hold-child"]);
+    let child: u32 = family.expect("hold-child: ").parse().expect("an id");
+    // The root ends, its family lives on (its output stays open: the child holds it).
+    let root = family.child.wait().expect("wait for the root");
+    assert_eq!(root.code(), Some(0));
+    let old_root = child_parent(test, child);
+    // Make the next pid the old root's (as root: /proc/sys/kernel/ns_last_pid), until a new
+    // pvmctl run gets it.
+    let image = guest("ipctest");
+    let mut got = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (old_root - 1).to_string())
+            .expect("this test recycles a pid through /proc/sys/kernel/ns_last_pid (run as root)");
+        let run = pvmctl(test)
+            .arg("run")
+            .arg(&image)
+            .args(["--", "reuse", &child.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start pvmctl");
+        let pid = run.id();
+        let out = finish(run);
+        if pid == old_root {
+            got = Some(out);
+            break;
+        }
+    }
+    let out = got.expect("no new pvmctl got the old root's pid in 50 tries");
+    out.expect_status(0).expect_no_host_panic();
+    assert!(
+        out.stdout
+            .contains(&format!("reuse: family {old_root} kill Err(PermissionDenied)")),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("reuse: queue Some(PermissionDenied)"),
+        "{out:#?}"
+    );
+    ctl(test, &["kill", "-s", "KILL", &child.to_string()]).expect_status(0);
+}
+
+/// The parent id `ps` shows for pVM `id`.
+fn child_parent(test: &str, id: u32) -> u32 {
+    let rows = ps_json(test, false);
+    rows.iter()
+        .find(|r| r["id"] == id)
+        .and_then(|r| r["parent"].as_u64())
+        .unwrap_or_else(|| panic!("no pVM {id}: {rows:#?}")) as u32
+}

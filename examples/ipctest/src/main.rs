@@ -36,6 +36,8 @@ fn main() -> i32 {
         "shm" => shm(),
         "hold" => hold(),
         "open-other" => open_other(),
+        "hold-child" => hold_child(),
+        "reuse" => reuse(arg),
         _ => {
             pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other");
             return 2;
@@ -537,5 +539,41 @@ fn open_other() -> Result<(), Error> {
         MessageQueue::open("shared.key", 4).err()
     );
     pvm::println!("open-other: shm {:?}", SharedMem::open("shared.mem").err());
+    Ok(())
+}
+
+/// The root forks a child that holds the family's objects, waits until it does, says the
+/// child's id and ends (with `--detach-family`, the child lives on: its family outlives its root).
+fn hold_child() -> Result<(), Error> {
+    let (mut r, mut w) = ipc::pipe()?;
+    match fork() {
+        Fork::Child => {
+            drop(r);
+            let _q = MessageQueue::open("shared.key", 4)?;
+            w.write_all(b"k")?;
+            drop(w);
+            pvm::pause()
+        }
+        Fork::Parent(child) => {
+            drop(w);
+            r.read_exact(&mut [0u8; 1])?;
+            pvm::println!("hold-child: {}", child.id());
+            Ok(())
+        }
+    }
+}
+
+/// Run by a root that may have got the pid of a gone root whose child `id` still runs: that
+/// child is of another family all the same.
+fn reuse(id: u64) -> Result<(), Error> {
+    pvm::println!(
+        "reuse: family {} kill {:?}",
+        pvm::family_id(),
+        signal::kill(id, Signal::Term)
+    );
+    pvm::println!(
+        "reuse: queue {:?}",
+        MessageQueue::open_existing("shared.key").err()
+    );
     Ok(())
 }
