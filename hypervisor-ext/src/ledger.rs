@@ -10,9 +10,9 @@
 //! its holders end: the set of locks *is* the set of live leases, and the kernel answers for it
 //! (`F_OFD_GETLK`).
 //!
-//! Admission runs under the ledger's mutex (another OFD lock, waited for): it checks a cached
-//! count and memory sum kept in the file's first bytes, takes the lease, and updates the cache; a
-//! monitor that ends gives its lease back the same way. The cache can only overcount (a monitor
+//! Admission runs under the ledger's mutex (another OFD lock, waited for at most a second): it
+//! checks a cached count and memory sum kept in the file's first bytes, takes the lease, and
+//! updates the cache; a monitor that ends gives its lease back the same way. The cache can only overcount (a monitor
 //! killed with SIGKILL never gives back): when it says "full", the ledger is recounted from its
 //! locks before anyone is refused. A parent takes its child's lease on fresh
 //! descriptions before it forks; the child keeps them and closes its copies of the parent's; the
@@ -116,9 +116,22 @@ impl FamilyLedger {
 /// Holds a ledger's mutex until dropped.
 struct Mutex<'a>(BorrowedFd<'a>);
 
+/// Longest wait for the mutex (held for a few system calls: only a holder stopped midway, by
+/// SIGSTOP or a debugger, makes it wait this long): then admission fails instead of hanging.
+const MUTEX_PATIENCE_NS: u64 = 1_000_000_000;
+
 impl<'a> Mutex<'a> {
     fn lock(fd: BorrowedFd<'a>) -> io::Result<Mutex<'a>> {
-        sys::wait_lock_range(fd, MUTEX, 1)?;
+        let start = sys::monotonic_ns();
+        while !sys::lock_range(fd, MUTEX, 1)? {
+            if sys::monotonic_ns().saturating_sub(start) > MUTEX_PATIENCE_NS {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "its mutex has been held for a second (by a stopped monitor?)",
+                ));
+            }
+            sys::yield_now();
+        }
         Ok(Mutex(fd))
     }
 }

@@ -27,6 +27,10 @@ use crate::sys::{self, LockHolder, Open};
 /// What a pvm monitor calls itself (`/proc/PID/comm`), so that an entry can only name one.
 pub const MONITOR_NAME: &CStr = c"pvm-monitor";
 
+/// Attempts to register before giving up on an entry that keeps being removed or held (a
+/// lister cleaning a stale entry holds it for a moment).
+const MAX_REGISTER_TRIES: u32 = 1000;
+
 /// Largest entry file read (entries are a few hundred bytes).
 const MAX_ENTRY_SIZE: usize = 64 * 1024;
 
@@ -225,12 +229,15 @@ impl Registry {
         let file = loop {
             tries += 1;
             let file = self.dir.open_file(&name, Open::Create).map_err(err)?;
-            match sys::lock_process(file.as_fd()) {
-                Ok(()) if self.dir.names_file(&name, file.as_fd()) => break file,
-                Ok(()) => {}
-                Err(e) if tries > 1000 => return Err(err(e)),
-                Err(_) => std::thread::yield_now(),
+            let locked = sys::lock_process(file.as_fd());
+            if locked.is_ok() && self.dir.names_file(&name, file.as_fd()) {
+                break file;
             }
+            if tries >= MAX_REGISTER_TRIES {
+                let busy = std::io::Error::from_raw_os_error(libc::EBUSY);
+                return Err(err(locked.err().unwrap_or(busy)));
+            }
+            sys::yield_now();
         };
         let mut handle = EntryHandle {
             file,

@@ -126,13 +126,12 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let any = Vec::new;
     let signals: Vec<u64> = SENT_SIGNALS.iter().map(|&s| s as u64).collect();
     let fcntl_cmds = [
-        libc::F_GETFD,      // std checks descriptors it closes (debug builds)
-        libc::F_GETFL,      // rustix reads a directory's flags before listing it
-        libc::F_GETLK,      // registry: who holds an entry (sys::process_lock_holder)
-        libc::F_SETLK,      // registry: an entry's lock (sys::lock_process)
-        libc::F_OFD_SETLK,  // ledger: leases (sys::lock_range, unlock_range)
-        libc::F_OFD_SETLKW, // ledger: its mutex (sys::wait_lock_range)
-        libc::F_OFD_GETLK,  // ledger: recounting its leases (sys::other_lock_in)
+        libc::F_GETFD,     // std checks descriptors it closes (debug builds)
+        libc::F_GETFL,     // rustix reads a directory's flags before listing it
+        libc::F_GETLK,     // registry: who holds an entry (sys::process_lock_holder)
+        libc::F_SETLK,     // registry: an entry's lock (sys::lock_process)
+        libc::F_OFD_SETLK, // ledger: leases and its mutex (sys::lock_range, unlock_range)
+        libc::F_OFD_GETLK, // ledger: recounting its leases (sys::other_lock_in)
     ]
     .map(|c| c as u64);
     let madvice = [
@@ -181,7 +180,7 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_futex, any());
     r.insert(libc::SYS_ppoll, any());
     r.insert(libc::SYS_poll, any());
-    r.insert(libc::SYS_sched_yield, any()); // registry: retry of a contended entry
+    r.insert(libc::SYS_sched_yield, any()); // registry and ledger: retries (sys::yield_now)
     r.insert(libc::SYS_clock_gettime, any()); // sys::monotonic_ns (when the vDSO falls back)
     r.insert(libc::SYS_getrandom, any()); // std's hash seeds
     r.insert(libc::SYS_getcwd, any()); // std's panic message (a monitor's bug, still reported)

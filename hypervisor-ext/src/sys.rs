@@ -233,6 +233,11 @@ pub fn host_ram() -> u64 {
     info.totalram.saturating_mul(u64::from(info.mem_unit))
 }
 
+/// Lets another thread or process run.
+pub fn yield_now() {
+    rustix::thread::sched_yield();
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds (comparable between the processes of a family).
 pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -706,16 +711,6 @@ pub fn lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> 
         Ok(()) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-/// Waits for an open-file-description write lock on `[start, start+len)` of `fd`.
-pub fn wait_lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
-    loop {
-        match fcntl_lock(fd, libc::F_OFD_SETLKW, &mut flock(libc::F_WRLCK, start, len)) {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            other => return other,
-        }
     }
 }
 
