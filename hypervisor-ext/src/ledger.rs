@@ -12,9 +12,9 @@
 //!
 //! Admission runs under the ledger's mutex (another OFD lock, waited for at most a second): it
 //! checks a cached count and memory sum kept in the file's first bytes, takes the lease, and
-//! updates the cache; a monitor that ends gives its lease back the same way. The cache can only overcount (a monitor
-//! killed with SIGKILL never gives back): when it says "full", the ledger is recounted from its
-//! locks before anyone is refused. A parent takes its child's lease on fresh
+//! updates the cache; a monitor that ends gives its lease back the same way. The cache can only
+//! overcount (a monitor killed with SIGKILL never gives back): when it says "full", the ledger is
+//! recounted from its locks before anyone is refused. A parent takes its child's lease on fresh
 //! descriptions before it forks; the child keeps them and closes its copies of the parent's; the
 //! parent closes its copies of the child's. So each lease is held by one monitor.
 use std::io;
