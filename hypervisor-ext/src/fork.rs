@@ -124,7 +124,8 @@ impl Monitor {
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
         self.family.become_child(id, to_parent, lease);
         signals::disarm_kick();
-        let new_vm = vm::create_vm(&self.kvm, &self.mem)?;
+        let new_vm = vm::create_vm(&self.kvm)?;
+        self.space.register_all(&new_vm, &self.mem)?;
         let new_vcpu = vcpu::create_vcpu(&new_vm)?;
         new_vcpu
             .set_cpuid2(&self.cpuid)
@@ -135,7 +136,6 @@ impl Monitor {
         drop(std::mem::replace(&mut self.vcpu, new_vcpu));
         drop(std::mem::replace(&mut self.vm, new_vm));
         signals::arm_kick(&mut self.vcpu);
-        self.ipc.register_all(&self.vm).map_err(MonitorError::Ipc)?;
 
         let ids = self.family.ids;
         for (offset, value) in [

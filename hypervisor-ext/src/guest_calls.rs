@@ -151,7 +151,7 @@ impl Host for Monitor {
     }
 
     fn pipe_create(&mut self, capacity: u64) -> Result<(u64, u64, u64), i64> {
-        self.ipc.create_pipe(&self.vm, capacity)
+        self.ipc.create_pipe(&self.vm, &mut self.space, capacity)
     }
 
     fn ipc_wait(&mut self, handle: u64, seq: u32) -> Flow<i64> {
@@ -167,7 +167,7 @@ impl Host for Monitor {
     }
 
     fn ipc_close(&mut self, handle: u64) {
-        self.ipc.close(&self.vm, handle);
+        self.ipc.close(&self.vm, &mut self.space, handle);
     }
 
     fn sig_action(&mut self, sig: u64, handled: bool) {
@@ -193,6 +193,7 @@ impl Host for Monitor {
         let alive = |key: u64| registry.family_alive(key);
         self.ipc.open_named(
             &self.vm,
+            &mut self.space,
             &dir,
             self.family.ids.family_key,
             &alive,

@@ -15,16 +15,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pvm_abi::{errno, layout};
 
 use crate::rundir::RunDir;
 use crate::sys::{self, FutexWake, Open};
-use crate::vstate::vm::RAM_SLOT;
-
-/// Most regions one pVM maps (the IPC window's slots).
-pub const MAX_REGIONS: usize = (layout::IPC_SIZE / layout::IPC_SLOT_SIZE) as usize;
+use crate::vstate::space::{self, Space, SpaceError};
 
 struct Region {
     size: u64,
@@ -106,10 +102,6 @@ pub struct Ipc {
     handles: Vec<Option<Handle>>,
 }
 
-fn slot_of(index: usize) -> u32 {
-    RAM_SLOT + 1 + index as u32
-}
-
 /// How long one futex sleep lasts at most, so that a signal arriving between the caller's check
 /// and the sleep, or a peer dying without a wake-up, is seen soon.
 const SLEEP_SLICE_NS: i64 = 10_000_000;
@@ -132,12 +124,6 @@ fn futex_wait(word: &AtomicU32, seq: u32, interrupted: &impl Fn() -> bool) -> Re
     }
 }
 
-/// Guest address of region `index`.
-pub fn region_gpa(index: usize) -> u64 {
-    layout::IPC_BASE + index as u64 * layout::IPC_SLOT_SIZE
-}
-
-/// `size` rounded up to whole pages (memory slots are made of pages).
 /// `size` rounded up to whole pages (`u64::MAX` if that overflows: too large for any region).
 fn page_round(size: u64) -> u64 {
     size.checked_next_multiple_of(layout::PAGE_SIZE)
@@ -148,65 +134,52 @@ fn host_pipe() -> Result<(OwnedFd, OwnedFd), i64> {
     sys::pipe(true).map_err(|_| -errno::EAGAIN)
 }
 
-fn register(vm: &VmFd, index: usize, region: &Region) -> Result<(), i64> {
-    let mr = kvm_userspace_memory_region {
-        slot: slot_of(index),
-        flags: 0,
-        guest_phys_addr: region_gpa(index),
-        memory_size: region.size,
-        userspace_addr: region.host.as_ptr() as u64,
-    };
-    // SAFETY: the mapping stays alive while the slot exists (the slot is removed before unmap),
-    // and the slot lies in the IPC window, which no other slot overlaps.
-    unsafe { vm.set_user_memory_region(mr) }.map_err(|_| -errno::EIO)
-}
-
-fn unregister(vm: &VmFd, index: usize) {
-    let mr = kvm_userspace_memory_region {
-        slot: slot_of(index),
-        flags: 0,
-        guest_phys_addr: region_gpa(index),
-        memory_size: 0,
-        userspace_addr: 0,
-    };
-    // SAFETY: deleting a slot (size 0) touches no memory.
-    let _ = unsafe { vm.set_user_memory_region(mr) };
-}
-
 impl Ipc {
     /// Creates a region of `size` bytes (at most one IPC slot) backed by a new memfd.
-    fn create_region(&mut self, vm: &VmFd, size: u64) -> Result<(usize, NonNull<u8>), i64> {
+    fn create_region(
+        &mut self,
+        vm: &VmFd,
+        space: &mut Space,
+        size: u64,
+    ) -> Result<(usize, NonNull<u8>), i64> {
         let memfd = sys::memfd(size).map_err(|_| -errno::ENOMEM)?;
-        self.map_region(vm, memfd, size)
+        self.map_region(vm, space, memfd, size)
     }
 
-    /// Maps `size` bytes of `file` shared, registers them as a region in `vm`, and returns
-    /// the region's index and host address.
-    fn map_region(&mut self, vm: &VmFd, file: OwnedFd, size: u64) -> Result<(usize, NonNull<u8>), i64> {
+    /// Maps `size` bytes of `file` shared, adds them to the address space as a region, and
+    /// returns the region's index and host address.
+    fn map_region(
+        &mut self,
+        vm: &VmFd,
+        space: &mut Space,
+        file: OwnedFd,
+        size: u64,
+    ) -> Result<(usize, NonNull<u8>), i64> {
         if size == 0 || size > layout::IPC_SLOT_SIZE {
             return Err(-errno::EINVAL);
         }
-        let index = match self.regions.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.regions.len() < MAX_REGIONS => {
-                self.regions.push(None);
-                self.regions.len() - 1
-            }
-            None => return Err(-errno::EAGAIN),
-        };
         let host = sys::map_file_shared(file.as_fd(), size as usize).map_err(|_| -errno::ENOMEM)?;
-        let region = Region {
+        let index = match space.add(vm, host, size) {
+            Ok((index, _)) => index,
+            Err(e) => {
+                // SAFETY: the mapping was just made and no slot uses it.
+                unsafe { sys::unmap(host, size as usize) };
+                return Err(match e {
+                    SpaceError::Full => -errno::EAGAIN,
+                    SpaceError::Size(_) => -errno::EINVAL,
+                    SpaceError::Kvm(_) => -errno::EIO,
+                });
+            }
+        };
+        if self.regions.len() <= index {
+            self.regions.resize_with(index + 1, || None);
+        }
+        self.regions[index] = Some(Region {
             size,
             host,
             _memfd: file,
             refs: 0,
-        };
-        if let Err(e) = register(vm, index, &region) {
-            // SAFETY: the mapping was just made and no slot uses it.
-            unsafe { sys::unmap(host, size as usize) };
-            return Err(e);
-        }
-        self.regions[index] = Some(region);
+        });
         Ok((index, host))
     }
 
@@ -219,6 +192,7 @@ impl Ipc {
     pub fn open_named(
         &mut self,
         vm: &VmFd,
+        space: &mut Space,
         dir: &RunDir,
         family_key: u64,
         family_alive: &dyn Fn(u64) -> bool,
@@ -293,7 +267,7 @@ impl Ipc {
             let len = sys::fstat(file.as_fd()).map_err(|_| -errno::EIO)?.st_size as u64;
             (len, 0, 0)
         };
-        let (index, host) = self.map_region(vm, file, size)?;
+        let (index, host) = self.map_region(vm, space, file, size)?;
         let (capacity, msg_size) = match what {
             Named::Queue { .. } if fresh => {
                 // SAFETY: a fresh, zeroed, page-aligned region of the queue's size.
@@ -310,7 +284,7 @@ impl Ipc {
                     h.msg_size.load(Ordering::Acquire),
                 );
                 if !pvm_ipc::valid_queue(c, m) || page_round(pvm_ipc::queue_region_size(c, m)) != size {
-                    self.drop_unused(vm, index);
+                    self.drop_unused(vm, space, index);
                     return Err(-errno::EINVAL);
                 }
                 (c, m)
@@ -324,7 +298,7 @@ impl Ipc {
         let handle = self.add_handle(handle);
         Ok(Opened {
             handle,
-            addr: region_gpa(index),
+            addr: space::region_gpa(index),
             size: capacity,
             msg_size,
         })
@@ -372,9 +346,9 @@ impl Ipc {
         0
     }
 
-    fn drop_unused(&mut self, vm: &VmFd, index: usize) {
+    fn drop_unused(&mut self, vm: &VmFd, space: &mut Space, index: usize) {
         if self.regions[index].as_ref().is_some_and(|r| r.refs == 0) {
-            unregister(vm, index);
+            space.remove(vm, index);
             if let Some(r) = self.regions[index].take() {
                 // SAFETY: the slot using the mapping is gone; nothing else refers to it.
                 unsafe { sys::unmap(r.host, r.size as usize) };
@@ -400,13 +374,18 @@ impl Ipc {
 
     /// Creates a pipe with `capacity` bytes of ring; returns (read handle, write handle, ring
     /// guest address) or a negated errno.
-    pub fn create_pipe(&mut self, vm: &VmFd, capacity: u64) -> Result<(u64, u64, u64), i64> {
+    pub fn create_pipe(
+        &mut self,
+        vm: &VmFd,
+        space: &mut Space,
+        capacity: u64,
+    ) -> Result<(u64, u64, u64), i64> {
         if !pvm_ipc::valid_pipe_capacity(capacity) {
             return Err(-errno::EINVAL);
         }
         let (reader_alive_r, reader_alive_w) = host_pipe()?;
         let (writer_alive_r, writer_alive_w) = host_pipe()?;
-        let (index, host) = self.create_region(vm, pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity)?;
+        let (index, host) = self.create_region(vm, space, pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity)?;
         // SAFETY: the region is fresh (zeroed by the memfd), page-aligned and large enough.
         unsafe { pvm_ipc::Pipe::init(host.as_ptr(), capacity) };
         let r = self.add_handle(Handle::Pipe {
@@ -421,7 +400,7 @@ impl Ipc {
             peer_alive: reader_alive_r,
             _alive: writer_alive_w,
         });
-        Ok((r, w, region_gpa(index)))
+        Ok((r, w, space::region_gpa(index)))
     }
 
     /// The futex word at `offset` in region `index`.
@@ -488,7 +467,7 @@ impl Ipc {
     }
 
     /// Closes `handle`; a region no handle uses any more is removed from `vm` and unmapped.
-    pub fn close(&mut self, vm: &VmFd, handle: u64) -> i64 {
+    pub fn close(&mut self, vm: &VmFd, space: &mut Space, handle: u64) -> i64 {
         let Some(h) = usize::try_from(handle)
             .ok()
             .and_then(|i| self.handles.get_mut(i))
@@ -511,17 +490,7 @@ impl Ipc {
         if let Some(r) = self.regions[index].as_mut() {
             r.refs = r.refs.saturating_sub(1);
         }
-        self.drop_unused(vm, index);
+        self.drop_unused(vm, space, index);
         0
-    }
-
-    /// Registers every region in a new VM (a forked child's).
-    pub fn register_all(&self, vm: &VmFd) -> Result<(), i64> {
-        for (index, region) in self.regions.iter().enumerate() {
-            if let Some(region) = region {
-                register(vm, index, region)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! KVM state of a pVM, one file per concern (as Firecracker's `vstate`): the VM and its memory
 //! slots, the vCPU, and guest memory.
 pub mod memory;
+pub mod space;
 pub mod vcpu;
 pub mod vm;
 

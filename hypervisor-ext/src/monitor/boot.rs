@@ -1,0 +1,292 @@
+//! Building a pVM: guest memory, the image, the address space, the VM and vCPU, the registry
+//! entry and the lease; then the monitor confines itself.
+use std::time::Instant;
+
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use pvm_abi::{layout, BootInfo, ABI_VERSION, BOOT_MAGIC};
+
+use super::{BootTimes, Monitor, MonitorConfig, MonitorError, OOM_SCORE_ADJ};
+use crate::arch;
+use crate::family::{Family, FamilyError, Ids};
+use crate::ipc::Ipc;
+use crate::ledger::{FamilyLedger, Lease, LedgerError};
+use crate::loader::{self, Image};
+use crate::registry::{Entry, Registry, State, MONITOR_NAME};
+use crate::sys;
+use crate::vstate::memory::{Access, GuestMemory};
+use crate::vstate::space::Space;
+use crate::vstate::vcpu::{self, EntryState};
+use crate::vstate::{self, vm};
+
+/// A `--mem` value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemSizeError {
+    /// Not a number with an optional K/M/G suffix.
+    #[error("invalid memory size {0:?}: use a number of bytes with an optional K, M or G suffix, e.g. 64M")]
+    Syntax(String),
+    /// Too small for the reserved area, an image and the stack.
+    #[error("memory size {size} is too small: a pVM needs at least {min} MiB")]
+    TooSmall {
+        /// The size asked for.
+        size: u64,
+        /// Minimum in MiB.
+        min: u64,
+    },
+    /// Larger than pvm supports or than the host has.
+    #[error(
+        "memory size {size} is too large: at most {max} MiB (the smaller of pvm's limit and this host's RAM)"
+    )]
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// Maximum in MiB.
+        max: u64,
+    },
+    /// Not a whole number of 2 MiB pages.
+    #[error("memory size {0} is not a multiple of 2 MiB")]
+    Unaligned(u64),
+}
+
+/// Parses a size such as `64M`, `1G`, `4096K` or `8388608` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, MemSizeError> {
+    let syntax = || MemSizeError::Syntax(text.to_string());
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| syntax())?;
+    n.checked_mul(1 << shift).ok_or_else(syntax)
+}
+
+/// Parses a guest memory size (see [`parse_size`]) and checks pvm can use it.
+pub fn parse_mem_size(text: &str) -> Result<u64, MemSizeError> {
+    let size = parse_size(text)?;
+    check_mem_size(size)?;
+    Ok(size)
+}
+
+/// Checks that `size` bytes of guest RAM are usable.
+pub fn check_mem_size(size: u64) -> Result<(), MemSizeError> {
+    if size < layout::MIN_MEM_SIZE {
+        return Err(MemSizeError::TooSmall {
+            size,
+            min: layout::MIN_MEM_SIZE >> 20,
+        });
+    }
+    let max = layout::MAX_MEM_SIZE.min(sys::host_ram());
+    if size > max {
+        return Err(MemSizeError::TooLarge { size, max: max >> 20 });
+    }
+    if !size.is_multiple_of(layout::LARGE_PAGE_SIZE) {
+        return Err(MemSizeError::Unaligned(size));
+    }
+    Ok(())
+}
+
+impl Monitor {
+    /// Builds the root pVM of a new family for `image`, ready to run. The monitor owns its
+    /// process from here on: confined (see [`MonitorConfig::confine`]), descriptors it did not
+    /// open (but the bench's) are closed first, and the filter is installed once it is built.
+    pub fn new(image: &Image, config: &MonitorConfig) -> Result<Monitor, MonitorError> {
+        if config.confine {
+            sys::close_fds_from(3, config.bench_fd);
+        }
+        // One malloc arena: the CPUID thread would otherwise get its own, whose pages every
+        // forked child copies (glibc resets arena locks in the child after fork).
+        sys::single_malloc_arena();
+        // What `ps` and the registry's checks know a monitor by.
+        let _ = sys::set_name(MONITOR_NAME);
+        check_mem_size(config.mem_size)?;
+        image.check_fits(config.mem_size)?;
+        let kvm = vstate::open_kvm()?;
+        let registry = Registry::open(&config.run_dir)?;
+        let id = sys::getpid();
+        let ids = Ids {
+            id,
+            parent: 0,
+            family: id,
+            family_key: sys::random_u64().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?,
+        };
+        let ledger = FamilyLedger::new().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
+        let mut family = Family::new(ids, config.limits, registry, ledger);
+        crate::ledger::verify(family.registry.dir()).map_err(LedgerError::Io)?;
+        let lease = Lease::acquire(
+            family.registry.dir(),
+            &family.ledger,
+            family.want(config.mem_size),
+        )?;
+        family.lease = Some(lease);
+        let monitor = Self::build(image, config, kvm, family)?;
+        if config.confine {
+            // Built: from here on, only the calls a running monitor needs.
+            crate::seccomp::install(&crate::seccomp::program()?)?;
+        }
+        Ok(monitor)
+    }
+
+    fn build(
+        image: &Image,
+        config: &MonitorConfig,
+        kvm: Kvm,
+        mut family: Family,
+    ) -> Result<Monitor, MonitorError> {
+        let ids = family.ids;
+        let mut mem = GuestMemory::new(config.mem_size)?;
+        // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
+        mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
+        let create_vm = Instant::now();
+        // The supported CPUID comes from a second thread while this one builds the VM; the
+        // thread is joined before the monitor runs (and long before any fork).
+        let (cpuid, built) = std::thread::scope(|s| {
+            let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
+            let built = Self::build_vm(&kvm, &mut mem, image, &config.args, ids);
+            (
+                cpuid
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                built,
+            )
+        });
+        let (vm, vcpu, space) = built?;
+        let cpuid = cpuid?;
+        let entry = EntryState {
+            rip: image.entry,
+            rsp: mem.size(),
+            rdi: layout::BOOT_INFO_ADDR,
+            cr3: space.cr3(),
+        };
+        vcpu::setup_vcpu(&vcpu, &cpuid, &entry)?;
+        let entry = family.registry.register(Entry {
+            id: ids.id,
+            parent: 0,
+            family: ids.family,
+            family_key: ids.family_key,
+            name: config.args.first().cloned().unwrap_or_default(),
+            image: image
+                .path
+                .canonicalize()
+                .unwrap_or_else(|_| image.path.clone())
+                .display()
+                .to_string(),
+            mem_size: config.mem_size,
+            started_ms: 0,
+            state: State::Running,
+            exit_status: None,
+            outcome: None,
+        })?;
+        family.entry = Some(entry);
+        sys::raise_fd_limit();
+        // When the host runs out of memory, guests go first: a pVM's memory is what its user
+        // asked for, the host's other processes are not.
+        sys::prefer_oom_kill(OOM_SCORE_ADJ);
+        // The root collects the family's orphans, as init would.
+        sys::set_child_subreaper().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
+        Ok(Monitor {
+            vcpu,
+            vm,
+            mem,
+            kvm,
+            cpuid,
+            space,
+            capture_setup: None,
+            family,
+            ipc: Ipc::default(),
+            handled_signals: 0,
+            bench_fd: config.bench_fd,
+            fork_started_ns: None,
+            times: BootTimes {
+                create_vm,
+                first_hypercall: None,
+            },
+        })
+    }
+
+    /// Creates the VM with its memory slot and the vCPU, and fills guest memory (image, page
+    /// tables, descriptor tables, boot info); returns them and the address space.
+    fn build_vm(
+        kvm: &Kvm,
+        mem: &mut GuestMemory,
+        image: &Image,
+        args: &[String],
+        ids: Ids,
+    ) -> Result<(VmFd, VcpuFd, Space), MonitorError> {
+        let vm = vm::create_vm(kvm)?;
+        Space::register_ram(&vm, mem)?;
+        let vcpu = vcpu::create_vcpu(&vm)?;
+        // The pages every pVM touches at boot: descriptor tables, boot block and page tables,
+        // the image, the top of the stack.
+        mem.populate(layout::RESERVED_START, layout::STATUS_ADDR + layout::PAGE_SIZE);
+        mem.populate(layout::BOOT_INFO_ADDR, layout::BOOT_INFO_ADDR + layout::PAGE_SIZE);
+        mem.populate(
+            layout::PAGE_TABLES_ADDR,
+            layout::PAGE_TABLES_ADDR + 8 * layout::PAGE_SIZE,
+        );
+        mem.populate(layout::IMAGE_BASE, image.end());
+        mem.populate(mem.size() - 4 * layout::PAGE_SIZE, mem.size());
+        image.load(mem)?;
+        let space = Space::build(mem, image)?;
+        arch::write_descriptor_tables(mem)?;
+        write_boot_info(mem, image, args, ids)?;
+        Ok((vm, vcpu, space))
+    }
+}
+
+fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) -> Result<(), MonitorError> {
+    let header = size_of::<BootInfo>() as u64;
+    let mut bytes = Vec::new();
+    for a in args {
+        bytes.extend_from_slice(a.as_bytes());
+        bytes.push(0);
+    }
+    let max = (layout::BOOT_INFO_SIZE - header) as usize;
+    if bytes.len() > max {
+        return Err(MonitorError::ArgsTooLong {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let info = BootInfo {
+        magic: BOOT_MAGIC,
+        abi_version: u64::from(ABI_VERSION),
+        pvm_id: u64::from(ids.id),
+        parent_id: u64::from(ids.parent),
+        family_id: u64::from(ids.family),
+        mem_size: mem.size(),
+        heap_start: image.end(),
+        heap_end: loader::image_limit(mem.size()),
+        stack_top: mem.size(),
+        argc: args.len() as u64,
+        args_addr: layout::BOOT_INFO_ADDR + header,
+        args_len: bytes.len() as u64,
+    };
+    mem.write_obj(layout::BOOT_INFO_ADDR, &info, Access::Monitor)?;
+    mem.write_bytes(info.args_addr, &bytes, Access::Monitor)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_sizes_parse_and_are_checked() {
+        assert_eq!(parse_mem_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_mem_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_mem_size("16384K"), Ok(16 << 20));
+        assert!(matches!(parse_mem_size("lots"), Err(MemSizeError::Syntax(_))));
+        assert!(matches!(parse_mem_size(""), Err(MemSizeError::Syntax(_))));
+        assert!(matches!(
+            parse_mem_size("99999999999999999999G"),
+            Err(MemSizeError::Syntax(_))
+        ));
+        assert!(matches!(parse_mem_size("1M"), Err(MemSizeError::TooSmall { .. })));
+        assert!(matches!(parse_mem_size("65M"), Err(MemSizeError::Unaligned(_))));
+        assert!(matches!(
+            parse_mem_size("100000G"),
+            Err(MemSizeError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,145 @@
+//! The vCPU loop: runs the guest, decodes its exits into hypercalls, acts on host signals and
+//! pause requests, and turns faults into crash reports.
+use std::time::Instant;
+
+use kvm_bindings::kvm_vcpu_events;
+use kvm_ioctls::VcpuExit;
+
+use super::{monotonic_ns, Attention, Monitor, MonitorError, BENCH_CHILD_READY};
+use crate::hypercall;
+use crate::outcome::{Crash, Exception, Outcome};
+use crate::registry::State;
+use crate::signals;
+use crate::vstate::KvmError;
+
+impl Monitor {
+    pub(super) fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
+        loop {
+            // Clear the kick before looking at the signals, never after: a signal that comes
+            // later sets it again and KVM_RUN returns at once; one handled here (often while the
+            // monitor slept in a hypercall) costs no extra trip through KVM_RUN.
+            self.vcpu.set_kvm_immediate_exit(0);
+            if let Attention::End(outcome) = self.attend() {
+                return Ok(outcome);
+            }
+            let call = match self.vcpu.run() {
+                Ok(VcpuExit::MmioWrite(addr, data)) => hypercall::decode(addr, data),
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    data.fill(0xff);
+                    Err(Crash::BadHypercall {
+                        addr,
+                        reason: "hypercalls are stores, not loads",
+                    })
+                }
+                Ok(VcpuExit::Shutdown) => return Ok(Outcome::Crashed(self.triple_fault()?)),
+                Ok(VcpuExit::InternalError) => {
+                    let what = self.internal_error();
+                    return Ok(Outcome::Crashed(Crash::Internal { what }));
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    let what = format!("VM entry failed (hardware reason {reason:#x})");
+                    return Ok(Outcome::Crashed(Crash::Internal { what }));
+                }
+                Ok(VcpuExit::Intr) => continue,
+                Ok(other) => return Err(MonitorError::UnexpectedExit(format!("{other:?}"))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(MonitorError::Run(e)),
+            };
+            if self.times.first_hypercall.is_none() {
+                self.times.first_hypercall = Some(Instant::now());
+            }
+            if let Some(t0) = self.fork_started_ns.take() {
+                self.bench_record(BENCH_CHILD_READY, t0, monotonic_ns());
+            }
+            let call = match call {
+                Ok(call) => call,
+                Err(crash) => return Ok(Outcome::Crashed(crash)),
+            };
+            tracing::trace!(?call, "hypercall");
+            match hypercall::dispatch(self, call) {
+                Ok(None) => {}
+                Ok(Some(outcome)) => return Ok(outcome),
+                Err(crash) => return Ok(Outcome::Crashed(crash)),
+            }
+        }
+    }
+
+    /// `pvmctl pause`: the vCPU stays out of the guest until `pvmctl resume` (or a signal).
+    fn pause(&mut self) {
+        if let Some(entry) = &mut self.family.entry {
+            let _ = entry.set_state(State::Paused);
+        }
+        signals::sleep_until(|| !signals::pause_requested() || signals::attention_without_pause());
+        if let Some(entry) = &mut self.family.entry {
+            let _ = entry.set_state(State::Running);
+        }
+    }
+
+    /// Acts on the signals and pause requests that arrived: ends the pVM (a signal whose
+    /// default action ends it), gives handled signals to the guest, or pauses.
+    pub(crate) fn attend(&mut self) -> Attention {
+        let mut delivered = false;
+        loop {
+            let mask = signals::take();
+            if mask != 0 {
+                tracing::debug!(
+                    mask = format_args!("{mask:#x}"),
+                    handled = format_args!("{:#x}", self.handled_signals),
+                    "signals"
+                );
+            }
+            let mut guest = 0u64;
+            // Only the bits set (most calls, one per exit, see none).
+            let mut bits = mask;
+            while bits != 0 {
+                let sig = bits.trailing_zeros() as i32;
+                bits &= bits - 1;
+                if self.handled_signals & (1 << sig) != 0 {
+                    guest |= 1 << sig;
+                } else if sig != libc::SIGCHLD {
+                    return Attention::End(Outcome::Signaled(sig));
+                }
+            }
+            if guest != 0 {
+                self.deliver_to_guest(guest);
+                delivered = true;
+            }
+            if signals::pause_requested() {
+                self.pause();
+                continue;
+            }
+            return if delivered {
+                Attention::Guest
+            } else {
+                Attention::None
+            };
+        }
+    }
+
+    /// A triple fault: the exception could not be delivered (e.g. the ring-0 stack itself was
+    /// unusable). The vCPU's registers still tell where it happened.
+    fn triple_fault(&self) -> Result<Crash, MonitorError> {
+        let regs = self.vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
+        let events: kvm_vcpu_events = self.vcpu.get_vcpu_events().unwrap_or_default();
+        let vector = u64::from(events.exception.nr);
+        let error_code = u64::from(events.exception.error_code);
+        Ok(Crash::Exception(Exception {
+            vector,
+            error_code,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            fault_addr: sregs.cr2,
+            in_stack_guard: vector == 14 && self.in_stack_guard(sregs.cr2),
+            via_idt: false,
+        }))
+    }
+
+    fn internal_error(&mut self) -> String {
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active field.
+        let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+        let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+        format!("KVM internal error, suberror {suberror}, at rip {rip:#x}")
+    }
+}
