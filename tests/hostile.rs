@@ -534,3 +534,71 @@ fn monitors_run_confined_without_inherited_descriptors() {
     family.finish().expect_status(143);
     assert_no_leaks(test);
 }
+
+/// One request line over a raw connection to pVM `id`'s control socket; the answer line.
+fn control_raw(test: &str, id: u32, request: &[u8]) -> String {
+    use std::io::{BufRead, BufReader};
+    let path = run_dir(test).join(format!("{id}.sock"));
+    let mut conn = std::os::unix::net::UnixStream::connect(path).expect("connect to the control socket");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a read timeout");
+    conn.write_all(request).expect("send");
+    let mut answer = String::new();
+    BufReader::new(conn).read_line(&mut answer).expect("an answer");
+    answer
+}
+
+#[test]
+fn hostile_control_connections_get_errors_and_the_pvm_runs_on() {
+    let test = "hostile-control";
+    let mut spin = Running::start(test, &[], "spin", &[]);
+    spin.expect("spinning");
+    let id = spin.id();
+    let status = control_raw(test, id, b"{\"request\":\"status\"}\n");
+    assert_eq!(
+        status.trim(),
+        format!("{{\"answer\":\"done\",\"id\":{id},\"state\":\"running\"}}")
+    );
+    for (what, request) in [
+        ("garbage", b"garbage\n".to_vec()),
+        ("an unknown request", b"{\"request\":\"format_disk\"}\n".to_vec()),
+        ("too long", vec![b'x'; 10_000]),
+        ("nothing", Vec::new()),
+    ] {
+        let answer = control_raw(test, id, &request);
+        assert!(answer.contains("\"answer\":\"error\""), "{what}: {answer}");
+    }
+    // A crowd of connections that say nothing: answered (or dropped) one by one.
+    let path = run_dir(test).join(format!("{id}.sock"));
+    let crowd: Vec<_> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).expect("connect"))
+        .collect();
+    drop(crowd);
+    // The pVM is still served and still obeys.
+    ctl(test, &["pause", &id.to_string()]).expect_status(0);
+    let paused = control_raw(test, id, b"{\"request\":\"status\"}\n");
+    assert!(paused.contains("\"state\":\"paused\""), "{paused}");
+    ctl(test, &["resume", &id.to_string()]).expect_status(0);
+    ctl(test, &["kill", &id.to_string()]).expect_status(0);
+    spin.finish().expect_status(143);
+    assert_no_leaks(test);
+}
+
+#[test]
+fn a_control_socket_not_held_by_the_pvms_monitor_is_refused() {
+    let test = "hostile-impostor";
+    let mut spin = Running::start(test, &[], "spin", &[]);
+    spin.expect("spinning");
+    let id = spin.id();
+    let path = run_dir(test).join(format!("{id}.sock"));
+    std::fs::remove_file(&path).expect("remove the socket");
+    let impostor = std::os::unix::net::UnixListener::bind(&path).expect("plant a socket");
+    let out = ctl(test, &["pause", &id.to_string()]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("not by its monitor"), "{out:#?}");
+    drop(impostor);
+    std::fs::remove_file(&path).expect("remove the planted socket");
+    ctl(test, &["kill", &id.to_string()]).expect_status(0);
+    spin.finish().expect_status(143);
+    assert_no_leaks(test);
+}

@@ -12,6 +12,7 @@ use std::io::Write;
 
 use pvm_abi::{errno, layout, BootInfo, GuestStatus};
 
+use crate::control::ControlSocket;
 use crate::family::{outcome_pipe, FamilyError};
 use crate::ledger::{Lease, LedgerError};
 use crate::monitor::{Monitor, MonitorError, BENCH_PARENT_PAUSE};
@@ -122,6 +123,7 @@ impl Monitor {
         let id = sys::getpid();
         // The parent's entry (inherited, still locked by the parent) is the template of ours.
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
+        self.control = None;
         self.family.become_child(id, to_parent, lease);
         signals::disarm_kick();
         let new_vm = vm::create_vm(&self.kvm)?;
@@ -136,6 +138,9 @@ impl Monitor {
         drop(std::mem::replace(&mut self.vcpu, new_vcpu));
         drop(std::mem::replace(&mut self.vm, new_vm));
         signals::arm_kick(&mut self.vcpu);
+        // Our own control socket (the parent's stays the parent's).
+        self.control =
+            Some(ControlSocket::create(self.family.registry.dir(), id).map_err(MonitorError::Control)?);
 
         let ids = self.family.ids;
         for (offset, value) in [

@@ -290,6 +290,7 @@ impl Registry {
             .is_some_and(|e| e.id == id && !(e.state == State::Exited && awaits_reaper(id)));
         if stale {
             let _ = self.dir.remove(name);
+            let _ = self.dir.remove(&crate::control::socket_name(id));
         }
         // Dropping `file` releases the lock.
     }
@@ -370,10 +371,11 @@ impl Registry {
         })
     }
 
-    /// Removes entry `id` (its pVM was reaped, or is this one, ending).
+    /// Removes entry `id` and its control socket (its pVM was reaped, or is this one, ending).
     pub fn remove(&self, id: u32) {
         if id != 0 {
             let _ = self.dir.remove(&file_name(id));
+            let _ = self.dir.remove(&crate::control::socket_name(id));
         }
     }
 

@@ -6,8 +6,9 @@
 //! Read it against `sys.rs` (every host call the monitor makes outside KVM's ioctls), the KVM
 //! ioctls of `vstate/`, and what Rust's std and glibc do underneath (allocation, locks, stdio,
 //! `fork`). Each line says which code needs the call. Not on the list, among others: `execve`,
-//! sockets, `ptrace`, `process_vm_*`, `mount`/`unshare`/`setns`, `bpf`, `perf_event_open`,
-//! `kill` of a process group, executable mappings, and every ioctl but KVM's.
+//! network sockets and `connect`, `ptrace`, `process_vm_*`, `mount`/`unshare`/`setns`, `bpf`,
+//! `perf_event_open`, `kill` of a process group, executable mappings, and every ioctl but
+//! KVM's.
 use std::collections::BTreeMap;
 
 use seccompiler::{
@@ -132,6 +133,8 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::F_SETLK,     // registry: an entry's lock (sys::lock_process)
         libc::F_OFD_SETLK, // ledger: leases and its mutex (sys::lock_range, unlock_range)
         libc::F_OFD_GETLK, // ledger: recounting its leases (sys::other_lock_in)
+        libc::F_SETOWN,    // control socket: SIGIO to this monitor (sys::sigio_on_input)
+        libc::F_SETFL,     // control socket: O_ASYNC (sys::sigio_on_input)
     ]
     .map(|c| c as u64);
     let madvice = [
@@ -205,6 +208,21 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_memfd_create, any()); // IPC regions
     r.insert(libc::SYS_pipe2, any()); // outcome pipes, pipe liveness
     r.insert(libc::SYS_fcntl, one_of(1, Len::Dword, &fcntl_cmds)?);
+    // The control socket (control.rs): a Unix socket only (a forked child makes its own),
+    // listened on, its connections accepted and their peers' credentials read. No `connect`:
+    // a monitor never opens a connection.
+    r.insert(libc::SYS_socket, one_of(0, Len::Dword, &[libc::AF_UNIX as u64])?);
+    r.insert(libc::SYS_bind, any());
+    r.insert(libc::SYS_listen, any());
+    r.insert(libc::SYS_accept4, any());
+    r.insert(
+        libc::SYS_getsockopt,
+        vec![SeccompRule::new(vec![
+            cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?,
+            cond(2, Len::Dword, Op::Eq, libc::SO_PEERCRED as u64)?,
+        ])
+        .map_err(|e| SeccompError::Build(e.to_string()))?],
+    );
     Ok(r)
 }
 
@@ -275,7 +293,7 @@ mod tests {
 
     #[test]
     fn calls_off_the_list_kill_the_monitor() {
-        let cases: [(&str, fn()); 8] = [
+        let cases: [(&str, fn()); 9] = [
             ("socket", || {
                 raw(
                     libc::SYS_socket,
@@ -309,6 +327,9 @@ mod tests {
             }),
             ("prctl", || {
                 raw(libc::SYS_prctl, [libc::PR_SET_DUMPABLE as i64, 0, 0, 0, 0, 0]);
+            }),
+            ("connect", || {
+                raw(libc::SYS_connect, [0, 0, 0, 0, 0, 0]);
             }),
         ];
         for (what, body) in cases {

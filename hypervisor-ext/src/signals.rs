@@ -21,6 +21,8 @@ static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static PENDING: AtomicU64 = AtomicU64::new(0);
 /// A pause request arrived and no resume since.
 static PAUSE_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// A connection waits on the control socket (SIGIO).
+static CONTROL: AtomicBool = AtomicBool::new(false);
 
 /// Host signal `pvmctl pause` sends a monitor.
 pub fn pause_signal() -> libc::c_int {
@@ -42,10 +44,11 @@ pub const GUEST_SIGNALS: [libc::c_int; 6] = [
     libc::SIGCHLD,
 ];
 
-/// Every signal a monitor handles (fixed size: this is on the fork and sleep paths).
-pub fn all_signals() -> [libc::c_int; GUEST_SIGNALS.len() + 2] {
+/// Every signal a monitor handles (fixed size: this is on the fork and sleep paths): the guest's,
+/// pause and resume, and SIGIO (a connection on the control socket).
+pub fn all_signals() -> [libc::c_int; GUEST_SIGNALS.len() + 3] {
     let [a, b, c, d, e, f] = GUEST_SIGNALS;
-    [a, b, c, d, e, f, pause_signal(), resume_signal()]
+    [a, b, c, d, e, f, pause_signal(), resume_signal(), libc::SIGIO]
 }
 
 fn kick() {
@@ -62,6 +65,8 @@ extern "C" fn on_signal(sig: libc::c_int) {
         PAUSE_REQUESTED.store(true, Ordering::SeqCst);
     } else if sig == resume_signal() {
         PAUSE_REQUESTED.store(false, Ordering::SeqCst);
+    } else if sig == libc::SIGIO {
+        CONTROL.store(true, Ordering::SeqCst);
     } else if (1..64).contains(&sig) {
         PENDING.fetch_or(1 << sig, Ordering::SeqCst);
     }
@@ -96,17 +101,27 @@ pub fn put_back(mask: u64) {
 
 /// Whether a guest-visible signal or a pause request waits for the vCPU loop.
 pub fn attention() -> bool {
-    PENDING.load(Ordering::SeqCst) != 0 || PAUSE_REQUESTED.load(Ordering::SeqCst)
+    attention_without_pause() || PAUSE_REQUESTED.load(Ordering::SeqCst)
 }
 
-/// Whether a guest-visible signal waits for the vCPU loop.
+/// Whether a guest-visible signal or a control connection waits for the vCPU loop.
 pub fn attention_without_pause() -> bool {
-    PENDING.load(Ordering::SeqCst) != 0
+    PENDING.load(Ordering::SeqCst) != 0 || CONTROL.load(Ordering::SeqCst)
 }
 
 /// Whether a pause was requested and not yet resumed.
 pub fn pause_requested() -> bool {
     PAUSE_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Asks for a pause (`true`) or ends one (a control request, as the pause signals do).
+pub fn request_pause(pause: bool) {
+    PAUSE_REQUESTED.store(pause, Ordering::SeqCst);
+}
+
+/// Takes the note that a control connection waits.
+pub fn take_control() -> bool {
+    CONTROL.swap(false, Ordering::SeqCst)
 }
 
 /// What was pending in the monitor when it forked (see [`forget_inherited`]).
@@ -128,6 +143,8 @@ pub fn snapshot() -> Inherited {
 /// signals are not the child's), but not what was sent to the child since.
 pub fn forget_inherited(inherited: Inherited) {
     PENDING.fetch_and(!inherited.pending, Ordering::SeqCst);
+    // Connections on the parent's socket are the parent's.
+    CONTROL.store(false, Ordering::SeqCst);
     if inherited.pause {
         PAUSE_REQUESTED.store(false, Ordering::SeqCst);
     }

@@ -467,6 +467,93 @@ pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
     }
 }
 
+// ---- the control socket ---------------------------------------------------------------------
+
+/// A listening Unix stream socket bound to `name` in the directory `dir` (through
+/// `/proc/self/fd/N/NAME`, so the verified directory, not a path looked up again, holds it);
+/// close-on-exec and non-blocking.
+pub fn unix_listener(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    use rustix::net::{bind, listen, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    bind(&sock, &SocketAddrUnix::new(path.as_str())?)?;
+    listen(&sock, 16)?;
+    Ok(sock)
+}
+
+/// A connection to the Unix stream socket at `path` (close-on-exec).
+pub fn unix_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    connect(&sock, &SocketAddrUnix::new(path)?)?;
+    Ok(sock)
+}
+
+/// Makes input on `fd` (a connection on a listening socket) raise SIGIO in this process
+/// (`O_ASYNC`, `F_SETOWN`). libc: rustix has no `F_SETOWN`.
+pub fn sigio_on_input(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl commands on an open descriptor with integer arguments.
+    let ok = unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, libc::getpid()) == 0
+            && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A pending connection on the non-blocking listener `fd`, if any (close-on-exec; it blocks).
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    match rustix::net::accept_with(fd, rustix::net::SocketFlags::CLOEXEC) {
+        Ok(conn) => Ok(Some(conn)),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The (pid, uid) of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let cred = rustix::net::sockopt::socket_peercred(fd)?;
+    Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
+}
+
+/// Waits at most `timeout_ns` for `fd` to be readable.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ns: i64) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let timeout = rustix::time::Timespec {
+        tv_sec: timeout_ns / 1_000_000_000,
+        tv_nsec: timeout_ns % 1_000_000_000,
+    };
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads what is there (0: end of file), retrying after signals.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return Ok(other?),
+        }
+    }
+}
+
 // ---- files and directories ------------------------------------------------------------------
 
 /// How [`open_at`] opens a file.

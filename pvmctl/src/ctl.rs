@@ -1,11 +1,11 @@
 //! `pvmctl ps`, `kill`, `pause`, `resume`: the registry read and acted on.
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
+use hypervisor_ext::control::{self, Request, Response};
 use hypervisor_ext::registry::{Entry, Registry, RegistryError, SignalError, State};
-use hypervisor_ext::signals::{pause_signal, resume_signal};
 use serde::Serialize;
 
 use crate::run::RunDir;
@@ -48,6 +48,9 @@ pub struct PauseArgs {
     #[arg(required = true, value_name = "ID|NAME")]
     targets: Vec<String>,
 }
+
+/// How long `pause` and `resume` wait for a pVM's answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of the registry commands.
 #[derive(Debug, thiserror::Error)]
@@ -309,22 +312,37 @@ pub fn kill(args: KillArgs) -> Result<ExitCode, CtlError> {
 /// `pvmctl pause` / `pvmctl resume`: signals the monitors, then waits (up to 2 s) until their
 /// registry entries say so, so that a `ps` right after shows the new state.
 pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
-    let sig = if pause { pause_signal() } else { resume_signal() };
-    let (ids, mut failed) = signal_targets(&args.run_dir, &args.targets, false, sig)?;
     let registry = Registry::open(args.run_dir.path())?;
-    let want = if pause { State::Paused } else { State::Running };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    for id in ids {
-        while registry
-            .lookup(id)
-            .is_some_and(|e| e.state != want && e.state != State::Exited)
-        {
-            if Instant::now() > deadline {
-                eprintln!("pvmctl: error: pVM {id} did not confirm within 2 s");
-                failed = true;
-                break;
+    let entries = registry.list()?;
+    let (request, want) = if pause {
+        (Request::Pause, State::Paused)
+    } else {
+        (Request::Resume, State::Running)
+    };
+    let mut failed = false;
+    for target in &args.targets {
+        let found = resolve(&entries, target);
+        if found.is_empty() {
+            eprintln!("pvmctl: error: no pVM {target}");
+            failed = true;
+        }
+        for e in found {
+            // Through the pVM's control socket: the answer comes once it is done.
+            match control::request(registry.dir().path(), e.id, &request, CONTROL_TIMEOUT) {
+                Ok(Response::Done { state, .. }) if state == want => {}
+                Ok(Response::Done { state, .. }) => {
+                    eprintln!("pvmctl: error: pVM {} is {state:?}", e.id);
+                    failed = true;
+                }
+                Ok(Response::Error { message }) => {
+                    eprintln!("pvmctl: error: pVM {}: {message}", e.id);
+                    failed = true;
+                }
+                Err(err) => {
+                    eprintln!("pvmctl: error: {err}");
+                    failed = true;
+                }
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
     Ok(status(failed))

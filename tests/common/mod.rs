@@ -289,11 +289,11 @@ pub fn assert_no_leaks(test: &str) {
         .expect("read the runtime dir")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
+        .filter(|n| n.ends_with(".json") || n.ends_with(".sock"))
         .collect();
     assert!(
         left.is_empty(),
-        "registry entries left in {}: {left:?}",
+        "registry entries or control sockets left in {}: {left:?}",
         dir.display()
     );
     let ipc: Vec<String> = std::fs::read_dir(dir.join("ipc"))

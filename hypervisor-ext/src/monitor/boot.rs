@@ -191,6 +191,7 @@ impl Monitor {
             kvm,
             cpuid,
             space,
+            control: None,
             capture_setup: None,
             family,
             ipc: Ipc::default(),

@@ -2,6 +2,7 @@
 //! family's root, the wait for the whole family and the clean-up of its registry entry and named
 //! objects.
 use super::{Monitor, MonitorError};
+use crate::control::ControlSocket;
 use crate::family::{describe_record, Collected};
 use crate::outcome::Outcome;
 use crate::signals;
@@ -12,6 +13,13 @@ impl Monitor {
     /// registry and tells the parent pVM (if any).
     pub fn run(&mut self) -> Result<Outcome, MonitorError> {
         signals::arm_kick(&mut self.vcpu);
+        // The control socket once SIGIO has its handler (a connection would end us otherwise).
+        if self.control.is_none() {
+            self.control = Some(ControlSocket::create(
+                self.family.registry.dir(),
+                self.family.ids.id,
+            )?);
+        }
         let outcome = self.run_loop();
         signals::disarm_kick();
         let outcome = outcome?;
@@ -40,6 +48,9 @@ impl Monitor {
                 Ok(Some(reaped)) => reaped,
                 Ok(None) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    if signals::take_control() {
+                        self.serve_control(true);
+                    }
                     let mask = signals::take();
                     for sig in signals::GUEST_SIGNALS.into_iter().filter(|&s| s != libc::SIGCHLD) {
                         if mask & (1 << sig) != 0 {

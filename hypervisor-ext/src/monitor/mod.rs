@@ -15,6 +15,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 pub use boot::{parse_mem_size, parse_size, MemSizeError};
 
 use crate::arch;
+use crate::control::ControlSocket;
 use crate::family::{Family, FamilyError, Ids, Limits};
 use crate::ipc::Ipc;
 use crate::ledger::LedgerError;
@@ -80,6 +81,9 @@ pub enum MonitorError {
     /// A limit on pVMs or their memory is reached.
     #[error(transparent)]
     Limit(#[from] LedgerError),
+    /// The control socket cannot be made.
+    #[error("cannot make the control socket: {0}")]
+    Control(#[from] std::io::Error),
     /// KVM reported an exit the monitor does not handle.
     #[error("unexpected vCPU exit: {0}")]
     UnexpectedExit(String),
@@ -130,6 +134,8 @@ pub struct Monitor {
     pub(crate) cpuid: CpuId,
     /// The guest address space: page tables and memory slots.
     pub(crate) space: Space,
+    /// The operator's control socket (made when the pVM starts running).
+    pub(crate) control: Option<ControlSocket>,
     /// What capturing the vCPU for a fork needs, found at the first fork.
     pub(crate) capture_setup: Option<CaptureSetup>,
     pub(crate) family: Family,

@@ -6,6 +6,7 @@ use kvm_bindings::kvm_vcpu_events;
 use kvm_ioctls::VcpuExit;
 
 use super::{monotonic_ns, Attention, Monitor, MonitorError, BENCH_CHILD_READY};
+use crate::control::{Request, Response};
 use crate::hypercall;
 use crate::outcome::{Crash, Exception, Outcome};
 use crate::registry::State;
@@ -80,6 +81,9 @@ impl Monitor {
     pub(crate) fn attend(&mut self) -> Attention {
         let mut delivered = false;
         loop {
+            if signals::take_control() {
+                self.serve_control(false);
+            }
             let mask = signals::take();
             if mask != 0 {
                 tracing::debug!(
@@ -114,6 +118,47 @@ impl Monitor {
                 Attention::None
             };
         }
+    }
+
+    /// Serves the operator's pending control requests (`ended`: the guest is gone, only its
+    /// status is left to tell). A pause takes effect when the caller goes on attending.
+    pub(super) fn serve_control(&mut self, ended: bool) {
+        let Some(control) = self.control.take() else {
+            return;
+        };
+        let id = self.family.ids.id;
+        control.serve(|request| match (request, ended) {
+            (Request::Status, true) => Response::Done {
+                id,
+                state: State::Exited,
+            },
+            (_, true) => Response::Error {
+                message: format!("pVM {id} has ended"),
+            },
+            (Request::Status, false) => Response::Done {
+                id,
+                state: if signals::pause_requested() {
+                    State::Paused
+                } else {
+                    State::Running
+                },
+            },
+            (Request::Pause, false) => {
+                signals::request_pause(true);
+                Response::Done {
+                    id,
+                    state: State::Paused,
+                }
+            }
+            (Request::Resume, false) => {
+                signals::request_pause(false);
+                Response::Done {
+                    id,
+                    state: State::Running,
+                }
+            }
+        });
+        self.control = Some(control);
     }
 
     /// A triple fault: the exception could not be delivered (e.g. the ring-0 stack itself was

@@ -1,0 +1,222 @@
+//! The operator's control channel to one pVM: a Unix stream socket `<run-dir>/<id>.sock` its
+//! monitor listens on, carrying one request and its answer per connection, as one JSON line
+//! each ([`Request`], [`Response`]: the protocol, defined here once for the monitor and
+//! `pvmctl`).
+//!
+//! A monitor has one thread, busy in `KVM_RUN`: the socket is in async mode (`O_ASYNC`), so a
+//! connection raises SIGIO, whose handler kicks the vCPU like any signal; the vCPU loop then
+//! serves every pending connection and goes back to the guest. Only this user (or root) may
+//! connect: the socket lives in the private runtime directory, and the monitor checks the
+//! client's credentials (`SO_PEERCRED`); the client checks that the server is the monitor its
+//! entry names. A connection gets [`REQUEST_TIMEOUT_MS`] to send its request, and a request is at
+//! most [`MAX_MESSAGE`] bytes: a client that says nothing or too much stalls the vCPU for that
+//! long at most.
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::State;
+use crate::rundir::RunDir;
+use crate::sys;
+
+/// Longest request or answer, in bytes.
+pub const MAX_MESSAGE: usize = 4096;
+/// How long a connected client has to send its request.
+pub const REQUEST_TIMEOUT_MS: i64 = 100;
+
+/// What an operator asks a pVM's monitor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// How the pVM is.
+    Status,
+    /// Stop running the guest until [`Request::Resume`].
+    Pause,
+    /// Run the guest again.
+    Resume,
+}
+
+/// A monitor's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Response {
+    /// The pVM, and its state once the request was carried out.
+    Done {
+        /// The pVM's id.
+        id: u32,
+        /// Its state now.
+        state: State,
+    },
+    /// The request was refused or failed.
+    Error {
+        /// Why, in words.
+        message: String,
+    },
+}
+
+/// Errors of a control request (client side).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No monitor listens for that pVM.
+    #[error("pVM {0} has no control socket (it ended, or runs a pvm without one)")]
+    NoSocket(u32),
+    /// The socket's other end is not the pVM's monitor.
+    #[error("the control socket of pVM {id} is held by process {pid}, not by its monitor")]
+    Impostor {
+        /// The pVM.
+        id: u32,
+        /// Who answered.
+        pid: u32,
+    },
+    /// The monitor did not answer in time.
+    #[error("pVM {0} did not answer within the time limit")]
+    Timeout(u32),
+    /// The answer was not one.
+    #[error("pVM {id} answered something that is not an answer: {text:?}")]
+    Garbled {
+        /// The pVM.
+        id: u32,
+        /// What came.
+        text: String,
+    },
+    /// The connection failed.
+    #[error("control socket of pVM {id}: {source}")]
+    Io {
+        /// The pVM.
+        id: u32,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// The socket's file name for pVM `id`.
+pub fn socket_name(id: u32) -> String {
+    format!("{id}.sock")
+}
+
+/// A monitor's listening control socket.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: OwnedFd,
+}
+
+impl ControlSocket {
+    /// Listens on `<dir>/<id>.sock` (replacing whatever has that name: a recycled pid's stale
+    /// socket), with connections signalled as SIGIO to this process.
+    pub fn create(dir: &RunDir, id: u32) -> io::Result<ControlSocket> {
+        let name = socket_name(id);
+        match dir.remove(&name) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = sys::unix_listener(dir.fd(), &name)?;
+        sys::sigio_on_input(listener.as_fd())?;
+        Ok(ControlSocket { listener })
+    }
+
+    /// Serves every pending connection with `handle`; never blocks longer than a client's
+    /// [`REQUEST_TIMEOUT_MS`].
+    pub fn serve(&self, mut handle: impl FnMut(Request) -> Response) {
+        let me = sys::geteuid();
+        while let Ok(Some(conn)) = sys::accept(self.listener.as_fd()) {
+            let response = match sys::peer_credentials(conn.as_fd()) {
+                Ok((_, uid)) if uid == me || uid == 0 => match read_line(conn.as_fd()) {
+                    Ok(line) => match serde_json::from_slice::<Request>(&line) {
+                        Ok(request) => handle(request),
+                        Err(e) => Response::Error {
+                            message: format!("not a request: {e}"),
+                        },
+                    },
+                    Err(e) => Response::Error {
+                        message: format!("no request: {e}"),
+                    },
+                },
+                Ok((_, uid)) => Response::Error {
+                    message: format!("user {uid} may not control this pVM"),
+                },
+                Err(e) => Response::Error {
+                    message: format!("unknown peer: {e}"),
+                },
+            };
+            let _ = write_line(conn.as_fd(), &response);
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_MESSAGE`] bytes, waiting at most [`REQUEST_TIMEOUT_MS`].
+fn read_line(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let deadline = sys::monotonic_ns() + REQUEST_TIMEOUT_MS as u64 * 1_000_000;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() > MAX_MESSAGE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
+        }
+        let left = deadline.saturating_sub(sys::monotonic_ns());
+        if left == 0 || !sys::wait_readable(fd, left as i64)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client sent nothing in time",
+            ));
+        }
+        let mut chunk = [0u8; 512];
+        match sys::read(fd, &mut chunk)? {
+            0 => return Ok(buf),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn write_line(fd: std::os::fd::BorrowedFd<'_>, value: &impl Serialize) -> io::Result<()> {
+    let mut text = serde_json::to_vec(value).map_err(io::Error::other)?;
+    text.push(b'\n');
+    sys::write_all(fd, &text).map(drop)
+}
+
+/// Sends `request` to pVM `id` of the runtime directory `dir` and returns its answer (for
+/// `pvmctl`): the socket's other end must be the process `id` itself.
+pub fn request(dir: &Path, id: u32, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    let io_err = |source| ControlError::Io { id, source };
+    let conn = match sys::unix_connect(&dir.join(socket_name(id))) {
+        Ok(c) => c,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
+            return Err(ControlError::NoSocket(id))
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let (pid, _) = sys::peer_credentials(conn.as_fd()).map_err(io_err)?;
+    if pid != id {
+        return Err(ControlError::Impostor { id, pid });
+    }
+    write_line(conn.as_fd(), request).map_err(io_err)?;
+    let deadline = sys::monotonic_ns() + timeout.as_nanos() as u64;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(end);
+            break;
+        }
+        let left = deadline.saturating_sub(sys::monotonic_ns());
+        if left == 0
+            || buf.len() > MAX_MESSAGE
+            || !sys::wait_readable(conn.as_fd(), left as i64).map_err(io_err)?
+        {
+            return Err(ControlError::Timeout(id));
+        }
+        let mut chunk = [0u8; 512];
+        match sys::read(conn.as_fd(), &mut chunk).map_err(io_err)? {
+            0 => break,
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    serde_json::from_slice(&buf).map_err(|_| ControlError::Garbled {
+        id,
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    })
+}
