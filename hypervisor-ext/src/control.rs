@@ -12,7 +12,7 @@
 //! most [`MAX_MESSAGE`] bytes: a client that says nothing or too much stalls the vCPU for that
 //! long at most.
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::sys;
 /// Longest request or answer, in bytes.
 pub const MAX_MESSAGE: usize = 4096;
 /// How long a connected client has to send its request.
-pub const REQUEST_TIMEOUT_MS: i64 = 100;
+pub const REQUEST_TIMEOUT_MS: u64 = 100;
 
 /// What an operator asks a pVM's monitor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,17 +123,19 @@ impl ControlSocket {
         let me = sys::geteuid();
         while let Ok(Some(conn)) = sys::accept(self.listener.as_fd()) {
             let response = match sys::peer_credentials(conn.as_fd()) {
-                Ok((_, uid)) if uid == me || uid == 0 => match read_line(conn.as_fd()) {
-                    Ok(line) => match serde_json::from_slice::<Request>(&line) {
-                        Ok(request) => handle(request),
-                        Err(e) => Response::Error {
-                            message: format!("not a request: {e}"),
+                Ok((_, uid)) if uid == me || uid == 0 => {
+                    match read_line(conn.as_fd(), REQUEST_TIMEOUT_MS * 1_000_000) {
+                        Ok(line) => match serde_json::from_slice::<Request>(&line) {
+                            Ok(request) => handle(request),
+                            Err(e) => Response::Error {
+                                message: format!("not a request: {e}"),
+                            },
                         },
-                    },
-                    Err(e) => Response::Error {
-                        message: format!("no request: {e}"),
-                    },
-                },
+                        Err(e) => Response::Error {
+                            message: format!("no request: {e}"),
+                        },
+                    }
+                }
                 Ok((_, uid)) => Response::Error {
                     message: format!("user {uid} may not control this pVM"),
                 },
@@ -146,9 +148,10 @@ impl ControlSocket {
     }
 }
 
-/// Reads one line of at most [`MAX_MESSAGE`] bytes, waiting at most [`REQUEST_TIMEOUT_MS`].
-fn read_line(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let deadline = sys::monotonic_ns() + REQUEST_TIMEOUT_MS as u64 * 1_000_000;
+/// Reads one line of at most [`MAX_MESSAGE`] bytes (or what comes before end of file),
+/// waiting at most `timeout_ns` in all.
+fn read_line(fd: BorrowedFd<'_>, timeout_ns: u64) -> io::Result<Vec<u8>> {
+    let deadline = sys::monotonic_ns().saturating_add(timeout_ns);
     let mut buf = Vec::new();
     loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
@@ -156,14 +159,11 @@ fn read_line(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
             return Ok(buf);
         }
         if buf.len() > MAX_MESSAGE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
         }
         let left = deadline.saturating_sub(sys::monotonic_ns());
         if left == 0 || !sys::wait_readable(fd, left as i64)? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client sent nothing in time",
-            ));
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "nothing came in time"));
         }
         let mut chunk = [0u8; 512];
         match sys::read(fd, &mut chunk)? {
@@ -173,7 +173,7 @@ fn read_line(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     }
 }
 
-fn write_line(fd: std::os::fd::BorrowedFd<'_>, value: &impl Serialize) -> io::Result<()> {
+fn write_line(fd: BorrowedFd<'_>, value: &impl Serialize) -> io::Result<()> {
     let mut text = serde_json::to_vec(value).map_err(io::Error::other)?;
     text.push(b'\n');
     sys::write_all(fd, &text).map(drop)
@@ -195,26 +195,11 @@ pub fn request(dir: &Path, id: u32, request: &Request, timeout: Duration) -> Res
         return Err(ControlError::Impostor { id, pid });
     }
     write_line(conn.as_fd(), request).map_err(io_err)?;
-    let deadline = sys::monotonic_ns() + timeout.as_nanos() as u64;
-    let mut buf = Vec::new();
-    loop {
-        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            buf.truncate(end);
-            break;
-        }
-        let left = deadline.saturating_sub(sys::monotonic_ns());
-        if left == 0
-            || buf.len() > MAX_MESSAGE
-            || !sys::wait_readable(conn.as_fd(), left as i64).map_err(io_err)?
-        {
-            return Err(ControlError::Timeout(id));
-        }
-        let mut chunk = [0u8; 512];
-        match sys::read(conn.as_fd(), &mut chunk).map_err(io_err)? {
-            0 => break,
-            n => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let buf = read_line(conn.as_fd(), timeout_ns).map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut => ControlError::Timeout(id),
+        _ => ControlError::Io { id, source: e },
+    })?;
     serde_json::from_slice(&buf).map_err(|_| ControlError::Garbled {
         id,
         text: String::from_utf8_lossy(&buf).into_owned(),
