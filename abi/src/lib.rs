@@ -101,12 +101,31 @@ pub mod layout {
     /// Each region starts at a multiple of this in the window (and is at most this large).
     pub const IPC_SLOT_SIZE: u64 = LARGE_PAGE_SIZE;
 
+    /// The library code window: a loaded library's read-only and executable segments (and its
+    /// RELRO) at `LIB_CODE_BASE + i * LIB_SLOT_SIZE`, user read + execute, never writable.
+    pub const LIB_CODE_BASE: u64 = IPC_BASE + IPC_SIZE;
+    /// Size of the library code window (and of the data window).
+    pub const LIB_WINDOW_SIZE: u64 = 1 << 30;
+    /// The library data window: library `i`'s writable segment at `LIB_DATA_BASE + i *
+    /// LIB_SLOT_SIZE`, user read + write, not executable. Libraries are linked with their
+    /// writable segment this far above their code (`pvmlib.ld`), so code reaches data
+    /// RIP-relatively.
+    pub const LIB_DATA_BASE: u64 = LIB_CODE_BASE + LIB_DATA_OFFSET;
+    /// Distance from a library's code to its data.
+    pub const LIB_DATA_OFFSET: u64 = LIB_WINDOW_SIZE;
+    /// Room of one library in each window.
+    pub const LIB_SLOT_SIZE: u64 = 16 << 20;
+    /// Most libraries one pVM holds.
+    pub const MAX_LIBS: u64 = LIB_WINDOW_SIZE / LIB_SLOT_SIZE;
+
     // The layout is checked at compile time.
     const _: () = assert!(DF_STACK_ADDR + DF_STACK_SIZE <= STATUS_ADDR);
     const _: () = assert!(STATUS_ADDR + PAGE_SIZE <= BOOT_INFO_ADDR);
     const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= PAGE_TABLES_ADDR);
     const _: () = assert!(PAGE_TABLES_ADDR < IMAGE_BASE);
     const _: () = assert!(MIN_MEM_SIZE >= IMAGE_BASE + LARGE_PAGE_SIZE + STACK_SIZE + STACK_GUARD_SIZE);
+    const _: () = assert!(LIB_DATA_BASE + LIB_WINDOW_SIZE <= HYPERCALL_VA);
+    const _: () = assert!(LIB_SLOT_SIZE.is_multiple_of(LARGE_PAGE_SIZE));
 }
 
 const _: () = assert!(core::mem::size_of::<BootInfo>() == 96);
@@ -524,6 +543,27 @@ pub struct BootInfo {
 }
 // SAFETY: repr(C), twelve 8-byte integers, no padding.
 unsafe impl Plain for BootInfo {}
+
+/// The section of a guest image listing what it exports to the libraries it loads (a table of
+/// [`ExportRecord`]s, written by `pvm::export!`; the image has no dynamic symbol table).
+pub const EXPORTS_SECTION: &str = ".pvm.exports";
+
+/// One export of a guest image: a name (UTF-8, not NUL-terminated) and an address, both in the
+/// image (a static, non-PIE link resolves them: the table needs no relocation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportRecord {
+    /// Address of the name's bytes.
+    pub name: u64,
+    /// Length of the name.
+    pub name_len: u64,
+    /// Address of the exported function or data.
+    pub addr: u64,
+    /// A hash of the export's signature, 0 when unchecked.
+    pub sig: u64,
+}
+// SAFETY: repr(C), four 8-byte integers.
+unsafe impl Plain for ExportRecord {}
 
 /// Exception vectors with a CPU-pushed error code.
 pub const fn exception_has_error_code(vector: u64) -> bool {

@@ -37,6 +37,21 @@ impl Stream {
     }
 }
 
+impl Stream {
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len == BUF_SIZE {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+            if b == b'\n' {
+                self.flush();
+            }
+        }
+    }
+}
+
 impl Write for Stream {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for &b in s.as_bytes() {
@@ -67,6 +82,22 @@ pub fn _print(stream: u64, args: fmt::Arguments<'_>) {
     } else {
         let _ = STDOUT.lock().write_fmt(args);
     }
+}
+
+/// Writes raw bytes to console stream `stream` (for libraries, through `pvm_write`); returns
+/// their number, or `-EINVAL` for a stream that is not stdout or stderr.
+pub(crate) fn write_bytes(stream: u64, bytes: &[u8]) -> i64 {
+    match stream {
+        fd::STDOUT => STDOUT.lock().write_bytes(bytes),
+        fd::STDERR => {
+            flush();
+            let mut err = STDERR.lock();
+            err.write_bytes(bytes);
+            err.flush();
+        }
+        _ => return -hypercall::errno::EINVAL,
+    }
+    bytes.len() as i64
 }
 
 /// Writes out any buffered console output.

@@ -18,6 +18,8 @@
 extern crate alloc;
 
 mod console;
+#[doc(hidden)]
+pub mod export;
 pub mod hypercall;
 pub mod ipc;
 mod mem;

@@ -29,6 +29,11 @@ static ABI_NOTE: AbiNote = AbiNote {
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
+/// The heap (for the C-ABI allocator the runtime exports to libraries).
+pub(crate) fn heap() -> &'static LockedHeap {
+    &HEAP
+}
+
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 
 // The monitor enters here at CPL3 with rdi = &BootInfo and rsp at the top of the stack.
@@ -153,7 +158,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// The prebuilt libcore refers to this symbol; guests are built with `panic = "abort"`, so it
 /// is never called.
 #[no_mangle]
-extern "C" fn rust_eh_personality() {}
+pub(crate) extern "C" fn rust_eh_personality() {}
 
 /// Parts of the prebuilt `alloc` (built to unwind) call this on their cleanup paths; guests are
 /// built with `panic = "abort"`, so it is never reached. If it were, stop rather than unwind.
