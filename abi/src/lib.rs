@@ -565,6 +565,46 @@ pub struct ExportRecord {
 // SAFETY: repr(C), four 8-byte integers.
 unsafe impl Plain for ExportRecord {}
 
+/// The symbol a library exports to name its version (a NUL-terminated string, e.g. `"1.2.0"`;
+/// `pvm::library!` writes it); shown by `pvmctl lib list` and compared by `lib update`.
+pub const LIB_VERSION_SYMBOL: &str = "pvm_library_version";
+/// The optional state hand-over hooks of a library being replaced: the old version's
+/// `pvm_state_save() -> *mut c_void` and the new version's
+/// `pvm_state_restore(state: *mut c_void, from_version: *const u8) -> i32` (0 = adopted).
+pub const STATE_SAVE_SYMBOL: &str = "pvm_state_save";
+/// See [`STATE_SAVE_SYMBOL`].
+pub const STATE_RESTORE_SYMBOL: &str = "pvm_state_restore";
+
+/// One entry of a loaded library's symbol index, which the monitor writes (sorted by `hash`,
+/// read-only to the guest) after the library's RELRO, so the guest looks symbols up without an
+/// exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LibSymbol {
+    /// [`symbol_hash`] of the name.
+    pub hash: u64,
+    /// Guest address of the name's bytes (in the library's string table).
+    pub name: u64,
+    /// Length of the name.
+    pub name_len: u64,
+    /// Guest address of the symbol.
+    pub addr: u64,
+}
+// SAFETY: repr(C), four 8-byte integers.
+unsafe impl Plain for LibSymbol {}
+
+/// The hash of a symbol name in a [`LibSymbol`] index (64-bit FNV-1a).
+pub const fn symbol_hash(name: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < name.len() {
+        hash ^= name[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 /// Exception vectors with a CPU-pushed error code.
 pub const fn exception_has_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
