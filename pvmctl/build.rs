@@ -1,5 +1,6 @@
-//! Builds the example guests (the nested `examples/` workspace) as part of the normal build, and
-//! tells pvmctl's tests where they are (`PVM_GUEST_DIR`).
+//! Builds the example guests (the nested `examples/` workspace, and its libraries'
+//! `examples/libs/`) as part of the normal build, and tells pvmctl's tests where they are
+//! (`PVM_GUEST_DIR`, `PVM_GUEST_LIB_DIR`).
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
@@ -49,4 +50,21 @@ fn main() {
     }
     let bins = target_dir.join(guest_build::GUEST_TARGET).join("release");
     println!("cargo:rustc-env=PVM_GUEST_DIR={}", bins.display());
+
+    // The example libraries: a workspace of their own (other settings), its own target dir.
+    let libs = examples.join("libs");
+    let lib_target_dir = out.join("guest-libs");
+    let status = guest_build::cargo_lib_command(&cargo, &libs)
+        .args(["--workspace", "--target-dir"])
+        .arg(&lib_target_dir)
+        .status()
+        .expect("run cargo for the example libraries");
+    if !status.success() {
+        panic!(
+            "building the example libraries in {} failed ({status})",
+            libs.display()
+        );
+    }
+    let lib_dir = lib_target_dir.join(guest_build::GUEST_TARGET).join("release");
+    println!("cargo:rustc-env=PVM_GUEST_LIB_DIR={}", lib_dir.display());
 }

@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -175,11 +175,20 @@ pub enum Hypercall {
     /// Open (or create) a named shared-memory region of the family. Argument: the address of
     /// a [`NamedArgs`].
     ShmOpen = 17,
+    /// Load (or take another reference to) a library the operator allows. Argument: the
+    /// address of a [`DlOpenArgs`].
+    DlOpen = 18,
+    /// Drop a reference to a loaded library (unloaded at the last). Argument: the address of a
+    /// [`DlCloseArgs`].
+    DlClose = 19,
+    /// One step of a library update the monitor asked for (see [`GuestStatus::dl_update`]).
+    /// Argument: the address of a [`DlUpdateArgs`].
+    DlUpdate = 20,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 17] = [
+    pub const ALL: [Hypercall; 20] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -197,6 +206,9 @@ impl Hypercall {
         Hypercall::MqWait,
         Hypercall::MqWake,
         Hypercall::ShmOpen,
+        Hypercall::DlOpen,
+        Hypercall::DlClose,
+        Hypercall::DlUpdate,
     ];
 
     /// Decodes a hypercall number.
@@ -238,6 +250,12 @@ pub mod errno {
     pub const ENOMEM: i64 = 12;
     /// No such child pVM (or none at all) to wait for.
     pub const ECHILD: i64 = 10;
+    /// A library is not trusted (its digest is not in the operator's trust store).
+    pub const EACCES: i64 = 13;
+    /// A library is malformed or refused (W+X, TLS, text relocations, unresolved symbols...).
+    pub const ENOEXEC: i64 = 8;
+    /// A library is in use (another library imports from it, or an update is under way).
+    pub const EBUSY: i64 = 16;
 }
 
 /// Console stream a [`WriteArgs`] targets.
@@ -426,6 +444,116 @@ pub struct MqWaitArgs {
 // SAFETY: repr(C), four 8-byte integers.
 unsafe impl Plain for MqWaitArgs {}
 
+/// Arguments of [`Hypercall::DlOpen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DlOpenArgs {
+    /// IN: guest address of the library's name (1 to [`MAX_KEY_LEN`] bytes of
+    /// `[A-Za-z0-9._-]`): one the operator allowed (`pvmctl run --lib NAME=FILE` or a file
+    /// `libNAME.so` in `--lib-dir`).
+    pub name: u64,
+    /// IN: name length.
+    pub name_len: u64,
+    /// IN: guest address of a buffer for a message saying why the call failed (0: none).
+    pub msg: u64,
+    /// IN: its size.
+    pub msg_cap: u64,
+    /// OUT: length of the message written (at most `msg_cap`).
+    pub msg_len: u64,
+    /// OUT: where the library is.
+    pub info: DlInfo,
+    /// OUT: 0 or a negated [`errno`]: `ENOENT` (no such library allowed), `EACCES` (not
+    /// trusted), `ENOEXEC` (malformed or refused), `EAGAIN` (no room for another library),
+    /// `EINVAL` (bad name), `EIO`.
+    pub result: i64,
+}
+// SAFETY: repr(C), 8-byte integers and a DlInfo (8-byte integers), no padding.
+unsafe impl Plain for DlOpenArgs {}
+
+/// Where a loaded library is (OUT fields of [`DlOpenArgs`] and [`DlUpdateArgs`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DlInfo {
+    /// The library's handle (its slot).
+    pub handle: u64,
+    /// Its base address (code part; the data part is `LIB_DATA_OFFSET` above).
+    pub base: u64,
+    /// Guest address of its symbol index: `nsymbols` [`LibSymbol`]s sorted by hash.
+    pub symbols: u64,
+    /// Entries in the index.
+    pub nsymbols: u64,
+    /// Guest address of its version string (not NUL-terminated), 0 if it has none.
+    pub version: u64,
+    /// Length of the version string.
+    pub version_len: u64,
+}
+// SAFETY: repr(C), six 8-byte integers.
+unsafe impl Plain for DlInfo {}
+
+/// Arguments of [`Hypercall::DlClose`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DlCloseArgs {
+    /// IN: the handle.
+    pub handle: u64,
+    /// OUT: 0 or a negated [`errno`]: `EBADF` (no such library), `EBUSY` (another library
+    /// imports from it, or it is being updated).
+    pub result: i64,
+}
+// SAFETY: repr(C), two 8-byte integers.
+unsafe impl Plain for DlCloseArgs {}
+
+/// Steps of an update, in [`DlUpdateArgs::op`].
+pub mod dl_op {
+    /// The runtime is at the safe point (no call into the old version in flight): the monitor
+    /// answers with the new version's [`crate::DlInfo`]; the pVM is in the update's pause
+    /// from here until [`COMMIT`] or [`ABORT`].
+    pub const BEGIN: u64 = 1;
+    /// Every handle is rebound and the state handed over: the new version replaces the old.
+    pub const COMMIT: u64 = 2;
+    /// Something failed: the old version stays, the new one is dropped.
+    pub const ABORT: u64 = 3;
+}
+
+/// Why the runtime aborts an update, in [`DlUpdateArgs::reason`].
+pub mod dl_abort {
+    /// The new version lacks a symbol a handle is bound to (`detail`: the handle's index).
+    pub const MISSING_SYMBOL: u64 = 1;
+    /// The new version's state-restore hook returned an error (`detail`: its value).
+    pub const RESTORE_FAILED: u64 = 3;
+    /// A hook panicked.
+    pub const HOOK_PANICKED: u64 = 4;
+    /// A hook ran past the time limit (the monitor stopped it).
+    pub const HOOK_TIMEOUT: u64 = 5;
+    /// The old version saves state the new one has no hook to restore.
+    pub const HOOKS_MISMATCH: u64 = 6;
+    /// The runtime has no such library open (it was closed meanwhile).
+    pub const NOT_OPEN: u64 = 7;
+}
+
+/// Arguments of [`Hypercall::DlUpdate`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DlUpdateArgs {
+    /// IN: a [`dl_op`] value.
+    pub op: u64,
+    /// IN: the handle of the library being replaced.
+    pub handle: u64,
+    /// IN (ABORT): a [`dl_abort`] value.
+    pub reason: u64,
+    /// IN (ABORT): detail for the reason.
+    pub detail: u64,
+    /// IN (BEGIN): guest address of the runtime's hook escape (where the monitor sends the
+    /// vCPU when a hook runs too long), in the app's code.
+    pub escape: u64,
+    /// OUT (BEGIN): the new version.
+    pub info: DlInfo,
+    /// OUT: 0 or a negated [`errno`]: `EINVAL` (no such update, or a step out of order).
+    pub result: i64,
+}
+// SAFETY: repr(C), 8-byte integers and a DlInfo (8-byte integers), no padding.
+unsafe impl Plain for DlUpdateArgs {}
+
 /// Signal numbers, as on Linux x86-64.
 pub mod signal {
     /// Hangup.
@@ -466,8 +594,12 @@ pub struct GuestStatus {
     /// Signals that arrived for handlers the guest registered, one bit per number: set by the
     /// monitor, taken by the guest (an atomic swap with 0), so delivery costs no extra exit.
     pub pending_signals: u64,
+    /// A library update is ready: the handle of the library to replace, plus one (0: none).
+    /// Set by the monitor; the runtime answers with [`Hypercall::DlUpdate`] as soon as no call
+    /// into that library is in flight (checked when such a call returns and after hypercalls).
+    pub dl_update: u64,
 }
-// SAFETY: repr(C), one 8-byte integer.
+// SAFETY: repr(C), two 8-byte integers.
 unsafe impl Plain for GuestStatus {}
 
 /// Arguments of [`Hypercall::Kill`].

@@ -11,8 +11,8 @@ use goblin::elf::dynamic::{DF_TEXTREL, DT_TEXTREL};
 use goblin::elf::header::{EM_X86_64, ET_DYN};
 use goblin::elf::program_header::{PF_W, PF_X, PT_DYNAMIC, PT_LOAD, PT_TLS};
 use goblin::elf::reloc::{
-    R_X86_64_64, R_X86_64_COPY, R_X86_64_DTPMOD64, R_X86_64_DTPOFF64, R_X86_64_GLOB_DAT,
-    R_X86_64_IRELATIVE, R_X86_64_JUMP_SLOT, R_X86_64_NONE, R_X86_64_RELATIVE, R_X86_64_TPOFF64,
+    R_X86_64_64, R_X86_64_COPY, R_X86_64_DTPMOD64, R_X86_64_DTPOFF64, R_X86_64_GLOB_DAT, R_X86_64_IRELATIVE,
+    R_X86_64_JUMP_SLOT, R_X86_64_NONE, R_X86_64_RELATIVE, R_X86_64_TPOFF64,
 };
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK, STT_GNU_IFUNC, STT_TLS, STV_HIDDEN, STV_INTERNAL};
 use goblin::elf::Elf;
@@ -261,9 +261,7 @@ impl<'a> Library<'a> {
             return Err(ParseError::NoDynamic);
         }
         let info = &dynamic.info;
-        if info.textrel
-            || info.flags & DF_TEXTREL != 0
-            || dynamic.dyns.iter().any(|d| d.d_tag == DT_TEXTREL)
+        if info.textrel || info.flags & DF_TEXTREL != 0 || dynamic.dyns.iter().any(|d| d.d_tag == DT_TEXTREL)
         {
             return Err(ParseError::TextRelocations);
         }
@@ -370,10 +368,28 @@ impl<'a> Library<'a> {
     /// read-only data before it never change from one pVM to another. Read-only segments after
     /// it are the RELRO part.
     fn compute_layout(segments: &[Segment]) -> Layout {
-        let code_end = round_up(segments.iter().filter(|s| !s.write).map(Segment::end).max().unwrap_or(0));
-        let shared_end = round_up(segments.iter().filter(|s| s.exec).map(Segment::end).max().unwrap_or(0));
+        let code_end = round_up(
+            segments
+                .iter()
+                .filter(|s| !s.write)
+                .map(Segment::end)
+                .max()
+                .unwrap_or(0),
+        );
+        let shared_end = round_up(
+            segments
+                .iter()
+                .filter(|s| s.exec)
+                .map(Segment::end)
+                .max()
+                .unwrap_or(0),
+        );
         let data = segments.iter().filter(|s| s.write);
-        let data_start = data.clone().map(|s| round_down(s.vaddr)).min().unwrap_or(LIB_DATA_OFFSET);
+        let data_start = data
+            .clone()
+            .map(|s| round_down(s.vaddr))
+            .min()
+            .unwrap_or(LIB_DATA_OFFSET);
         let data_end = round_up(data.map(Segment::end).max().unwrap_or(LIB_DATA_OFFSET));
         Layout {
             shared_end,
@@ -451,7 +467,9 @@ impl<'a> Library<'a> {
                 })
             }
         };
-        let end = offset.checked_add(8).ok_or(ParseError::RelocationOutside(offset))?;
+        let end = offset
+            .checked_add(8)
+            .ok_or(ParseError::RelocationOutside(offset))?;
         let Some(seg) = segments.iter().find(|s| offset >= s.vaddr && end <= s.end()) else {
             return Err(ParseError::RelocationOutside(offset));
         };
@@ -499,7 +517,9 @@ impl<'a> Library<'a> {
         else {
             return Ok(None);
         };
-        let bytes = self.file_bytes_at(value, MAX_VERSION_LEN + 1).ok_or(ParseError::BadVersion)?;
+        let bytes = self
+            .file_bytes_at(value, MAX_VERSION_LEN + 1)
+            .ok_or(ParseError::BadVersion)?;
         let end = bytes.iter().position(|&b| b == 0).ok_or(ParseError::BadVersion)?;
         let text = std::str::from_utf8(&bytes[..end]).map_err(|_| ParseError::BadVersion)?;
         if text.is_empty() || text.chars().any(char::is_control) {

@@ -18,7 +18,10 @@ fn build(name: &str, source: &str, flags: &[&str], use_script: bool) -> Vec<u8> 
     let out = dir.join(format!("lib{name}.so"));
     std::fs::write(&src, source).unwrap();
     let mut cmd = Command::new("cc");
-    cmd.args(["-O2", "-shared", "-nostdlib", "-o"]).arg(&out).arg(&src).args(flags);
+    cmd.args(["-O2", "-shared", "-nostdlib", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(flags);
     if use_script {
         cmd.arg(format!("-Wl,-T,{}", script().display()));
     }
@@ -54,7 +57,10 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 #[test]
 fn linker_script_matches_the_abi_layout() {
     let text = std::fs::read_to_string(script()).unwrap();
-    assert!(text.contains(&format!(". = {LIB_DATA_OFFSET:#x};")), "pvmlib.ld must put data at LIB_DATA_OFFSET");
+    assert!(
+        text.contains(&format!(". = {LIB_DATA_OFFSET:#x};")),
+        "pvmlib.ld must put data at LIB_DATA_OFFSET"
+    );
 }
 
 #[test]
@@ -96,7 +102,10 @@ fn a_c_library_parses_links_and_resolves() {
         assert_eq!(got, want, "relocation at {:#x}", r.offset);
         checked += 1;
     }
-    assert!(checked >= 3, "GOT entries for pvm_write, pvm_alloc and the names table");
+    assert!(
+        checked >= 3,
+        "GOT entries for pvm_write, pvm_alloc and the names table"
+    );
     // The shared part depends on the file only.
     assert_eq!(lib.shared_image(), lib.shared_image());
     assert_eq!(lib.shared_image().len() as u64, layout.shared_end);
@@ -107,9 +116,15 @@ fn unresolved_imports_are_named() {
     let bytes = build("good2", GOOD, &["-fPIC"], true);
     let lib = Library::parse(&bytes).unwrap();
     let err = lib.link(0x10_4000_0000, |_| None).unwrap_err();
-    assert_eq!(err, LinkError::Unresolved(vec!["pvm_alloc".into(), "pvm_write".into()]));
+    assert_eq!(
+        err,
+        LinkError::Unresolved(vec!["pvm_alloc".into(), "pvm_write".into()])
+    );
     assert!(err.to_string().contains("pvm_alloc, pvm_write"));
-    assert_eq!(lib.link(0x10_4000_0800, resolver).unwrap_err(), LinkError::Misaligned(0x10_4000_0800));
+    assert_eq!(
+        lib.link(0x10_4000_0800, resolver).unwrap_err(),
+        LinkError::Misaligned(0x10_4000_0800)
+    );
 }
 
 #[test]
@@ -140,7 +155,14 @@ fn ifuncs_are_refused() {
     let bytes = build("ifunc", src, &["-fPIC"], true);
     let err = Library::parse(&bytes).unwrap_err();
     assert!(
-        matches!(err, ParseError::Ifunc(_) | ParseError::UnsupportedRelocation { kind: "IRELATIVE", .. }),
+        matches!(
+            err,
+            ParseError::Ifunc(_)
+                | ParseError::UnsupportedRelocation {
+                    kind: "IRELATIVE",
+                    ..
+                }
+        ),
         "{err}"
     );
 }
@@ -158,7 +180,10 @@ fn writable_and_executable_segments_are_refused() {
     // Segment 1 is the text (PHDRS order in pvmlib.ld): make it R+W+X.
     let flags = phdr_field(&bytes, 1, 4);
     bytes[flags] = 7;
-    assert!(matches!(Library::parse(&bytes), Err(ParseError::WritableExecutable { .. })));
+    assert!(matches!(
+        Library::parse(&bytes),
+        Err(ParseError::WritableExecutable { .. })
+    ));
 }
 
 #[test]
@@ -168,10 +193,18 @@ fn a_relocation_into_the_shared_part_is_a_text_relocation() {
     assert!(!lib.relocs().is_empty());
     // Point the first relocation of the file's .rela.dyn (r_offset is its first field) at the
     // code (offset 0x1000).
-    let rela = goblin::elf::Elf::parse(&bytes).unwrap().dynamic.unwrap().info.rela;
+    let rela = goblin::elf::Elf::parse(&bytes)
+        .unwrap()
+        .dynamic
+        .unwrap()
+        .info
+        .rela;
     let mut bytes = bytes.clone();
     bytes[rela..rela + 8].copy_from_slice(&0x1000u64.to_le_bytes());
-    assert!(matches!(Library::parse(&bytes), Err(ParseError::TextRelocation { offset: 0x1000, .. })));
+    assert!(matches!(
+        Library::parse(&bytes),
+        Err(ParseError::TextRelocation { offset: 0x1000, .. })
+    ));
 }
 
 #[test]
@@ -180,7 +213,11 @@ fn text_relocation_flags_are_refused() {
     // Rewrite the DT_NULL ending the dynamic section into DT_TEXTREL (22).
     let lib_dyn = {
         let elf = goblin::elf::Elf::parse(&bytes).unwrap();
-        let p = elf.program_headers.iter().find(|p| p.p_type == goblin::elf::program_header::PT_DYNAMIC).unwrap();
+        let p = elf
+            .program_headers
+            .iter()
+            .find(|p| p.p_type == goblin::elf::program_header::PT_DYNAMIC)
+            .unwrap();
         let dyns = &elf.dynamic.as_ref().unwrap().dyns;
         let null = dyns.iter().position(|d| d.d_tag == 0).unwrap_or(dyns.len());
         p.p_offset as usize + null * 16
@@ -196,7 +233,10 @@ fn truncated_and_garbage_files_are_refused() {
     for len in [0, 4, 63, 64, 200, bytes.len() / 2, bytes.len() - 1] {
         assert!(Library::parse(&bytes[..len]).is_err(), "truncated to {len}");
     }
-    assert!(matches!(Library::parse(b"#!/bin/sh\necho hi\n"), Err(ParseError::Malformed(_))));
+    assert!(matches!(
+        Library::parse(b"#!/bin/sh\necho hi\n"),
+        Err(ParseError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -215,5 +255,8 @@ fn executables_are_not_libraries() {
         .success();
     assert!(ok);
     let bytes = std::fs::read(&out).unwrap();
-    assert!(matches!(Library::parse(&bytes), Err(ParseError::NotSharedObject(_))));
+    assert!(matches!(
+        Library::parse(&bytes),
+        Err(ParseError::NotSharedObject(_))
+    ));
 }

@@ -43,6 +43,12 @@ impl Perm {
         exec: false,
         user: true,
     };
+    /// User code (read + execute).
+    pub const USER_RX: Perm = Perm {
+        write: false,
+        exec: true,
+        user: true,
+    };
     /// Supervisor read-write data.
     pub const KERNEL_RW: Perm = Perm {
         write: true,

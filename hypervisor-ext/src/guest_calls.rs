@@ -1,10 +1,10 @@
 //! The monitor's side of each hypercall ([`Host`]), grouped by concern: console and clock,
 //! processes (fork in `fork.rs`, wait, pause, exceptions), signals, IPC. Arguments arrive
 //! checked by the dispatcher (`hypercall.rs`).
-use pvm_abi::{errno, layout, ExceptionFrame, GuestStatus};
+use pvm_abi::{errno, layout, DlInfo, ExceptionFrame, GuestStatus};
 
 use crate::family::{Collected, KillTarget};
-use crate::hypercall::{Flow, Host, Reaped, Stream};
+use crate::hypercall::{Flow, Host, Reaped, Stream, UpdateStep};
 use crate::ipc::{Named, Opened, Woken};
 use crate::monitor::{Attention, Monitor};
 use crate::outcome::{report_line, Crash, Exception, Outcome};
@@ -214,5 +214,25 @@ impl Host for Monitor {
 
     fn mq_wake(&mut self, handle: u64, side: u64) {
         self.ipc.queue_wake(handle, side);
+    }
+
+    fn dl_open(&mut self, name: &str) -> Result<DlInfo, (i64, String)> {
+        self.libs
+            .open(&self.vm, &mut self.space, name)
+            .map_err(|e| (-e.errno(), e.to_string()))
+    }
+
+    fn dl_close(&mut self, handle: u64) -> i64 {
+        match self.libs.close(&self.vm, &mut self.space, handle) {
+            Ok(()) => {
+                self.libs.sweep_store();
+                0
+            }
+            Err(e) => e,
+        }
+    }
+
+    fn dl_update(&mut self, step: UpdateStep) -> Result<Option<DlInfo>, i64> {
+        self.update_step(step)
     }
 }

@@ -8,9 +8,9 @@
 //! here before a handler sees it: buffers against what the guest may read, ids and signals and
 //! keys against what they may name; handlers ([`Host`]) get only checked values.
 use pvm_abi::{
-    errno, fd, layout, mq_side, signal, ClockArgs, ExceptionFrame, ExitArgs, ForkArgs, Hypercall,
-    IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs, Plain, SigActionArgs, WaitArgs, WriteArgs,
-    WAIT_NOHANG,
+    dl_op, errno, fd, layout, mq_side, signal, ClockArgs, DlCloseArgs, DlInfo, DlOpenArgs, DlUpdateArgs,
+    ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs,
+    Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
 };
 
 use crate::family::{KillTarget, OutcomeRecord};
@@ -107,6 +107,32 @@ pub enum Stream {
 /// What a `Wait` found: the child and how it ended.
 pub type Reaped = (u32, OutcomeRecord);
 
+/// A step of a library update ([`Hypercall::DlUpdate`]), decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// The runtime is at the safe point; `escape` is its hook escape.
+    Begin {
+        /// The library being replaced.
+        handle: u64,
+        /// Where to send the vCPU if a hook runs too long.
+        escape: u64,
+    },
+    /// Commit the new version.
+    Commit {
+        /// The library being replaced.
+        handle: u64,
+    },
+    /// Keep the old version.
+    Abort {
+        /// The library being replaced.
+        handle: u64,
+        /// A `pvm_abi::dl_abort` value.
+        reason: u64,
+        /// Its detail.
+        detail: u64,
+    },
+}
+
 /// The monitor side of each hypercall, given checked arguments only. `Monitor` implements it;
 /// the fuzz target implements it with a fake that checks what it is given.
 pub trait Host {
@@ -148,6 +174,13 @@ pub trait Host {
     fn mq_wait(&mut self, handle: u64, side: u64, seq: u32) -> Flow<i64>;
     /// Wakes the sleepers of `side` of queue `handle`.
     fn mq_wake(&mut self, handle: u64, side: u64);
+    /// Loads library `name` (a valid name), or takes another reference: where it is, or a
+    /// negated errno and why in words.
+    fn dl_open(&mut self, name: &str) -> Result<DlInfo, (i64, String)>;
+    /// Drops a reference to library `handle`: 0 or a negated errno.
+    fn dl_close(&mut self, handle: u64) -> i64;
+    /// One step of an update: the new version at `Begin`, nothing after the others.
+    fn dl_update(&mut self, step: UpdateStep) -> Result<Option<DlInfo>, i64>;
 }
 
 /// Reads the argument struct (which the guest must be able to write: it has OUT fields), runs
@@ -387,6 +420,61 @@ pub fn dispatch<H: Host>(host: &mut H, call: Call) -> Result<Option<Outcome>, Cr
             host.mq_wake(call.arg >> 1, call.arg & 1);
             Ok(None)
         }
+        Hypercall::DlOpen => with_args(host, call, |h, a: &mut DlOpenArgs| {
+            a.msg_len = 0;
+            a.info = DlInfo::default();
+            let opened = read_key(h.memory(), a.name, a.name_len)
+                .map_err(|e| (e, "a library name is 1 to 64 bytes of [A-Za-z0-9._-]".to_string()))
+                .and_then(|name| h.dl_open(&name));
+            match opened {
+                Ok(info) => {
+                    a.info = info;
+                    a.result = 0;
+                }
+                Err((e, message)) => {
+                    a.result = e;
+                    // The message goes only where the guest may write (else it is dropped).
+                    let len = (message.len() as u64).min(a.msg_cap);
+                    if a.msg != 0
+                        && h.memory()
+                            .write_bytes(a.msg, &message.as_bytes()[..len as usize], Access::GuestWrite)
+                            .is_ok()
+                    {
+                        a.msg_len = len;
+                    }
+                }
+            }
+            Continue(())
+        }),
+        Hypercall::DlClose => with_args(host, call, |h, a: &mut DlCloseArgs| {
+            a.result = h.dl_close(a.handle);
+            Continue(())
+        }),
+        Hypercall::DlUpdate => with_args(host, call, |h, a: &mut DlUpdateArgs| {
+            let step = match a.op {
+                dl_op::BEGIN => Some(UpdateStep::Begin {
+                    handle: a.handle,
+                    escape: a.escape,
+                }),
+                dl_op::COMMIT => Some(UpdateStep::Commit { handle: a.handle }),
+                dl_op::ABORT => Some(UpdateStep::Abort {
+                    handle: a.handle,
+                    reason: a.reason,
+                    detail: a.detail,
+                }),
+                _ => None,
+            };
+            a.info = DlInfo::default();
+            a.result = match step.map(|s| h.dl_update(s)) {
+                None => -errno::EINVAL,
+                Some(Ok(info)) => {
+                    a.info = info.unwrap_or_default();
+                    0
+                }
+                Some(Err(e)) => e,
+            };
+            Continue(())
+        }),
     }
 }
 

@@ -8,12 +8,14 @@
 //! `rundir`; limits are leases in `ledger`.
 mod arch;
 pub mod control;
+pub mod dl;
 mod family;
 mod fork;
 mod guest_calls;
 pub mod hypercall;
 mod ipc;
 mod ledger;
+mod libstore;
 pub mod loader;
 mod monitor;
 pub mod outcome;
@@ -23,6 +25,8 @@ mod seccomp;
 pub mod signals;
 mod sys;
 pub mod teardown;
+pub mod trust;
+mod update;
 pub mod vstate;
 
 pub use family::{default_mem_total, Ids, KillTarget, Limits, OutcomeRecord};

@@ -61,6 +61,14 @@ pub enum LoadError {
         /// Version of this monitor.
         expected: u32,
     },
+    /// The export table (`pvm::export!`) is malformed.
+    #[error("{path}: {source}")]
+    Exports {
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: pvm_dynlink::ExportsError,
+    },
     /// A segment is both writable and executable.
     #[error("{path}: segment at {vaddr:#x} is writable and executable; pvm enforces W^X")]
     WriteExecute {
@@ -139,6 +147,8 @@ pub struct Image {
     pub entry: u64,
     /// Loadable segments, sorted by address, page-aligned, non-overlapping.
     pub segments: Vec<Segment>,
+    /// What the app exports to the libraries it loads (`pvm::export!`).
+    pub exports: Vec<pvm_dynlink::Export>,
     bytes: Vec<u8>,
 }
 
@@ -266,10 +276,15 @@ impl Image {
         {
             return Err(LoadError::BadEntry { path, entry });
         }
+        let exports = match pvm_dynlink::app_exports(&bytes) {
+            Ok(e) => e,
+            Err(source) => return Err(LoadError::Exports { path, source }),
+        };
         Ok(Image {
             path,
             entry,
             segments,
+            exports,
             bytes,
         })
     }

@@ -122,6 +122,14 @@ impl RunDir {
         Ok(RunDir { fd, path })
     }
 
+    /// A second handle on the directory.
+    pub fn try_clone(&self) -> io::Result<RunDir> {
+        Ok(RunDir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The directory's path (for messages).
     pub fn path(&self) -> &Path {
         &self.path

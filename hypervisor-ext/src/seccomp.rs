@@ -127,14 +127,15 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let any = Vec::new;
     let signals: Vec<u64> = SENT_SIGNALS.iter().map(|&s| s as u64).collect();
     let fcntl_cmds = [
-        libc::F_GETFD,     // std checks descriptors it closes (debug builds)
-        libc::F_GETFL,     // rustix reads a directory's flags before listing it
-        libc::F_GETLK,     // registry: who holds an entry (sys::process_lock_holder)
-        libc::F_SETLK,     // registry: an entry's lock (sys::lock_process)
-        libc::F_OFD_SETLK, // ledger: leases and its mutex (sys::lock_range, unlock_range)
-        libc::F_OFD_GETLK, // ledger: recounting its leases (sys::other_lock_in)
-        libc::F_SETOWN,    // control socket: SIGIO to this monitor (sys::sigio_on_input)
-        libc::F_SETFL,     // control socket: O_ASYNC (sys::sigio_on_input)
+        libc::F_GETFD,         // std checks descriptors it closes (debug builds)
+        libc::F_GETFL,         // rustix reads a directory's flags before listing it
+        libc::F_GETLK,         // registry: who holds an entry (sys::process_lock_holder)
+        libc::F_SETLK,         // registry: an entry's lock (sys::lock_process)
+        libc::F_OFD_SETLK,     // ledger: leases and its mutex (sys::lock_range, unlock_range)
+        libc::F_OFD_GETLK,     // ledger: recounting its leases (sys::other_lock_in)
+        libc::F_SETOWN,        // control socket: SIGIO to this monitor (sys::sigio_on_input)
+        libc::F_SETFL,         // control socket: O_ASYNC (sys::sigio_on_input)
+        libc::F_DUPFD_CLOEXEC, // dl: second handles on the trust and library stores (try_clone)
     ]
     .map(|c| c as u64);
     let madvice = [
@@ -203,7 +204,9 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_statx, any());
     r.insert(libc::SYS_getdents64, any());
     r.insert(libc::SYS_mkdirat, any()); // rundir: the ipc subdirectory
-    r.insert(libc::SYS_unlinkat, any()); // reaped entries, a family's named objects
+    r.insert(libc::SYS_unlinkat, any()); // reaped entries, a family's named objects, library store
+    r.insert(libc::SYS_renameat, any()); // library store files (libstore.rs), written then renamed
+    r.insert(libc::SYS_renameat2, any());
     r.insert(libc::SYS_ftruncate, any()); // entries rewritten, memfd sizes
     r.insert(libc::SYS_memfd_create, any()); // IPC regions
     r.insert(libc::SYS_pipe2, any()); // outcome pipes, pipe liveness

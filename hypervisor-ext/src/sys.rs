@@ -342,6 +342,32 @@ pub fn map_file_shared(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u
     NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
+/// Maps the first `len` bytes of `file` shared, read-only (a library's shared part).
+pub fn map_file_read(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping with no address hint aliases nothing; the caller sized the file.
+    let p = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED,
+            file,
+            0,
+        )
+    }?;
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Makes `[addr, addr + len)` of a mapping read-only.
+///
+/// # Safety
+/// The range must lie inside a mapping this process owns, and nothing may write it afterwards.
+pub unsafe fn protect_read_only(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: as the caller promised.
+    Ok(unsafe { rustix::mm::mprotect(addr.as_ptr().cast(), len, rustix::mm::MprotectFlags::READ) }?)
+}
+
 /// Unmaps a mapping made by one of the `map_*` functions.
 ///
 /// # Safety
@@ -569,6 +595,9 @@ pub enum Open {
     Create,
     /// Create it (mode 0600), failing if it exists.
     Exclusive,
+    /// Create it with mode 0400 (read-only once closed), failing if it exists; opened
+    /// read-write for its creator to fill.
+    ExclusiveReadOnly,
 }
 
 /// Opens `name` in the directory `dir`, never following a symbolic link in its last component
@@ -580,14 +609,13 @@ pub fn open_at(dir: BorrowedFd<'_>, name: &str, how: Open) -> io::Result<OwnedFd
         Open::Read => OFlags::RDONLY,
         Open::ReadWrite => OFlags::RDWR,
         Open::Create => OFlags::RDWR | OFlags::CREATE,
-        Open::Exclusive => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+        Open::Exclusive | Open::ExclusiveReadOnly => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
     };
-    Ok(rustix::fs::openat(
-        dir,
-        name,
-        base | flags,
-        Mode::RUSR | Mode::WUSR,
-    )?)
+    let mode = match how {
+        Open::ExclusiveReadOnly => Mode::RUSR,
+        _ => Mode::RUSR | Mode::WUSR,
+    };
+    Ok(rustix::fs::openat(dir, name, base | flags, mode)?)
 }
 
 /// A new open file description of the file `fd` refers to, read-write (through
@@ -631,6 +659,20 @@ pub fn mkdir_all(path: &std::path::Path) -> io::Result<()> {
 /// Removes file `name` from `dir` (never following a link: the link itself is removed).
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty())?)
+}
+
+/// Renames `from` to `to` in `dir` (replacing `to`).
+pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::fs::renameat(dir, from, dir, to)?)
+}
+
+/// Opens a file by path for reading (a library the operator named, before confinement).
+pub fn open_read(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )?)
 }
 
 /// `fstat`.
@@ -795,6 +837,17 @@ pub fn process_lock_holder(fd: BorrowedFd<'_>) -> io::Result<LockHolder> {
 /// vanishes when the last one is closed, however the holders end.
 pub fn lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
     match fcntl_lock(fd, libc::F_OFD_SETLK, &mut flock(libc::F_WRLCK, start, len)) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes an open-file-description *read* lock on `[start, start+len)` of `fd`, without waiting
+/// (`Ok(false)`: someone holds a write lock there). Any number of descriptions may hold one;
+/// a write lock ([`lock_range`]) succeeds only when none does.
+pub fn share_lock_range(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
+    match fcntl_lock(fd, libc::F_OFD_SETLK, &mut flock(libc::F_RDLCK, start, len)) {
         Ok(()) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
         Err(e) => Err(e),

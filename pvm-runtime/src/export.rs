@@ -2,8 +2,10 @@
 //! table; instead [`export!`](crate::export!) writes [`Export`] records into the image's
 //! `.pvm.exports` section (`pvm_abi::EXPORTS_SECTION`), which the monitor reads when it links a
 //! library. The runtime exports its own C-ABI surface: the `mem*` functions (libraries built
-//! `-nostdlib` import them), `rust_eh_personality`, the heap (`pvm_alloc`, `pvm_dealloc`,
-//! `pvm_realloc`: libraries and the app share one heap), the console (`pvm_write`) and `pvm_exit`.
+//! `-nostdlib` import them), `rust_eh_personality` and `_Unwind_Resume`, the heap (`pvm_alloc`,
+//! `pvm_dealloc`, `pvm_realloc`: libraries and the app share one heap), the console
+//! (`pvm_write`), `pvm_exit`, `pvm_panic` (a library's panic) and `pvm_poll` (signal handlers
+//! and updates after a library's own hypercalls).
 use core::alloc::{GlobalAlloc, Layout};
 
 /// One record of the export table: the layout of `pvm_abi::ExportRecord`, with pointers the
@@ -106,6 +108,21 @@ pub extern "C" fn pvm_exit(code: i32) -> ! {
     crate::exit(code)
 }
 
+/// A library's panic: reported like the app's (exit status 101), except in a library's update
+/// hook, where it rolls the update back instead (see `pvm::dl`).
+///
+/// # Safety
+/// `msg` valid for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pvm_panic(msg: *const u8, len: usize) -> ! {
+    // SAFETY: as the caller promised.
+    let bytes = unsafe { core::slice::from_raw_parts(msg, len) };
+    let text = core::str::from_utf8(bytes).unwrap_or("(not UTF-8)");
+    crate::console::print_panic(format_args!("library panicked at {text}\n"));
+    crate::dl::escape_hook_on_panic();
+    crate::hypercall::exit(101)
+}
+
 crate::export!(
     memcpy,
     memmove,
@@ -118,7 +135,11 @@ crate::export!(
     pvm_realloc,
     pvm_write,
     pvm_exit,
+    pvm_panic,
+    pvm_poll,
+    _Unwind_Resume,
 );
 
 use crate::mem::{bcmp, memcmp, memcpy, memmove, memset};
-use crate::rt::rust_eh_personality;
+use crate::rt::{_Unwind_Resume, rust_eh_personality};
+use crate::signal::pvm_poll;

@@ -87,10 +87,9 @@ fn wait(handle: u64, seq: u32) -> Result<bool, Error> {
     match -args.result {
         0 => Ok(true),
         errno::EPIPE => Ok(false),
-        errno::EINTR => {
-            crate::signal::dispatch();
-            Err(Error::Interrupted)
-        }
+        // Interrupted for a handler (which ran), or only for a library update: look again.
+        errno::EINTR if crate::signal::poll() => Err(Error::Interrupted),
+        errno::EINTR => Ok(true),
         _ => Err(Error::Host(args.result)),
     }
 }
@@ -488,10 +487,8 @@ impl MessageQueue {
                 raw(Hypercall::MqWait, &mut args as *mut MqWaitArgs as u64);
                 match -args.result {
                     0 => Ok(true),
-                    errno::EINTR => {
-                        crate::signal::dispatch();
-                        Err(Error::Interrupted)
-                    }
+                    errno::EINTR if crate::signal::poll() => Err(Error::Interrupted),
+                    errno::EINTR => Ok(true),
                     _ => Err(Error::Host(args.result)),
                 }
             }

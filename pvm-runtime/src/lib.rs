@@ -5,6 +5,11 @@
 //! line-buffered console ([`println!`], [`eprintln!`]), [`exit`], arguments ([`args`]) and a panic
 //! handler that prints the message and exits with status 101.
 //!
+//! A pVM *library* (a `#![no_std]` cdylib loaded at run time with [`dl`]) links this crate with
+//! the `library` feature: it then uses the app's heap, console and exit (imported when the
+//! library is linked), and has the console macros, [`ipc`], [`time`] and [`library!`], but no
+//! entry point, processes, signal handlers or libraries of its own.
+//!
 //! ```ignore
 //! #![no_std]
 //! #![no_main]
@@ -18,22 +23,36 @@
 extern crate alloc;
 
 mod console;
+#[cfg(not(feature = "library"))]
+pub mod dl;
+#[cfg(not(feature = "library"))]
 #[doc(hidden)]
 pub mod export;
 pub mod hypercall;
 pub mod ipc;
+#[cfg(feature = "library")]
+#[doc(hidden)]
+pub mod librt;
+#[cfg(not(feature = "library"))]
 mod mem;
+#[cfg(not(feature = "library"))]
 pub mod process;
+#[cfg(not(feature = "library"))]
 #[doc(hidden)]
 pub mod rt;
 pub mod signal;
 pub mod time;
 
 pub use console::{_print, flush};
+#[cfg(feature = "library")]
+pub use librt::exit;
+#[cfg(not(feature = "library"))]
 pub use process::{family_id, fork, id, parent_id, pause, wait_any, Child, ExitStatus, Fork};
+#[cfg(not(feature = "library"))]
 pub use rt::{args, exit, mem_size, Termination};
 
 /// Declares the app's main function: `pvm::main!(main);`.
+#[cfg(not(feature = "library"))]
 ///
 /// `main` may return `()` (exit status 0), an `i32` (the exit status) or a `Result<(), E>` with
 /// `E: Debug` (an `Err` is printed to the console's stderr and gives exit status 1).

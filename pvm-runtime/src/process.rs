@@ -163,10 +163,16 @@ fn wait_for(id: u64, flags: u64) -> Result<(u64, Option<ExitStatus>), Error> {
         flags,
         ..Default::default()
     };
-    raw(Hypercall::Wait, &mut args as *mut WaitArgs as u64);
-    // A wait the monitor interrupted (EINTR) was for these handlers: run them, or every later
-    // wait would be interrupted again at once.
-    crate::signal::dispatch();
+    loop {
+        raw(Hypercall::Wait, &mut args as *mut WaitArgs as u64);
+        // A wait the monitor interrupted (EINTR) was for these handlers: run them, or every
+        // later wait would be interrupted again at once. Interrupted only for a library
+        // update (no handler ran): wait again.
+        let handled = crate::signal::poll();
+        if args.result != -errno::EINTR || handled {
+            break;
+        }
+    }
     if args.result < 0 {
         return Err(Error::from_result(args.result));
     }

@@ -152,6 +152,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         )),
         None => console::print_panic(format_args!("pVM panicked:\n{}\n", info.message())),
     }
+    // A panic in a library's update hook (or app code it called) rolls the update back.
+    crate::dl::escape_hook_on_panic();
     hypercall::exit(101)
 }
 
@@ -163,6 +165,6 @@ pub(crate) extern "C" fn rust_eh_personality() {}
 /// Parts of the prebuilt `alloc` (built to unwind) call this on their cleanup paths; guests are
 /// built with `panic = "abort"`, so it is never reached. If it were, stop rather than unwind.
 #[no_mangle]
-extern "C" fn _Unwind_Resume() -> ! {
+pub(crate) extern "C" fn _Unwind_Resume() -> ! {
     hypercall::exit(134)
 }

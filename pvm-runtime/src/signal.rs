@@ -4,9 +4,12 @@
 //! exits to the monitor, except console output) or while the pVM sleeps in the monitor: a
 //! blocked pipe read then returns `Interrupted` after the handler ran. A signal without a
 //! handler takes its default action: CHLD is ignored, the others end the pVM.
+#[cfg(not(feature = "library"))]
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use pvm_abi::{errno, layout, signal, Hypercall, KillArgs, SigActionArgs};
+use pvm_abi::{errno, signal, Hypercall, KillArgs};
+#[cfg(not(feature = "library"))]
+use pvm_abi::{layout, SigActionArgs};
 
 use crate::hypercall::raw;
 
@@ -69,9 +72,12 @@ impl core::fmt::Display for Error {
 }
 
 /// Handlers by signal number (0: none).
+#[cfg(not(feature = "library"))]
 static HANDLERS: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+#[cfg(not(feature = "library"))]
 static DISPATCHING: AtomicBool = AtomicBool::new(false);
 
+#[cfg(not(feature = "library"))]
 fn action(sig: Signal, handled: bool) -> Result<(), Error> {
     let mut args = SigActionArgs {
         signal: sig as u64,
@@ -85,7 +91,8 @@ fn action(sig: Signal, handled: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs `handler` whenever `sig` arrives.
+/// Runs `handler` whenever `sig` arrives. (Not in a library: handlers are the app's.)
+#[cfg(not(feature = "library"))]
 pub fn on(sig: Signal, handler: fn(Signal)) -> Result<(), Error> {
     if sig == Signal::Kill {
         return Err(Error::Invalid);
@@ -95,6 +102,7 @@ pub fn on(sig: Signal, handler: fn(Signal)) -> Result<(), Error> {
 }
 
 /// Restores the default action of `sig`.
+#[cfg(not(feature = "library"))]
 pub fn default(sig: Signal) -> Result<(), Error> {
     action(sig, false)?;
     HANDLERS[sig as usize].store(0, Ordering::SeqCst);
@@ -120,15 +128,41 @@ pub fn kill(id: u64, sig: Signal) -> Result<(), Error> {
 }
 
 /// Runs the handlers of signals that arrived (also done after every hypercall this crate makes,
-/// except console output, so call it only to run handlers while computing without hypercalls).
+/// except console output, so call it only to run handlers while computing without hypercalls),
+/// and a library update the operator asked for, if its library is idle.
 pub fn dispatch() {
+    poll();
+}
+
+/// What [`dispatch`] does; `true` if a signal handler ran (a blocking call the monitor
+/// interrupted returns `Interrupted` then, and goes on sleeping otherwise).
+#[cfg(not(feature = "library"))]
+pub(crate) fn poll() -> bool {
+    let ran = run_handlers();
+    crate::dl::poll_update();
+    ran
+}
+
+/// In a library, the app's runtime does it (`pvm_poll`): the handlers and updates are the app's.
+#[cfg(feature = "library")]
+pub(crate) fn poll() -> bool {
+    extern "C" {
+        fn pvm_poll() -> bool;
+    }
+    // SAFETY: `pvm_poll` is the app runtime's export, a plain C-ABI function.
+    unsafe { pvm_poll() }
+}
+
+#[cfg(not(feature = "library"))]
+fn run_handlers() -> bool {
     // SAFETY: the monitor maps the status page user read-write for the pVM's life; the monitor
     // only writes it while the vCPU is stopped, so an atomic view of the word is sound.
     let pending = unsafe { &*(layout::STATUS_ADDR as *const AtomicU64) };
     if pending.load(Ordering::SeqCst) == 0 || DISPATCHING.swap(true, Ordering::SeqCst) {
-        return;
+        return false;
     }
     let mask = pending.swap(0, Ordering::SeqCst);
+    let mut ran = false;
     for (n, slot) in HANDLERS.iter().enumerate().skip(1) {
         if mask & (1 << n) == 0 {
             continue;
@@ -138,7 +172,16 @@ pub fn dispatch() {
             // SAFETY: only `on` stores into HANDLERS, always a `fn(Signal)`.
             let handler: fn(Signal) = unsafe { core::mem::transmute::<usize, fn(Signal)>(h) };
             handler(sig);
+            ran = true;
         }
     }
     DISPATCHING.store(false, Ordering::SeqCst);
+    ran
+}
+
+/// The app's poll, for its libraries (see [`poll`]).
+#[cfg(not(feature = "library"))]
+#[no_mangle]
+pub extern "C" fn pvm_poll() -> bool {
+    poll()
 }

@@ -222,6 +222,7 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         // measured without the seccomp filter (row (a), `pvmctl run`, has it).
         confine: false,
         bench_fd: None,
+        libs: Default::default(),
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let devnull = File::options()

@@ -50,3 +50,21 @@ pub fn cargo_command(cargo: &Path, dir: &Path) -> Command {
     }
     cmd
 }
+
+/// rustflags for guest libraries: a shared object for the baseline x86-64 CPU, without the C
+/// runtime, laid out by the runtime's `pvmlib.ld` (code and read-only data first, writable data
+/// at +1 GiB).
+pub const LIB_RUSTFLAGS: &[&str] = &[
+    "-Ctarget-cpu=x86-64",
+    "-Clink-arg=-nostdlib",
+    "-Clink-arg=-Wl,--build-id=none",
+    "-Clink-arg=-Tpvmlib.ld",
+];
+
+/// A `cargo build --release` of the guest library crate or workspace in `dir` (a cdylib
+/// depending on `pvm` with its `library` feature), with the library settings forced.
+pub fn cargo_lib_command(cargo: &Path, dir: &Path) -> Command {
+    let mut cmd = cargo_command(cargo, dir);
+    cmd.env("RUSTFLAGS", LIB_RUSTFLAGS.join(" "));
+    cmd
+}

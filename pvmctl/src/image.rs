@@ -27,12 +27,14 @@ pub enum ImageError {
     /// cargo failed (its messages were shown).
     #[error("building the guest crate in {0} failed")]
     BuildFailed(PathBuf),
-    /// The crate built no executable.
-    #[error("{0} builds no executable")]
-    NoBinary(PathBuf),
-    /// The crate builds several executables.
-    #[error("{dir} builds several executables ({names}); run one of them by path")]
+    /// The crate built no executable (or library).
+    #[error("{0} builds no {1}")]
+    NoBinary(PathBuf, &'static str),
+    /// The crate builds several executables (or libraries).
+    #[error("{dir} builds several {what} ({names}); name one of them by path")]
     ManyBinaries {
+        /// What it builds.
+        what: &'static str,
         /// The crate directory.
         dir: PathBuf,
         /// Their names.
@@ -45,23 +47,49 @@ pub enum ImageError {
 
 /// Opens `path` as an image; a directory is built as a guest crate first.
 pub fn resolve(path: &Path) -> Result<Image, ImageError> {
+    Ok(Image::open(&resolve_file(path, Artifact::App)?)?)
+}
+
+/// What a guest crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Artifact {
+    /// An app (a static executable).
+    App,
+    /// A library (a cdylib).
+    Library,
+}
+
+impl Artifact {
+    fn what(self) -> &'static str {
+        match self {
+            Artifact::App => "executable",
+            Artifact::Library => "library (cdylib)",
+        }
+    }
+}
+
+/// The file `path` names: itself, or what the guest crate in the directory `path` builds.
+pub fn resolve_file(path: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
     if !path.exists() {
         return Err(ImageError::NotFound(path.into()));
     }
     if path.is_dir() {
-        let exe = build_crate(path)?;
-        return Ok(Image::open(&exe)?);
+        return build_crate(path, artifact);
     }
-    Ok(Image::open(path)?)
+    Ok(path.into())
 }
 
-/// Builds the guest crate in `dir` (release) and returns its executable.
-fn build_crate(dir: &Path) -> Result<PathBuf, ImageError> {
+/// Builds the guest crate in `dir` (release) and returns its executable or library.
+fn build_crate(dir: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
     if !dir.join("Cargo.toml").is_file() {
         return Err(ImageError::NotACrate(dir.into()));
     }
     let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-    let mut child = guest_build::cargo_command(&cargo, dir)
+    let mut cmd = match artifact {
+        Artifact::App => guest_build::cargo_command(&cargo, dir),
+        Artifact::Library => guest_build::cargo_lib_command(&cargo, dir),
+    };
+    let mut child = cmd
         .args(["--message-format", "json-render-diagnostics"])
         .stdout(Stdio::piped())
         .spawn()
@@ -79,7 +107,19 @@ fn build_crate(dir: &Path) -> Result<PathBuf, ImageError> {
             if msg["reason"] != "compiler-artifact" {
                 continue;
             }
-            let Some(exe) = msg["executable"].as_str() else {
+            let file = match artifact {
+                Artifact::App => msg["executable"].as_str().map(str::to_string),
+                Artifact::Library => {
+                    let cdylib = msg["target"]["kind"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+                    let so = msg["filenames"]
+                        .as_array()
+                        .and_then(|f| f.iter().filter_map(|f| f.as_str()).find(|f| f.ends_with(".so")));
+                    so.filter(|_| cdylib).map(str::to_string)
+                }
+            };
+            let Some(exe) = file else {
                 continue;
             };
             // Only the package in `dir` counts when `dir` is a member of a larger workspace.
@@ -100,9 +140,10 @@ fn build_crate(dir: &Path) -> Result<PathBuf, ImageError> {
         return Err(ImageError::BuildFailed(dir.into()));
     }
     match exes.len() {
-        0 => Err(ImageError::NoBinary(dir.into())),
+        0 => Err(ImageError::NoBinary(dir.into(), artifact.what())),
         1 => Ok(exes.remove(0)),
         _ => Err(ImageError::ManyBinaries {
+            what: artifact.what(),
             dir: dir.into(),
             names: exes
                 .iter()

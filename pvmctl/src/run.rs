@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use hypervisor_ext::dl::LibConfig;
 use hypervisor_ext::outcome::report_line;
 use hypervisor_ext::{
     default_mem_total, parse_mem_size, parse_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome,
@@ -38,6 +39,14 @@ pub struct RunArgs {
     /// debug); never for untrusted guests.
     #[arg(long)]
     unconfined: bool,
+    /// Allow the pVM to load library NAME (`pvm::dl::open("NAME")`) from FILE (a shared object,
+    /// or a library crate directory, built first). Its digest must be trusted (`pvmctl lib
+    /// trust`) when the pVM loads it. Repeatable.
+    #[arg(long = "lib", value_name = "NAME=FILE", value_parser = parse_lib)]
+    libs: Vec<(String, PathBuf)>,
+    /// Allow the pVM to load any library `libNAME.so` of DIR (trusted ones only).
+    #[arg(long, value_name = "DIR")]
+    lib_dir: Option<PathBuf>,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -65,6 +74,22 @@ impl RunDir {
     }
 }
 
+/// Parses `NAME=FILE` of `--lib`.
+pub fn parse_lib(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=FILE"))?;
+    if !hypervisor_ext::dl::valid_name(name) {
+        return Err(format!(
+            "{name:?} is not a library name (1 to 64 letters, digits, '.', '_' or '-')"
+        ));
+    }
+    if file.is_empty() {
+        return Err(format!("no file for library {name}"));
+    }
+    Ok((name.to_string(), PathBuf::from(file)))
+}
+
 /// Errors of `pvmctl run`.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -81,6 +106,10 @@ pub enum RunError {
 /// `Outcome::exit_status`).
 pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
     let image = image::resolve(&args.image)?;
+    let mut libs = Vec::with_capacity(args.libs.len());
+    for (name, path) in args.libs {
+        libs.push((name, image::resolve_file(&path, image::Artifact::Library)?));
+    }
     let name = args.name.unwrap_or_else(|| {
         image
             .path
@@ -100,6 +129,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
         },
         bench_fd: bench_fd(),
         confine: !args.unconfined,
+        libs: LibConfig {
+            libs,
+            lib_dir: args.lib_dir,
+            trust_store: hypervisor_ext::trust::default_path(),
+        },
     };
     let mut monitor = Monitor::new(&image, &config)?;
     let outcome = monitor.run()?;

@@ -111,6 +111,7 @@ impl Monitor {
             family_key: sys::random_u64().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?,
         };
         let ledger = FamilyLedger::new().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
+        let libs = crate::dl::Libraries::new(&config.libs, registry.dir(), image.exports.clone())?;
         let mut family = Family::new(ids, config.limits, registry, ledger);
         crate::ledger::verify(family.registry.dir()).map_err(LedgerError::Io)?;
         let lease = Lease::acquire(
@@ -119,7 +120,7 @@ impl Monitor {
             family.want(config.mem_size),
         )?;
         family.lease = Some(lease);
-        let monitor = Self::build(image, config, kvm, family)?;
+        let monitor = Self::build(image, config, kvm, family, libs)?;
         if config.confine {
             // Built: from here on, only the calls a running monitor needs.
             crate::seccomp::install(&crate::seccomp::program()?)?;
@@ -132,6 +133,7 @@ impl Monitor {
         config: &MonitorConfig,
         kvm: Kvm,
         mut family: Family,
+        libs: crate::dl::Libraries,
     ) -> Result<Monitor, MonitorError> {
         let ids = family.ids;
         let mut mem = GuestMemory::new(config.mem_size)?;
@@ -195,6 +197,7 @@ impl Monitor {
             capture_setup: None,
             family,
             ipc: Ipc::default(),
+            libs,
             handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,

@@ -81,6 +81,9 @@ pub enum MonitorError {
     /// A limit on pVMs or their memory is reached.
     #[error(transparent)]
     Limit(#[from] LedgerError),
+    /// The libraries the operator allows cannot be set up.
+    #[error(transparent)]
+    Libraries(#[from] crate::dl::DlSetupError),
     /// The control socket cannot be made.
     #[error("cannot make the control socket: {0}")]
     Control(#[from] std::io::Error),
@@ -106,6 +109,8 @@ pub struct MonitorConfig {
     /// allow-list once the pVM is built. Off only to measure what the filter costs, to debug, or
     /// to build a pVM inside another program (the in-process boot benchmark).
     pub confine: bool,
+    /// The libraries the pVM may load.
+    pub libs: crate::dl::LibConfig,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -140,6 +145,8 @@ pub struct Monitor {
     pub(crate) capture_setup: Option<CaptureSetup>,
     pub(crate) family: Family,
     pub(crate) ipc: Ipc,
+    /// Its libraries.
+    pub(crate) libs: crate::dl::Libraries,
     /// Signals the guest handles, one bit per number.
     pub(crate) handled_signals: u64,
     pub(crate) bench_fd: Option<RawFd>,

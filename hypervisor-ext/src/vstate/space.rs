@@ -8,9 +8,11 @@
 //! guest's page tables go stale; on hardware KVM they would need a TLB shootdown.)
 //!
 //! Memory slots: slot 0 is guest RAM; slot `1 + i` is region `i` of the IPC window, at
-//! `IPC_BASE + i * IPC_SLOT_SIZE`. A forked child re-registers all of them in its new VM
-//! ([`Space::register_all`]): the kernel then shares RAM copy-on-write and the regions' shared
-//! mappings as they are.
+//! `IPC_BASE + i * IPC_SLOT_SIZE`; slots `LIB_SLOTS + 3 * i + p` are the parts `p` of library
+//! `i` (shared, RELRO, data: the first two read-only to KVM, in the code window mapped read +
+//! execute; the data in the data window, read-write and not executable). A forked child
+//! re-registers all of them in its new VM ([`Space::register_all`]): the kernel then shares RAM
+//! and the private library parts copy-on-write, and the shared mappings as they are.
 use std::ptr::NonNull;
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -28,6 +30,33 @@ pub const RAM_SLOT: u32 = 0;
 /// Most regions of the IPC window (one slot each).
 pub const MAX_REGIONS: usize = (layout::IPC_SIZE / layout::IPC_SLOT_SIZE) as usize;
 
+/// First memory slot of the libraries.
+const LIB_SLOTS: u32 = RAM_SLOT + 1 + MAX_REGIONS as u32;
+/// Memory slots per library (shared part, RELRO, data).
+pub const PARTS_PER_LIB: usize = 3;
+/// Most libraries of one pVM.
+pub const MAX_LIBS: usize = layout::MAX_LIBS as usize;
+
+/// KVM_MEM_READONLY: guest writes to the slot exit instead of landing.
+const KVM_MEM_READONLY: u32 = 1 << 1;
+
+/// One memory slot of a library: `size` bytes at guest-physical `gpa`, from `host`.
+#[derive(Clone, Copy, Debug)]
+pub struct LibPart {
+    /// Guest-physical (and virtual) address.
+    pub gpa: u64,
+    /// Size (a whole number of pages).
+    pub size: u64,
+    /// Host mapping (owned by the library; it outlives the slot).
+    pub host: NonNull<u8>,
+    /// Read-only to the guest (and to KVM).
+    pub read_only: bool,
+}
+
+/// Guest address of library slot `index`'s code part.
+pub fn lib_code_base(index: usize) -> u64 {
+    layout::LIB_CODE_BASE + index as u64 * layout::LIB_SLOT_SIZE
+}
 /// A region added at run time: `size` bytes of a host mapping at `host`, in a slot of the IPC
 /// window.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +74,9 @@ pub enum SpaceError {
     /// The region is empty or larger than a slot.
     #[error("a region of {0} bytes does not fit a slot")]
     Size(u64),
+    /// A library's part is outside its slot, misaligned, or the slot is taken.
+    #[error("library slot {0} is taken, or a part of it is outside the slot or misaligned")]
+    LibraryPart(usize),
     /// KVM refused the slot (errno).
     #[error("KVM refused the memory slot (errno {0})")]
     Kvm(i32),
@@ -54,6 +86,7 @@ pub enum SpaceError {
 pub struct Space {
     cr3: u64,
     regions: Vec<Option<Region>>,
+    libs: Vec<[Option<LibPart>; PARTS_PER_LIB]>,
 }
 
 /// Guest address of IPC region `index`.
@@ -62,17 +95,29 @@ pub fn region_gpa(index: usize) -> u64 {
 }
 
 fn set_slot(vm: &VmFd, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), kvm_ioctls::Error> {
+    set_slot_flags(vm, slot, 0, gpa, size, host)
+}
+
+fn set_slot_flags(
+    vm: &VmFd,
+    slot: u32,
+    flags: u32,
+    gpa: u64,
+    size: u64,
+    host: u64,
+) -> Result<(), kvm_ioctls::Error> {
     let region = kvm_userspace_memory_region {
         slot,
-        flags: 0,
+        flags,
         guest_phys_addr: gpa,
         memory_size: size,
         userspace_addr: host,
     };
     // SAFETY: every slot set here lies in a mapping that outlives it: guest RAM (dropped after
-    // the VM) or a region's mapping (its slot is deleted, size 0, before it is unmapped); slots
-    // never overlap (RAM below IPC_BASE, one IPC slot per IPC_SLOT_SIZE). Deleting touches no
-    // memory.
+    // the VM), a region's or a library part's mapping (its slot is deleted, size 0, before it is
+    // unmapped); slots never overlap (RAM below IPC_BASE, one IPC slot per IPC_SLOT_SIZE, library
+    // parts inside their library's LIB_SLOT_SIZE in the code or data window). Deleting touches
+    // no memory.
     unsafe { vm.set_user_memory_region(region) }
 }
 
@@ -126,6 +171,20 @@ impl Space {
             layout::IPC_SIZE,
             Perm::USER_RW,
         )?;
+        // The library windows, backed later library by library: code read + execute (never
+        // writable), data read-write (never executable).
+        pt.map(
+            layout::LIB_CODE_BASE,
+            layout::LIB_CODE_BASE,
+            layout::LIB_WINDOW_SIZE,
+            Perm::USER_RX,
+        )?;
+        pt.map(
+            layout::LIB_DATA_BASE,
+            layout::LIB_DATA_BASE,
+            layout::LIB_WINDOW_SIZE,
+            Perm::USER_RW,
+        )?;
         let cr3 = pt.root();
         let view = GuestView::new(
             ranges
@@ -143,6 +202,7 @@ impl Space {
         Ok(Space {
             cr3,
             regions: Vec::new(),
+            libs: vec![[None; PARTS_PER_LIB]; MAX_LIBS],
         })
     }
 
@@ -192,6 +252,55 @@ impl Space {
         }
     }
 
+    /// A free library slot, if any.
+    pub fn free_library_slot(&self, taken: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..MAX_LIBS).find(|&i| self.libs[i].iter().all(Option::is_none) && !taken(i))
+    }
+
+    /// Registers the parts of library `index` (at most [`PARTS_PER_LIB`], inside its slot of
+    /// the code or data window). On failure nothing stays registered.
+    pub fn add_library(&mut self, vm: &VmFd, index: usize, parts: &[LibPart]) -> Result<(), SpaceError> {
+        if index >= MAX_LIBS || parts.len() > PARTS_PER_LIB || self.libs[index].iter().any(Option::is_some) {
+            return Err(SpaceError::LibraryPart(index));
+        }
+        let code = lib_code_base(index)..lib_code_base(index) + layout::LIB_SLOT_SIZE;
+        let data = code.start + layout::LIB_DATA_OFFSET..code.end + layout::LIB_DATA_OFFSET;
+        for part in parts {
+            let end = part
+                .gpa
+                .checked_add(part.size)
+                .ok_or(SpaceError::LibraryPart(index))?;
+            let inside = |r: &std::ops::Range<u64>| part.gpa >= r.start && end <= r.end;
+            let aligned = part.gpa % layout::PAGE_SIZE == 0 && part.size % layout::PAGE_SIZE == 0;
+            if part.size == 0 || !aligned || !(inside(&code) || inside(&data)) {
+                return Err(SpaceError::LibraryPart(index));
+            }
+        }
+        for (p, part) in parts.iter().enumerate() {
+            let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
+            let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
+            if let Err(e) = set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64) {
+                self.remove_library(vm, index);
+                return Err(SpaceError::Kvm(e.errno()));
+            }
+            self.libs[index][p] = Some(*part);
+        }
+        Ok(())
+    }
+
+    /// Removes the memory slots of library `index` (its mappings may be unmapped afterwards).
+    pub fn remove_library(&mut self, vm: &VmFd, index: usize) {
+        let Some(parts) = self.libs.get_mut(index) else {
+            return;
+        };
+        for (p, part) in parts.iter_mut().enumerate() {
+            if let Some(part) = part.take() {
+                let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
+                let _ = set_slot(vm, slot, part.gpa, 0, 0);
+            }
+        }
+    }
+
     /// Registers guest RAM and every region in a new VM (a forked child's).
     pub fn register_all(&self, vm: &VmFd, mem: &GuestMemory) -> Result<(), KvmError> {
         Self::register_ram(vm, mem)?;
@@ -205,6 +314,16 @@ impl Space {
                     r.host.as_ptr() as u64,
                 )
                 .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (IPC region)"))?;
+            }
+        }
+        for (index, parts) in self.libs.iter().enumerate() {
+            for (p, part) in parts.iter().enumerate() {
+                if let Some(part) = part {
+                    let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
+                    let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
+                    set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64)
+                        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (library)"))?;
+                }
             }
         }
         Ok(())

@@ -1,0 +1,824 @@
+//! Libraries of one pVM, monitor side: which files the operator allows, loading one (trust,
+//! parse, link, map) into a free library slot, closing it, and what a forked child inherits.
+//!
+//! Loading reads the file once, into memory, and everything after works on those bytes: the
+//! digest checked against the trust store is the digest of what is parsed, relocated and mapped
+//! (no check-then-reopen race). The shared part comes from the host-wide store (`libstore`), the
+//! RELRO part and the writable part are private mappings of this monitor, copy-on-write across
+//! fork; each is a memory slot inside the library's slot of the windows the page tables mapped
+//! at boot (`vstate/space.rs`): no page table changes.
+//!
+//! After its RELRO, the monitor writes the library's symbol index (`pvm_abi::LibSymbol`s sorted
+//! by hash, then the names, then the version string), read-only to the guest: `pvm::dl` looks
+//! symbols up there without an exit.
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use kvm_ioctls::VmFd;
+use pvm_abi::layout::{LIB_SLOT_SIZE, PAGE_SIZE};
+use pvm_abi::{symbol_hash, DlInfo, LibSymbol, STATE_RESTORE_SYMBOL, STATE_SAVE_SYMBOL};
+use pvm_dynlink::{Export, Library, LinkError, ParseError, MAX_FILE_SIZE};
+
+use crate::libstore::{self, SharedPart};
+use crate::rundir::{RunDir, RunDirError};
+use crate::sys::{self, Open};
+use crate::trust::{self, Digest, TrustError, TrustRef};
+use crate::vstate::space::{lib_code_base, LibPart, Space, SpaceError, MAX_LIBS};
+
+/// Longest library name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` is a library name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not `.` or `..` (the
+/// rule of IPC keys: it never names a path).
+pub fn valid_name(name: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(ok) && name != "." && name != ".."
+}
+
+/// The file a name stands for in a library directory.
+pub fn file_in_dir(name: &str) -> String {
+    format!("lib{name}.so")
+}
+
+/// What the operator allows a pVM to load.
+#[derive(Clone, Debug)]
+pub struct LibConfig {
+    /// `--lib NAME=FILE`: names bound to files.
+    pub libs: Vec<(String, PathBuf)>,
+    /// `--lib-dir DIR`: any `libNAME.so` in it.
+    pub lib_dir: Option<PathBuf>,
+    /// The trust store ([`trust::default_path`] unless told otherwise).
+    pub trust_store: PathBuf,
+}
+
+impl Default for LibConfig {
+    /// No library allowed; the user's trust store.
+    fn default() -> LibConfig {
+        LibConfig {
+            libs: Vec::new(),
+            lib_dir: None,
+            trust_store: trust::default_path(),
+        }
+    }
+}
+
+/// Why the libraries of a pVM cannot be set up (at `pvmctl run`).
+#[derive(Debug, thiserror::Error)]
+pub enum DlSetupError {
+    /// A `--lib` name is not a name.
+    #[error("invalid library name {0:?}: use 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-'")]
+    Name(String),
+    /// A `--lib` file cannot be opened.
+    #[error("--lib {name}={}: {source}", path.display())]
+    File {
+        /// The name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The `--lib-dir` cannot be opened.
+    #[error("--lib-dir {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The trust store cannot be used.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The library store in the runtime directory cannot be used.
+    #[error(transparent)]
+    Store(#[from] RunDirError),
+}
+
+/// Why a library cannot be loaded. Each has the errno the guest sees and a message it may show.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The operator did not allow this name.
+    #[error("no library {0:?} is allowed for this pVM (pvmctl run --lib NAME=FILE or --lib-dir DIR)")]
+    NotAllowed(String),
+    /// Reading the file failed.
+    #[error("library {name}: cannot read {file}: {source}")]
+    Read {
+        /// The name.
+        name: String,
+        /// The file.
+        file: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The digest is not in the trust store.
+    #[error(
+        "library {name} ({file}, sha256 {digest}) is not trusted: check it, then `pvmctl lib trust {file}`"
+    )]
+    Untrusted {
+        /// The name.
+        name: String,
+        /// The file.
+        file: String,
+        /// Its digest in hex.
+        digest: String,
+    },
+    /// The trust store cannot be read.
+    #[error("library {name}: {source}")]
+    Trust {
+        /// The name.
+        name: String,
+        /// Why.
+        source: TrustError,
+    },
+    /// Malformed or refused.
+    #[error("library {name} ({file}): {source}")]
+    Parse {
+        /// The name.
+        name: String,
+        /// The file.
+        file: String,
+        /// What is wrong.
+        source: ParseError,
+    },
+    /// Cannot be linked.
+    #[error("library {name}: {source}")]
+    Link {
+        /// The name.
+        name: String,
+        /// What is missing.
+        source: LinkError,
+    },
+    /// It names a library (DT_NEEDED) that is not loaded.
+    #[error("library {name} needs {needed}, which is not loaded: load it first")]
+    Needed {
+        /// The name.
+        name: String,
+        /// What it needs.
+        needed: String,
+    },
+    /// Every library slot is taken.
+    #[error("no room for library {0}: {MAX_LIBS} libraries are loaded")]
+    Full(String),
+    /// The shared store failed.
+    #[error("library {name}: the library store failed: {source}")]
+    Store {
+        /// The name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Mapping its memory or its slots failed.
+    #[error("library {name}: cannot map it: {what}")]
+    Map {
+        /// The name.
+        name: String,
+        /// Why.
+        what: String,
+    },
+}
+
+impl LoadError {
+    /// The errno the guest sees.
+    pub fn errno(&self) -> i64 {
+        use pvm_abi::errno::*;
+        match self {
+            LoadError::NotAllowed(_) => ENOENT,
+            LoadError::Read { .. } | LoadError::Store { .. } => EIO,
+            LoadError::Untrusted { .. } | LoadError::Trust { .. } => EACCES,
+            LoadError::Parse { .. } | LoadError::Link { .. } | LoadError::Needed { .. } => ENOEXEC,
+            LoadError::Full(_) => EAGAIN,
+            LoadError::Map { .. } => ENOMEM,
+        }
+    }
+}
+
+/// A private mapping of a library part (RELRO or data): copy-on-write across fork.
+#[derive(Debug)]
+struct Mapping {
+    host: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Private memory holding `bytes` (and zeroes to `len`), read-only if `read_only`.
+    fn new(bytes: &[&[u8]], len: usize, read_only: bool) -> io::Result<Mapping> {
+        let host = sys::map_private(len)?;
+        let m = Mapping { host, len };
+        let mut at = 0;
+        for b in bytes {
+            // SAFETY: the parts fit in `len` (the caller sized it) and the mapping is fresh.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), m.host.as_ptr().add(at), b.len()) };
+            at += b.len();
+        }
+        if read_only {
+            // SAFETY: our own fresh mapping; nothing writes it from here on.
+            unsafe { sys::protect_read_only(m.host, m.len)? };
+        }
+        Ok(m)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the memory slot over it was removed first.
+        unsafe { sys::unmap(self.host, self.len) };
+    }
+}
+
+fn round_up(x: u64) -> u64 {
+    x.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+/// The operator's allowed files.
+#[derive(Debug)]
+struct Sources {
+    files: BTreeMap<String, (OwnedFd, PathBuf)>,
+    dir: Option<(OwnedFd, PathBuf)>,
+}
+
+impl Sources {
+    fn open(config: &LibConfig) -> Result<Sources, DlSetupError> {
+        let mut files = BTreeMap::new();
+        for (name, path) in &config.libs {
+            if !valid_name(name) {
+                return Err(DlSetupError::Name(name.clone()));
+            }
+            let fd = sys::open_read(path).map_err(|source| DlSetupError::File {
+                name: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            files.insert(name.clone(), (fd, path.clone()));
+        }
+        let dir = match &config.lib_dir {
+            Some(path) => Some((
+                sys::open_dir(path).map_err(|source| DlSetupError::Dir {
+                    path: path.clone(),
+                    source,
+                })?,
+                path.clone(),
+            )),
+            None => None,
+        };
+        Ok(Sources { files, dir })
+    }
+
+    /// Reads the file `name` stands for (at most one byte more than a library may have, so a
+    /// larger file is refused by the parser, not cut short).
+    fn read(&self, name: &str) -> Result<(Vec<u8>, String), LoadError> {
+        let read_err = |file: &str, source| LoadError::Read {
+            name: name.into(),
+            file: file.into(),
+            source,
+        };
+        let (fd, file) = if let Some((fd, path)) = self.files.get(name) {
+            (
+                fd.try_clone()
+                    .map_err(|e| read_err(&path.display().to_string(), e))?,
+                path.display().to_string(),
+            )
+        } else if let Some((dir, path)) = &self.dir {
+            let file_name = file_in_dir(name);
+            let file = path.join(&file_name).display().to_string();
+            let fd = match sys::open_at(dir.as_fd(), &file_name, Open::Read) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(LoadError::NotAllowed(name.into()))
+                }
+                Err(e) => return Err(read_err(&file, e)),
+            };
+            (fd, file)
+        } else {
+            return Err(LoadError::NotAllowed(name.into()));
+        };
+        let st = sys::fstat(fd.as_fd()).map_err(|e| read_err(&file, e))?;
+        if !sys::is_file(&st) {
+            return Err(read_err(&file, io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let bytes = sys::read_prefix(fd.as_fd(), MAX_FILE_SIZE + 1).map_err(|e| read_err(&file, e))?;
+        Ok((bytes, file))
+    }
+}
+
+/// Everything linking a library needs, owned (a helper thread prepares an update with it).
+pub(crate) struct LinkEnv {
+    trust: TrustRef,
+    store: RunDir,
+    /// Symbols others define: name to (address, the library slot defining it; None: the app).
+    symbols: BTreeMap<String, (u64, Option<usize>)>,
+    /// File names of the loaded libraries (what DT_NEEDED may name).
+    files: BTreeSet<String>,
+}
+
+/// The state hand-over hooks a library exports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// `pvm_state_save`.
+    pub save: Option<u64>,
+    /// `pvm_state_restore`.
+    pub restore: Option<u64>,
+}
+
+/// A library linked for one slot and mapped in this monitor, not yet in the guest's memory
+/// slots (`parts` says where they go).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub name: String,
+    pub file: String,
+    pub digest: Digest,
+    pub version: Option<String>,
+    pub index: usize,
+    pub info: DlInfo,
+    pub hooks: Hooks,
+    /// Its definitions, at their guest addresses.
+    pub exports: Vec<(String, u64)>,
+    /// Library slots it imports from.
+    pub deps: BTreeSet<usize>,
+    pub parts: Vec<LibPart>,
+    _shared: Option<SharedPart>,
+    _relro: Mapping,
+    _data: Option<Mapping>,
+}
+
+/// Builds the symbol index that follows the RELRO part: records sorted by hash, the names, the
+/// version; returns its bytes and where the records and version start in it.
+fn symbol_index(exports: &[(String, u64)], version: Option<&str>, at: u64) -> (Vec<u8>, u64, u64) {
+    let mut recs: Vec<LibSymbol> = Vec::with_capacity(exports.len());
+    let names_at = at + (exports.len() * size_of::<LibSymbol>()) as u64;
+    let mut names = Vec::new();
+    for (name, addr) in exports {
+        recs.push(LibSymbol {
+            hash: symbol_hash(name.as_bytes()),
+            name: names_at + names.len() as u64,
+            name_len: name.len() as u64,
+            addr: *addr,
+        });
+        names.extend_from_slice(name.as_bytes());
+    }
+    recs.sort_by_key(|r| r.hash);
+    let version_at = names_at + names.len() as u64;
+    let mut bytes = Vec::with_capacity(recs.len() * size_of::<LibSymbol>() + names.len());
+    for r in &recs {
+        for v in [r.hash, r.name, r.name_len, r.addr] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    bytes.extend_from_slice(&names);
+    if let Some(v) = version {
+        bytes.extend_from_slice(v.as_bytes());
+    }
+    (bytes, at, version_at)
+}
+
+impl LinkEnv {
+    /// Reads, checks, links and maps library `name` (file bytes `bytes`) for slot `index`.
+    pub fn prepare(&self, name: &str, file: &str, bytes: &[u8], index: usize) -> Result<Prepared, LoadError> {
+        let digest = trust::digest(bytes);
+        match self.trust.contains(&digest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LoadError::Untrusted {
+                    name: name.into(),
+                    file: file.into(),
+                    digest: trust::hex(&digest),
+                })
+            }
+            Err(source) => {
+                return Err(LoadError::Trust {
+                    name: name.into(),
+                    source,
+                })
+            }
+        }
+        let lib = Library::parse(bytes).map_err(|source| LoadError::Parse {
+            name: name.into(),
+            file: file.into(),
+            source,
+        })?;
+        for needed in lib.needed() {
+            if !self.files.contains(needed) {
+                return Err(LoadError::Needed {
+                    name: name.into(),
+                    needed: needed.clone(),
+                });
+            }
+        }
+        let base = lib_code_base(index);
+        let mut deps = BTreeSet::new();
+        let linked = lib
+            .link(base, |sym| {
+                let &(addr, from) = self.symbols.get(sym)?;
+                if let Some(slot) = from {
+                    deps.insert(slot);
+                }
+                Some(addr)
+            })
+            .map_err(|source| LoadError::Link {
+                name: name.into(),
+                source,
+            })?;
+        let layout = lib.layout();
+        let exports: Vec<(String, u64)> = lib.exports().map(|(n, v)| (n.to_string(), base + v)).collect();
+        let map_err = |what: String| LoadError::Map {
+            name: name.into(),
+            what,
+        };
+
+        // The RELRO part, then the index, in one private read-only mapping.
+        let relro_len = linked.relro.len() as u64;
+        let index_at = base + layout.shared_end + relro_len;
+        let (index_bytes, symbols_at, version_at) = symbol_index(&exports, lib.version(), index_at);
+        let private_len = round_up(relro_len + index_bytes.len() as u64);
+        if layout.shared_end + private_len > LIB_SLOT_SIZE {
+            return Err(map_err(format!(
+                "its code part and symbol index need {:#x} bytes, more than a library slot",
+                layout.shared_end + private_len
+            )));
+        }
+        let relro = Mapping::new(&[&linked.relro, &index_bytes], private_len as usize, true)
+            .map_err(|e| map_err(e.to_string()))?;
+        let data = if linked.data.is_empty() {
+            None
+        } else {
+            Some(
+                Mapping::new(&[&linked.data], linked.data.len(), false)
+                    .map_err(|e| map_err(e.to_string()))?,
+            )
+        };
+        let image = lib.shared_image();
+        let shared = if image.is_empty() {
+            None
+        } else {
+            Some(
+                SharedPart::get(&self.store, &digest, &image).map_err(|source| LoadError::Store {
+                    name: name.into(),
+                    source,
+                })?,
+            )
+        };
+
+        let mut parts = Vec::with_capacity(3);
+        if let Some(s) = &shared {
+            parts.push(LibPart {
+                gpa: base,
+                size: s.len() as u64,
+                host: s.host(),
+                read_only: true,
+            });
+        }
+        parts.push(LibPart {
+            gpa: base + layout.shared_end,
+            size: private_len,
+            host: relro.host,
+            read_only: true,
+        });
+        if let Some(d) = &data {
+            parts.push(LibPart {
+                gpa: base + layout.data_start,
+                size: d.len as u64,
+                host: d.host,
+                read_only: false,
+            });
+        }
+        let find = |n: &str| exports.iter().find(|(e, _)| e == n).map(|&(_, a)| a);
+        let hooks = Hooks {
+            save: find(STATE_SAVE_SYMBOL),
+            restore: find(STATE_RESTORE_SYMBOL),
+        };
+        let version = lib.version().map(str::to_string);
+        Ok(Prepared {
+            name: name.into(),
+            file: file.into(),
+            digest,
+            info: DlInfo {
+                handle: index as u64,
+                base,
+                symbols: symbols_at,
+                nsymbols: exports.len() as u64,
+                version: if version.is_some() { version_at } else { 0 },
+                version_len: version.as_ref().map_or(0, |v| v.len() as u64),
+            },
+            version,
+            index,
+            hooks,
+            exports,
+            deps,
+            parts,
+            _shared: shared,
+            _relro: relro,
+            _data: data,
+        })
+    }
+}
+
+/// A loaded library.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub lib: Prepared,
+    /// Guest references (opens not yet closed).
+    pub refs: u32,
+    /// Load order (earlier libraries resolve first).
+    seq: u64,
+}
+
+/// What `pvmctl lib list` shows of a loaded library.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LibStatus {
+    /// The name the guest opened it by.
+    pub name: String,
+    /// Its handle (slot).
+    pub handle: u64,
+    /// Its version, if it declares one.
+    pub version: Option<String>,
+    /// SHA-256 of its file, in hex.
+    pub digest: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// The guest's references to it.
+    pub refs: u32,
+    /// Bytes of its shared part (one copy on the host).
+    pub shared_bytes: u64,
+    /// Bytes of its private parts in this pVM.
+    pub private_bytes: u64,
+}
+
+/// The libraries of one pVM.
+pub(crate) struct Libraries {
+    sources: Sources,
+    /// The trust store and the shared store (None when no library is allowed: nothing to load,
+    /// nothing opened at boot).
+    stores: Option<(TrustRef, RunDir)>,
+    app: Vec<Export>,
+    loaded: Vec<Option<Loaded>>,
+    seq: u64,
+}
+
+impl Libraries {
+    /// Opens what the operator allows (before confinement), the trust store and the shared store
+    /// in `run_dir`.
+    pub fn new(config: &LibConfig, run_dir: &RunDir, app: Vec<Export>) -> Result<Libraries, DlSetupError> {
+        let sources = Sources::open(config)?;
+        let stores = if sources.files.is_empty() && sources.dir.is_none() {
+            None
+        } else {
+            Some((
+                TrustRef::open(&config.trust_store)?,
+                run_dir.subdir(libstore::STORE_DIR)?,
+            ))
+        };
+        Ok(Libraries {
+            sources,
+            stores,
+            app,
+            loaded: (0..MAX_LIBS).map(|_| None).collect(),
+            seq: 0,
+        })
+    }
+
+    /// The loaded library in slot `handle`.
+    pub fn get(&self, handle: u64) -> Option<&Loaded> {
+        usize::try_from(handle)
+            .ok()
+            .and_then(|i| self.loaded.get(i)?.as_ref())
+    }
+
+    /// The slot of the loaded library `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.loaded
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.lib.name == name))
+    }
+
+    /// The environment to link a library in, without the library in slot `except` (one being
+    /// replaced: the new version does not link against the old).
+    pub fn env(&self, except: Option<usize>) -> io::Result<LinkEnv> {
+        let mut symbols = BTreeMap::new();
+        for e in &self.app {
+            symbols.entry(e.name.clone()).or_insert((e.addr, None));
+        }
+        let mut order: Vec<&Loaded> = self
+            .loaded
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != except)
+            .filter_map(|(_, l)| l.as_ref())
+            .collect();
+        order.sort_by_key(|l| l.seq);
+        let mut files = BTreeSet::new();
+        for l in order {
+            for (name, addr) in &l.lib.exports {
+                symbols.entry(name.clone()).or_insert((*addr, Some(l.lib.index)));
+            }
+            if let Some(f) = Path::new(&l.lib.file).file_name().and_then(|f| f.to_str()) {
+                files.insert(f.to_string());
+            }
+            files.insert(file_in_dir(&l.lib.name));
+        }
+        let (trust, store) = self
+            .stores
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no library is allowed for this pVM"))?;
+        Ok(LinkEnv {
+            trust: trust.try_clone()?,
+            store: store.try_clone()?,
+            symbols,
+            files,
+        })
+    }
+
+    /// A free slot (none reserved by `reserved`).
+    fn free_slot(&self, space: &Space, reserved: Option<usize>) -> Option<usize> {
+        space.free_library_slot(|i| self.loaded[i].is_some() || Some(i) == reserved)
+    }
+
+    /// Reads the file `name` stands for.
+    pub fn read(&self, name: &str) -> Result<(Vec<u8>, String), LoadError> {
+        self.sources.read(name)
+    }
+
+    /// [`pvm_abi::Hypercall::DlOpen`]: the library `name` (loaded now, or one more reference).
+    pub fn open(&mut self, vm: &VmFd, space: &mut Space, name: &str) -> Result<DlInfo, LoadError> {
+        if let Some(i) = self.find(name) {
+            let l = self.loaded[i]
+                .as_mut()
+                .ok_or_else(|| LoadError::NotAllowed(name.into()))?;
+            l.refs = l.refs.saturating_add(1);
+            return Ok(l.lib.info);
+        }
+        let (bytes, file) = self.read(name)?;
+        let index = self
+            .free_slot(space, None)
+            .ok_or_else(|| LoadError::Full(name.into()))?;
+        let env = self.env(None).map_err(|e| LoadError::Map {
+            name: name.into(),
+            what: e.to_string(),
+        })?;
+        let lib = env.prepare(name, &file, &bytes, index)?;
+        self.install(vm, space, lib, 1)
+    }
+
+    /// Maps a prepared library into the guest's memory slots and records it.
+    pub fn install(
+        &mut self,
+        vm: &VmFd,
+        space: &mut Space,
+        lib: Prepared,
+        refs: u32,
+    ) -> Result<DlInfo, LoadError> {
+        space
+            .add_library(vm, lib.index, &lib.parts)
+            .map_err(|e: SpaceError| LoadError::Map {
+                name: lib.name.clone(),
+                what: e.to_string(),
+            })?;
+        let info = lib.info;
+        self.seq += 1;
+        tracing::info!(name = lib.name, handle = lib.index, version = ?lib.version, "library loaded");
+        let index = lib.index;
+        self.loaded[index] = Some(Loaded {
+            lib,
+            refs,
+            seq: self.seq,
+        });
+        Ok(info)
+    }
+
+    /// Which loaded libraries import from slot `index`.
+    pub fn dependents(&self, index: usize) -> Vec<String> {
+        self.loaded
+            .iter()
+            .flatten()
+            .filter(|l| l.lib.deps.contains(&index))
+            .map(|l| l.lib.name.clone())
+            .collect()
+    }
+
+    /// [`pvm_abi::Hypercall::DlClose`]: drops a reference; the last one unloads the library
+    /// (its slots removed, its memory freed, its shared part given back to the store).
+    pub fn close(&mut self, vm: &VmFd, space: &mut Space, handle: u64) -> Result<(), i64> {
+        use pvm_abi::errno::{EBADF, EBUSY};
+        let index = usize::try_from(handle).map_err(|_| -EBADF)?;
+        let l = self
+            .loaded
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or(-EBADF)?;
+        if l.refs > 1 {
+            l.refs -= 1;
+            return Ok(());
+        }
+        if !self.dependents(index).is_empty() {
+            return Err(-EBUSY);
+        }
+        self.unload(vm, space, index);
+        Ok(())
+    }
+
+    /// Removes library `index` from the guest and frees it.
+    pub fn unload(&mut self, vm: &VmFd, space: &mut Space, index: usize) -> Option<Loaded> {
+        let l = self.loaded.get_mut(index)?.take()?;
+        space.remove_library(vm, index);
+        tracing::info!(name = l.lib.name, handle = index, "library unloaded");
+        Some(l)
+    }
+
+    /// Removes store files nobody maps.
+    pub fn sweep_store(&self) {
+        if let Some((_, store)) = &self.stores {
+            libstore::sweep(store);
+        }
+    }
+
+    /// The loaded libraries, for `pvmctl lib list`.
+    pub fn list(&self) -> Vec<LibStatus> {
+        self.loaded
+            .iter()
+            .flatten()
+            .map(|l| LibStatus {
+                name: l.lib.name.clone(),
+                handle: l.lib.index as u64,
+                version: l.lib.version.clone(),
+                digest: trust::hex(&l.lib.digest),
+                file: l.lib.file.clone(),
+                refs: l.refs,
+                shared_bytes: l
+                    .lib
+                    .parts
+                    .iter()
+                    .filter(|p| p.gpa == l.lib.info.base)
+                    .map(|p| p.size)
+                    .sum(),
+                private_bytes: l
+                    .lib
+                    .parts
+                    .iter()
+                    .filter(|p| p.gpa != l.lib.info.base)
+                    .map(|p| p.size)
+                    .sum(),
+            })
+            .collect()
+    }
+
+    /// A slot for a new version of library `index`.
+    pub fn update_slot(&self, space: &Space, index: usize) -> Option<usize> {
+        self.free_slot(space, Some(index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_names_never_name_paths() {
+        for ok in ["kv", "libkv.v2", "a-b_c", "x".repeat(64).as_str()] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../kv",
+            "k v",
+            "x".repeat(65).as_str(),
+            "kv\0",
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_symbol_index_is_sorted_by_hash_and_points_at_its_names() {
+        let exports = vec![
+            ("alpha".to_string(), 0x10),
+            ("beta".to_string(), 0x20),
+            ("gamma".to_string(), 0x30),
+        ];
+        let (bytes, at, version_at) = symbol_index(&exports, Some("1.0"), 0x1000);
+        assert_eq!(at, 0x1000);
+        let rec = |i: usize| {
+            let f =
+                |j: usize| u64::from_le_bytes(bytes[i * 32 + j * 8..i * 32 + j * 8 + 8].try_into().unwrap());
+            (f(0), f(1), f(2), f(3))
+        };
+        let mut last = 0;
+        for i in 0..3 {
+            let (hash, name, len, addr) = rec(i);
+            assert!(hash >= last);
+            last = hash;
+            let off = (name - 0x1000) as usize;
+            let text = std::str::from_utf8(&bytes[off..off + len as usize]).unwrap();
+            assert_eq!(symbol_hash(text.as_bytes()), hash);
+            assert_eq!(exports.iter().find(|(n, _)| n == text).unwrap().1, addr);
+        }
+        let v = (version_at - 0x1000) as usize;
+        assert_eq!(&bytes[v..v + 3], b"1.0");
+    }
+}

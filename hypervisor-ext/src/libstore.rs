@@ -1,0 +1,175 @@
+//! The shared parts of libraries, one copy per host: `<run-dir>/lib/<sha256 of the library
+//! file>`, a read-only file holding the library's code and read-only data as they lie in memory
+//! (the same for every pVM: no relocation writes them), which every monitor that loads the
+//! library maps `MAP_SHARED`, read-only, as the memory slot of that part. The host keeps one copy
+//! in its page cache, however many pVMs (and families) use the library.
+//!
+//! Nothing in the directory is trusted: a monitor opens a file only through the verified
+//! runtime directory (no links followed, the user's own regular file), and before mapping it
+//! compares its bytes with the shared part it computed itself from the library it checked. A
+//! file that differs (another writer, a crash mid-write) is replaced, never used.
+//!
+//! A monitor holds a read lock (open-file-description) on each file it maps; a file nobody
+//! holds is removed by [`sweep`] (when a library is unloaded, and by `pvmctl ps`).
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+
+use crate::rundir::RunDir;
+use crate::sys::{self, Open};
+use crate::trust::{hex, Digest};
+
+/// The store's subdirectory of the runtime directory.
+pub const STORE_DIR: &str = "lib";
+
+/// A library's shared part, mapped read-only from its store file (and locked while mapped).
+#[derive(Debug)]
+pub struct SharedPart {
+    host: NonNull<u8>,
+    len: usize,
+    /// Held open for the read lock (and so for the mapping's life).
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is read-only and owned by this value; nothing aliases it mutably.
+unsafe impl Send for SharedPart {}
+
+impl SharedPart {
+    /// Maps the shared part `image` of the library with digest `digest` from the store `dir`,
+    /// creating (or replacing) its file when missing or different.
+    pub fn get(dir: &RunDir, digest: &Digest, image: &[u8]) -> io::Result<SharedPart> {
+        let name = hex(digest);
+        for _ in 0..4 {
+            if let Some(part) = Self::open_existing(dir, &name, image)? {
+                return Ok(part);
+            }
+            Self::create(dir, &name, image)?;
+        }
+        Err(io::Error::other("the library store keeps changing under us"))
+    }
+
+    /// Host address of the mapping.
+    pub fn host(&self) -> NonNull<u8> {
+        self.host
+    }
+
+    /// Its length (a whole number of pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn open_existing(dir: &RunDir, name: &str, image: &[u8]) -> io::Result<Option<SharedPart>> {
+        let fd = match dir.open_file(name, Open::Read) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // Not a regular file of ours (EINVAL, EPERM) or a link (ELOOP): replace it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM | libc::ELOOP)) => {
+                let _ = dir.remove(name);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // Locked first, then checked: a sweeper that removes it meanwhile only costs sharing.
+        if !sys::share_lock_range(fd.as_fd(), 0, 0)? {
+            return Ok(None);
+        }
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_size as u64 != image.len() as u64 || image.is_empty() {
+            let _ = dir.remove(name);
+            return Ok(None);
+        }
+        let host = sys::map_file_read(fd.as_fd(), image.len())?;
+        let part = SharedPart {
+            host,
+            len: image.len(),
+            _fd: fd,
+        };
+        // SAFETY: the mapping is `len` bytes long and readable.
+        let mapped = unsafe { std::slice::from_raw_parts(part.host.as_ptr(), part.len) };
+        if mapped != image {
+            tracing::warn!(
+                file = name,
+                "library store file differs from the library: replaced"
+            );
+            drop(part);
+            let _ = dir.remove(name);
+            return Ok(None);
+        }
+        Ok(Some(part))
+    }
+
+    fn create(dir: &RunDir, name: &str, image: &[u8]) -> io::Result<()> {
+        let tmp = format!(".{name}.{}.tmp", sys::getpid());
+        let _ = dir.remove(&tmp);
+        let fd = sys::open_at(dir.fd(), &tmp, Open::ExclusiveReadOnly)?;
+        sys::write_at(fd.as_fd(), image, 0)?;
+        drop(fd);
+        sys::rename_at(dir.fd(), &tmp, name)
+    }
+}
+
+impl Drop for SharedPart {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; its owner removed the memory slot over it first.
+        unsafe { sys::unmap(self.host, self.len) };
+    }
+}
+
+/// Removes the store files no monitor maps (and temporary files left by a monitor that died
+/// while writing one). Best effort.
+pub fn sweep(dir: &RunDir) {
+    let Ok(names) = dir.names() else { return };
+    for name in names {
+        if name.ends_with(".tmp") {
+            // Another monitor's file in the making, unless its pid is gone.
+            let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| sys::proc_stat(p).is_err()) {
+                let _ = dir.remove(&name);
+            }
+            continue;
+        }
+        let Ok(fd) = dir.open_file(&name, Open::Read) else {
+            continue;
+        };
+        // Nobody's read lock on it (the file is read-only, so the question is asked, not a
+        // write lock taken): no monitor maps it.
+        if matches!(sys::other_lock_in(fd.as_fd(), 0, 0), Ok(None)) && dir.names_file(&name, fd.as_fd()) {
+            let _ = dir.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_per_digest_checked_replaced_and_swept() {
+        let path = std::env::temp_dir().join(format!("pvm-libstore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = RunDir::open(&path).unwrap();
+        let image = vec![0x90u8; 8192];
+        let d = crate::trust::digest(b"lib");
+        let a = SharedPart::get(&dir, &d, &image).unwrap();
+        let b = SharedPart::get(&dir, &d, &image).unwrap();
+        let file = path.join(hex(&d));
+        let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = ino(&file);
+        // Held: a sweep keeps it.
+        sweep(&dir);
+        assert!(file.exists());
+        drop((a, b));
+        // A tampered file is replaced, not used.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::write(&file, vec![0xccu8; 8192]).unwrap();
+        let c = SharedPart::get(&dir, &d, &image).unwrap();
+        // SAFETY: the mapping is 8192 readable bytes.
+        let mapped = unsafe { std::slice::from_raw_parts(c.host().as_ptr(), c.len()) };
+        assert_eq!(mapped, &image[..]);
+        assert_ne!(ino(&file), first);
+        drop(c);
+        sweep(&dir);
+        assert!(!file.exists(), "nobody holds it: swept");
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
