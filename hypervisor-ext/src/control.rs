@@ -1,7 +1,10 @@
 //! The operator's control channel to one pVM: a Unix stream socket `<run-dir>/<id>.sock` its
 //! monitor listens on, carrying one request and its answer per connection, as one JSON line
 //! each ([`Request`], [`Response`]: the protocol, defined here once for the monitor and
-//! `pvmctl`).
+//! `pvmctl`). A request may carry one open file with it (`SCM_RIGHTS`: the new version of a
+//! library for [`Request::Update`], opened by `pvmctl` with the operator's rights, so the
+//! monitor opens no path it is given). Most answers come at once; an update's comes when the
+//! update is over (committed or rolled back), the connection held open meanwhile.
 //!
 //! A monitor has one thread, busy in `KVM_RUN`: the socket is in async mode (`O_ASYNC`), so a
 //! connection raises SIGIO, whose handler kicks the vCPU like any signal; the vCPU loop then
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dl::LibStatus;
 use crate::registry::State;
 use crate::rundir::RunDir;
 use crate::sys;
@@ -37,6 +41,19 @@ pub enum Request {
     Pause,
     /// Run the guest again.
     Resume,
+    /// The libraries the pVM has loaded.
+    Libraries,
+    /// Replace the loaded library `library` with the file sent along with the request.
+    Update {
+        /// The library's name (as the guest opened it).
+        library: String,
+        /// The new version's file, for messages and `lib list`.
+        file: String,
+        /// Accept a version lower than the loaded one.
+        allow_downgrade: bool,
+        /// How long the guest has to reach a safe point, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// A monitor's answer.
@@ -49,6 +66,27 @@ pub enum Response {
         id: u32,
         /// Its state now.
         state: State,
+    },
+    /// The pVM's libraries.
+    Libraries {
+        /// The pVM's id.
+        id: u32,
+        /// Its libraries.
+        libraries: Vec<LibStatus>,
+    },
+    /// The library was replaced.
+    Updated {
+        /// The pVM's id.
+        id: u32,
+        /// The library.
+        library: String,
+        /// The old version's version string.
+        from: Option<String>,
+        /// The new version's.
+        to: Option<String>,
+        /// How long the guest was stopped for the switch (safe point to commit), in
+        /// microseconds.
+        pause_us: u64,
     },
     /// The request was refused or failed.
     Error {
@@ -117,46 +155,83 @@ impl ControlSocket {
         Ok(ControlSocket { listener })
     }
 
-    /// Serves every pending connection with `handle`; never blocks longer than a client's
+    /// Serves every pending connection with `handle`, which answers each request (at once, or
+    /// later through [`Incoming::defer`]); never blocks longer than a client's
     /// [`REQUEST_TIMEOUT_MS`].
-    pub fn serve(&self, mut handle: impl FnMut(Request) -> Response) {
+    pub fn serve(&self, mut handle: impl FnMut(Incoming)) {
         let me = sys::geteuid();
         while let Ok(Some(conn)) = sys::accept(self.listener.as_fd()) {
-            let response = match sys::peer_credentials(conn.as_fd()) {
+            let refused = match sys::peer_credentials(conn.as_fd()) {
                 Ok((_, uid)) if uid == me || uid == 0 => {
-                    match read_line(conn.as_fd(), REQUEST_TIMEOUT_MS * 1_000_000) {
-                        Ok(line) => match serde_json::from_slice::<Request>(&line) {
-                            Ok(request) => handle(request),
-                            Err(e) => Response::Error {
-                                message: format!("not a request: {e}"),
-                            },
+                    match read_line(conn.as_fd(), REQUEST_TIMEOUT_MS * 1_000_000, true) {
+                        Ok((line, mut fds)) => match serde_json::from_slice::<Request>(&line) {
+                            Ok(request) => {
+                                handle(Incoming {
+                                    request,
+                                    file: fds.pop(),
+                                    conn,
+                                });
+                                continue;
+                            }
+                            Err(e) => format!("not a request: {e}"),
                         },
-                        Err(e) => Response::Error {
-                            message: format!("no request: {e}"),
-                        },
+                        Err(e) => format!("no request: {e}"),
                     }
                 }
-                Ok((_, uid)) => Response::Error {
-                    message: format!("user {uid} may not control this pVM"),
-                },
-                Err(e) => Response::Error {
-                    message: format!("unknown peer: {e}"),
-                },
+                Ok((_, uid)) => format!("user {uid} may not control this pVM"),
+                Err(e) => format!("unknown peer: {e}"),
             };
-            let _ = write_line(conn.as_fd(), &response);
+            let _ = write_line(conn.as_fd(), &Response::Error { message: refused });
         }
     }
 }
 
+/// A request that came in, with its connection (answered when this is dropped, with an error,
+/// if nothing else answered it).
+#[derive(Debug)]
+pub struct Incoming {
+    /// The request.
+    pub request: Request,
+    /// The file sent along with it, if any.
+    pub file: Option<OwnedFd>,
+    conn: OwnedFd,
+}
+
+impl Incoming {
+    /// Answers now.
+    pub fn answer(self, response: &Response) {
+        let _ = write_line(self.conn.as_fd(), response);
+    }
+
+    /// Keeps the connection to answer later.
+    pub fn defer(self) -> Pending {
+        Pending { conn: self.conn }
+    }
+}
+
+/// A connection waiting for its answer (an update under way).
+#[derive(Debug)]
+pub struct Pending {
+    conn: OwnedFd,
+}
+
+impl Pending {
+    /// Answers (the client may have gone: then nobody hears it).
+    pub fn answer(self, response: &Response) {
+        let _ = write_line(self.conn.as_fd(), response);
+    }
+}
+
 /// Reads one line of at most [`MAX_MESSAGE`] bytes (or what comes before end of file),
-/// waiting at most `timeout_ns` in all.
-fn read_line(fd: BorrowedFd<'_>, timeout_ns: u64) -> io::Result<Vec<u8>> {
+/// waiting at most `timeout_ns` in all; with `take_fds`, also the descriptors sent along.
+fn read_line(fd: BorrowedFd<'_>, timeout_ns: u64, take_fds: bool) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let deadline = sys::monotonic_ns().saturating_add(timeout_ns);
     let mut buf = Vec::new();
+    let mut fds = Vec::new();
     loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
             buf.truncate(end);
-            return Ok(buf);
+            return Ok((buf, fds));
         }
         if buf.len() > MAX_MESSAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
@@ -166,8 +241,16 @@ fn read_line(fd: BorrowedFd<'_>, timeout_ns: u64) -> io::Result<Vec<u8>> {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "nothing came in time"));
         }
         let mut chunk = [0u8; 512];
-        match sys::read(fd, &mut chunk)? {
-            0 => return Ok(buf),
+        let n = if take_fds {
+            let (n, passed) = sys::recv_with_fds(fd, &mut chunk)?;
+            fds.extend(passed);
+            fds.truncate(sys::MAX_PASSED_FDS);
+            n
+        } else {
+            sys::read(fd, &mut chunk)?
+        };
+        match n {
+            0 => return Ok((buf, fds)),
             n => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -182,6 +265,17 @@ fn write_line(fd: BorrowedFd<'_>, value: &impl Serialize) -> io::Result<()> {
 /// Sends `request` to pVM `id` of the runtime directory `dir` and returns its answer (for
 /// `pvmctl`): the socket's other end must be the process `id` itself.
 pub fn request(dir: &Path, id: u32, request: &Request, timeout: Duration) -> Result<Response, ControlError> {
+    request_with_file(dir, id, request, None, timeout)
+}
+
+/// [`request`], with an open file sent along.
+pub fn request_with_file(
+    dir: &Path,
+    id: u32,
+    request: &Request,
+    file: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
     let io_err = |source| ControlError::Io { id, source };
     let conn = match sys::unix_connect(&dir.join(socket_name(id))) {
         Ok(c) => c,
@@ -194,9 +288,16 @@ pub fn request(dir: &Path, id: u32, request: &Request, timeout: Duration) -> Res
     if pid != id {
         return Err(ControlError::Impostor { id, pid });
     }
-    write_line(conn.as_fd(), request).map_err(io_err)?;
+    match file {
+        Some(file) => {
+            let mut text = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
+            text.push(b'\n');
+            sys::send_with_fd(conn.as_fd(), &text, file).map_err(io_err)?;
+        }
+        None => write_line(conn.as_fd(), request).map_err(io_err)?,
+    }
     let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let buf = read_line(conn.as_fd(), timeout_ns).map_err(|e| match e.kind() {
+    let (buf, _) = read_line(conn.as_fd(), timeout_ns, false).map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut => ControlError::Timeout(id),
         _ => ControlError::Io { id, source: e },
     })?;

@@ -19,7 +19,7 @@ use std::ptr::NonNull;
 
 use kvm_ioctls::VmFd;
 use pvm_abi::layout::{LIB_SLOT_SIZE, PAGE_SIZE};
-use pvm_abi::{symbol_hash, DlInfo, LibSymbol, STATE_RESTORE_SYMBOL, STATE_SAVE_SYMBOL};
+use pvm_abi::{symbol_hash, DlInfo, LibSymbol};
 use pvm_dynlink::{Export, Library, LinkError, ParseError, MAX_FILE_SIZE};
 
 use crate::libstore::{self, SharedPart};
@@ -301,7 +301,7 @@ impl Sources {
         if !sys::is_file(&st) {
             return Err(read_err(&file, io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let bytes = sys::read_prefix(fd.as_fd(), MAX_FILE_SIZE + 1).map_err(|e| read_err(&file, e))?;
+        let bytes = sys::read_whole(fd.as_fd(), MAX_FILE_SIZE + 1).map_err(|e| read_err(&file, e))?;
         Ok((bytes, file))
     }
 }
@@ -316,15 +316,6 @@ pub(crate) struct LinkEnv {
     files: BTreeSet<String>,
 }
 
-/// The state hand-over hooks a library exports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Hooks {
-    /// `pvm_state_save`.
-    pub save: Option<u64>,
-    /// `pvm_state_restore`.
-    pub restore: Option<u64>,
-}
-
 /// A library linked for one slot and mapped in this monitor, not yet in the guest's memory
 /// slots (`parts` says where they go).
 #[derive(Debug)]
@@ -335,7 +326,6 @@ pub(crate) struct Prepared {
     pub version: Option<String>,
     pub index: usize,
     pub info: DlInfo,
-    pub hooks: Hooks,
     /// Its definitions, at their guest addresses.
     pub exports: Vec<(String, u64)>,
     /// Library slots it imports from.
@@ -486,11 +476,6 @@ impl LinkEnv {
                 read_only: false,
             });
         }
-        let find = |n: &str| exports.iter().find(|(e, _)| e == n).map(|&(_, a)| a);
-        let hooks = Hooks {
-            save: find(STATE_SAVE_SYMBOL),
-            restore: find(STATE_RESTORE_SYMBOL),
-        };
         let version = lib.version().map(str::to_string);
         Ok(Prepared {
             name: name.into(),
@@ -506,7 +491,6 @@ impl LinkEnv {
             },
             version,
             index,
-            hooks,
             exports,
             deps,
             parts,
@@ -555,14 +539,23 @@ pub(crate) struct Libraries {
     /// nothing opened at boot).
     stores: Option<(TrustRef, RunDir)>,
     app: Vec<Export>,
+    /// The app's code (where a runtime's hook escape may be).
+    app_code: Vec<(u64, u64)>,
     loaded: Vec<Option<Loaded>>,
     seq: u64,
+    /// A slot taken by an update under way.
+    reserved: Option<usize>,
 }
 
 impl Libraries {
     /// Opens what the operator allows (before confinement), the trust store and the shared store
     /// in `run_dir`.
-    pub fn new(config: &LibConfig, run_dir: &RunDir, app: Vec<Export>) -> Result<Libraries, DlSetupError> {
+    pub fn new(
+        config: &LibConfig,
+        run_dir: &RunDir,
+        app: Vec<Export>,
+        app_code: Vec<(u64, u64)>,
+    ) -> Result<Libraries, DlSetupError> {
         let sources = Sources::open(config)?;
         let stores = if sources.files.is_empty() && sources.dir.is_none() {
             None
@@ -576,8 +569,10 @@ impl Libraries {
             sources,
             stores,
             app,
+            app_code,
             loaded: (0..MAX_LIBS).map(|_| None).collect(),
             seq: 0,
+            reserved: None,
         })
     }
 
@@ -632,9 +627,16 @@ impl Libraries {
         })
     }
 
-    /// A free slot (none reserved by `reserved`).
-    fn free_slot(&self, space: &Space, reserved: Option<usize>) -> Option<usize> {
-        space.free_library_slot(|i| self.loaded[i].is_some() || Some(i) == reserved)
+    /// A free slot.
+    fn free_slot(&self, space: &Space) -> Option<usize> {
+        space.free_library_slot(|i| self.loaded[i].is_some() || Some(i) == self.reserved)
+    }
+
+    /// Whether `addr` is in the app's code.
+    pub fn in_app_code(&self, addr: u64) -> bool {
+        self.app_code
+            .iter()
+            .any(|&(start, end)| (start..end).contains(&addr))
     }
 
     /// Reads the file `name` stands for.
@@ -653,7 +655,7 @@ impl Libraries {
         }
         let (bytes, file) = self.read(name)?;
         let index = self
-            .free_slot(space, None)
+            .free_slot(space)
             .ok_or_else(|| LoadError::Full(name.into()))?;
         let env = self.env(None).map_err(|e| LoadError::Map {
             name: name.into(),
@@ -677,6 +679,11 @@ impl Libraries {
                 name: lib.name.clone(),
                 what: e.to_string(),
             })?;
+        Ok(self.record(lib, refs))
+    }
+
+    /// Records a library whose memory slots are in place.
+    pub fn record(&mut self, lib: Prepared, refs: u32) -> DlInfo {
         let info = lib.info;
         self.seq += 1;
         tracing::info!(name = lib.name, handle = lib.index, version = ?lib.version, "library loaded");
@@ -686,7 +693,7 @@ impl Libraries {
             refs,
             seq: self.seq,
         });
-        Ok(info)
+        info
     }
 
     /// Which loaded libraries import from slot `index`.
@@ -765,9 +772,16 @@ impl Libraries {
             .collect()
     }
 
-    /// A slot for a new version of library `index`.
-    pub fn update_slot(&self, space: &Space, index: usize) -> Option<usize> {
-        self.free_slot(space, Some(index))
+    /// Reserves a slot for a new version of a library (until [`Libraries::release`]).
+    pub fn reserve(&mut self, space: &Space) -> Option<usize> {
+        let slot = self.free_slot(space)?;
+        self.reserved = Some(slot);
+        Some(slot)
+    }
+
+    /// Gives the reserved slot back.
+    pub fn release(&mut self) {
+        self.reserved = None;
     }
 }
 

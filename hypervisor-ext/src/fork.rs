@@ -30,6 +30,8 @@ impl Monitor {
     /// `ENOMEM` past the memory budget or when the host refuses, `EIO` otherwise.
     pub(crate) fn fork_pvm(&mut self) -> i64 {
         let t0 = sys::monotonic_ns();
+        // An update's helper thread finishes first: the monitor forks single-threaded.
+        self.settle_update();
         // The child's lease is taken first, on descriptions the child inherits and the parent
         // closes: whatever happens next, it is held by one process at most.
         let lease = match self.family.admit_fork(self.mem.size()) {
@@ -137,6 +139,8 @@ impl Monitor {
         // old kvm_run page without any ioctl.
         drop(std::mem::replace(&mut self.vcpu, new_vcpu));
         drop(std::mem::replace(&mut self.vm, new_vm));
+        // A library update under way is the parent's: its new version leaves this VM.
+        self.forget_update();
         signals::arm_kick(&mut self.vcpu);
         // Our own control socket (the parent's stays the parent's).
         self.control =
@@ -154,10 +158,10 @@ impl Monitor {
                 Access::Monitor,
             )?;
         }
-        // Signals pending for the parent's handlers are not the child's. (Written only if set:
-        // an untouched page stays shared with the parent.)
+        // Signals pending for the parent's handlers, and the parent's library update, are not
+        // the child's. (Written only if set: an untouched page stays shared with the parent.)
         let status: GuestStatus = self.mem.read_obj(layout::STATUS_ADDR, Access::Monitor)?;
-        if status.pending_signals != 0 {
+        if status.pending_signals != 0 || status.dl_update != 0 {
             self.mem
                 .write_obj(layout::STATUS_ADDR, &GuestStatus::default(), Access::Monitor)?;
         }

@@ -149,6 +149,17 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         (libc::CLONE_CHILD_CLEARTID | libc::CLONE_CHILD_SETTID | libc::SIGCHLD) as u64,
         // the deferred-teardown helper: sys::clone_helper
         (libc::CLONE_VM | libc::CLONE_FILES) as u64,
+        // a thread (glibc's pthread_create, after clone3 answered ENOSYS): a library update's
+        // helper (update.rs)
+        (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64,
     ];
     let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // KVM: the vCPU loop, fork's capture/restore/new VM, IPC memory slots. Nothing else.
@@ -163,12 +174,29 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_madvise, one_of(2, Len::Dword, &madvice)?);
     // Processes: a pVM's fork, the teardown helper, waits, signals to verified pVMs only.
     r.insert(libc::SYS_clone, one_of(0, Len::Qword, &clone_flags)?);
-    r.insert(libc::SYS_set_robust_list, any()); // glibc, in a forked child
+    r.insert(libc::SYS_set_robust_list, any()); // glibc, in a forked child and a new thread
+                                                // clone3's flags are in memory the filter cannot read: allowed here, answered ENOSYS by the
+                                                // second filter (glibc then uses clone, filtered above).
+    r.insert(libc::SYS_clone3, any());
+    r.insert(libc::SYS_rseq, any()); // glibc, in a new thread
+    r.insert(libc::SYS_sigaltstack, any()); // std, in a new thread (its stack-overflow guard)
+    r.insert(libc::SYS_sched_getaffinity, any()); // glibc, in a new thread (read-only)
+    r.insert(
+        libc::SYS_prctl,
+        one_of(0, Len::Dword, &[libc::PR_SET_NAME as u64])?,
+    ); // std names a new thread
+    r.insert(
+        libc::SYS_tgkill,
+        one_of(2, Len::Dword, &[libc::SIGABRT as u64, libc::SIGIO as u64])?,
+    ); // abort(); the update helper kicks the vCPU thread (sys::signal_thread)
+       // A library update's deadlines (sys::Timer).
+    r.insert(libc::SYS_timer_create, any());
+    r.insert(libc::SYS_timer_settime, any());
+    r.insert(libc::SYS_timer_delete, any());
     r.insert(libc::SYS_wait4, any()); // sys::waitpid: Wait, the root's family wait
     r.insert(libc::SYS_pidfd_open, any()); // registry signals, teardown helper
     r.insert(libc::SYS_pidfd_send_signal, one_of(1, Len::Dword, &signals)?); // Registry::signal
     r.insert(libc::SYS_kill, kill_rules(&signals)?); // sys::kill: self, own children
-    r.insert(libc::SYS_tgkill, one_of(2, Len::Dword, &[libc::SIGABRT as u64])?); // abort()
     r.insert(libc::SYS_getpid, any());
     r.insert(libc::SYS_gettid, any());
     r.insert(libc::SYS_geteuid, any()); // rundir: owner checks
@@ -218,6 +246,7 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_bind, any());
     r.insert(libc::SYS_listen, any());
     r.insert(libc::SYS_accept4, any());
+    r.insert(libc::SYS_recvmsg, any()); // a request's passed file (sys::recv_with_fds)
     r.insert(
         libc::SYS_getsockopt,
         vec![SeccompRule::new(vec![
@@ -229,23 +258,52 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     Ok(r)
 }
 
-/// The compiled filter (compile before forking a process that installs it: compiling allocates).
-pub fn program() -> Result<BpfProgram, SeccompError> {
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
-    let filter = SeccompFilter::new(rules()?, SeccompAction::KillProcess, SeccompAction::Allow, arch)
-        .map_err(|e| SeccompError::Build(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))
+/// The compiled filters (compile before forking a process that installs them: compiling
+/// allocates): the allow-list, and one that answers `clone3` with ENOSYS (the kernel applies the
+/// strictest result of all filters).
+pub struct Filters {
+    allow_list: BpfProgram,
+    no_clone3: BpfProgram,
 }
 
-/// Confines this process: `no_new_privs`, then the filter. Threads started later (none are)
-/// and forked children inherit it.
-pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+/// Compiles the filters.
+pub fn program() -> Result<Filters, SeccompError> {
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
+    let compile =
+        |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, SeccompError> {
+            filter
+                .and_then(TryInto::try_into)
+                .map_err(|e| SeccompError::Build(e.to_string()))
+        };
+    let allow_list = compile(SeccompFilter::new(
+        rules()?,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch,
+    ))?;
+    let no_clone3 = compile(SeccompFilter::new(
+        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    ))?;
+    Ok(Filters {
+        allow_list,
+        no_clone3,
+    })
+}
+
+/// Confines this process: `no_new_privs`, then the filters. Threads started later (a library
+/// update's helper) and forked children inherit them.
+pub fn install(filters: &Filters) -> Result<(), SeccompError> {
     crate::sys::set_no_new_privs().map_err(|e| SeccompError::Install(e.to_string()))?;
-    seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(e.to_string()))
+    // The allow-list last: applying a filter makes a prctl the allow-list refuses.
+    for program in [&filters.no_clone3, &filters.allow_list] {
+        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(e.to_string()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

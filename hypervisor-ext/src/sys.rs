@@ -549,6 +549,121 @@ pub fn accept(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// Sends `bytes` on the Unix socket `sock` with the descriptor `fd` attached (`SCM_RIGHTS`).
+pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let n = sendmsg(
+        sock,
+        &[io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    // The descriptor went with the first byte; the rest is plain data.
+    write_all(sock, &bytes[n..]).map(drop)
+}
+
+/// Receives into `buf` from the Unix socket `sock`, with the descriptors that came with the
+/// bytes (`SCM_RIGHTS`, close-on-exec), at most [`MAX_PASSED_FDS`]: more are closed.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = m {
+            fds.extend(passed);
+        }
+    }
+    fds.truncate(MAX_PASSED_FDS);
+    Ok((msg.bytes, fds))
+}
+
+/// Most descriptors one control message may carry.
+pub const MAX_PASSED_FDS: usize = 1;
+
+/// This thread's id.
+pub fn gettid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Sends `sig` to thread `tid` of this process (a helper thread kicking the vCPU thread).
+/// libc: rustix has no `tgkill`.
+pub fn signal_thread(tid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: tgkill with integer arguments.
+    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A one-shot timer that signals SIGIO to the thread that made it (the vCPU thread: a deadline
+/// reaches the vCPU loop even while the guest runs without exits). libc: rustix has no POSIX
+/// timers. Not inherited by a forked child.
+#[derive(Debug)]
+pub struct Timer {
+    id: libc::timer_t,
+}
+
+impl Timer {
+    /// A disarmed timer.
+    pub fn new() -> io::Result<Timer> {
+        // SAFETY: a zeroed sigevent is a valid value; the fields set make it a thread-directed
+        // signal to this thread.
+        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGIO;
+        ev.sigev_notify_thread_id = gettid() as libc::c_int;
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid pointers to a sigevent and a timer id.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Timer { id })
+    }
+
+    /// Fires once, `ns` nanoseconds from now (replacing an earlier arming).
+    pub fn arm(&self, ns: u64) -> io::Result<()> {
+        let ns = ns.max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: a timer this value owns and a valid itimerspec.
+        if unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: a timer this value owns.
+        unsafe { libc::timer_delete(self.id) };
+    }
+}
+
 /// The (pid, uid) of the process at the other end of a Unix socket (`SO_PEERCRED`).
 pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let cred = rustix::net::sockopt::socket_peercred(fd)?;
@@ -727,6 +842,33 @@ pub fn read_prefix(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
     }
     buf.truncate(done);
     Ok(buf)
+}
+
+/// Reads `fd` from offset 0 to its end, but at most `max` bytes (a larger file gives `max`
+/// bytes: the caller refuses it), sized by its length rather than `max`.
+pub fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
+    let len = (fstat(fd)?.st_size.max(0) as usize).min(max);
+    let mut buf = Vec::with_capacity(len + 1);
+    loop {
+        if buf.len() >= max {
+            return Ok(buf);
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve((buf.len() + 1).min(max - buf.len()));
+        }
+        let at = buf.len() as u64;
+        let want = (buf.capacity() - buf.len()).min(max - buf.len());
+        match rustix::io::pread(fd, &mut buf.spare_capacity_mut()[..want], at) {
+            Ok((filled, _)) if filled.is_empty() => return Ok(buf),
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: pread initialised these `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Replaces the contents of `fd` with `data`.

@@ -229,7 +229,7 @@ fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
 }
 
 /// The live entries `target` names (an id, or every pVM with that name).
-fn resolve<'a>(entries: &'a [Entry], target: &str) -> Vec<&'a Entry> {
+pub(crate) fn resolve<'a>(entries: &'a [Entry], target: &str) -> Vec<&'a Entry> {
     let live = entries.iter().filter(|e| e.state != State::Exited);
     match target.parse::<u32>() {
         Ok(id) => live.filter(|e| e.id == id).collect(),
@@ -336,6 +336,10 @@ pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
                 }
                 Ok(Response::Error { message }) => {
                     eprintln!("pvmctl: error: pVM {}: {message}", e.id);
+                    failed = true;
+                }
+                Ok(other) => {
+                    eprintln!("pvmctl: error: pVM {} answered {other:?}", e.id);
                     failed = true;
                 }
                 Err(err) => {

@@ -10,6 +10,7 @@ mod bench_security;
 mod ctl;
 mod guest_build;
 mod image;
+mod lib_cmd;
 mod run;
 mod signal;
 
@@ -39,6 +40,9 @@ enum Command {
     Pause(ctl::PauseArgs),
     /// Resume paused pVMs.
     Resume(ctl::PauseArgs),
+    /// Trust, list and update the libraries pVMs load at run time.
+    #[command(subcommand)]
+    Lib(lib_cmd::LibCommand),
     /// Measure pvm against Linux baselines.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Kill(args) => ctl::kill(args).map_err(Into::into),
         Command::Pause(args) => ctl::pause(args, true).map_err(Into::into),
         Command::Resume(args) => ctl::pause(args, false).map_err(Into::into),
+        Command::Lib(cmd) => lib_cmd::lib(cmd).map_err(Into::into),
         Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
     };
     match result {

@@ -111,7 +111,13 @@ impl Monitor {
             family_key: sys::random_u64().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?,
         };
         let ledger = FamilyLedger::new().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
-        let libs = crate::dl::Libraries::new(&config.libs, registry.dir(), image.exports.clone())?;
+        let app_code = image
+            .segments
+            .iter()
+            .filter(|s| s.perm.exec)
+            .map(|s| (s.start, s.end))
+            .collect();
+        let libs = crate::dl::Libraries::new(&config.libs, registry.dir(), image.exports.clone(), app_code)?;
         let mut family = Family::new(ids, config.limits, registry, ledger);
         crate::ledger::verify(family.registry.dir()).map_err(LedgerError::Io)?;
         let lease = Lease::acquire(
@@ -198,6 +204,7 @@ impl Monitor {
             family,
             ipc: Ipc::default(),
             libs,
+            update: None,
             handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,

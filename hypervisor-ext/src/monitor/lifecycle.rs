@@ -22,6 +22,9 @@ impl Monitor {
         }
         let outcome = self.run_loop();
         signals::disarm_kick();
+        if self.update.is_some() {
+            self.fail_update(crate::update::UpdateError::Ended);
+        }
         let outcome = outcome?;
         self.family.report_outcome(&outcome);
         if let Some(entry) = &mut self.family.entry {

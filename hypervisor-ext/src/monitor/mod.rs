@@ -147,6 +147,8 @@ pub struct Monitor {
     pub(crate) ipc: Ipc,
     /// Its libraries.
     pub(crate) libs: crate::dl::Libraries,
+    /// A library update under way.
+    pub(crate) update: Option<crate::update::Update>,
     /// Signals the guest handles, one bit per number.
     pub(crate) handled_signals: u64,
     pub(crate) bench_fd: Option<RawFd>,

@@ -23,6 +23,9 @@ impl Monitor {
             if let Attention::End(outcome) = self.attend() {
                 return Ok(outcome);
             }
+            if let Some(rip) = self.take_escape() {
+                self.redirect_vcpu(rip);
+            }
             let call = match self.vcpu.run() {
                 Ok(VcpuExit::MmioWrite(addr, data)) => hypercall::decode(addr, data),
                 Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -83,6 +86,8 @@ impl Monitor {
         loop {
             if signals::take_control() {
                 self.serve_control(false);
+                // A kick may be the update's (its helper is done, or a deadline passed).
+                delivered |= self.poll_update();
             }
             let mask = signals::take();
             if mask != 0 {
@@ -127,36 +132,44 @@ impl Monitor {
             return;
         };
         let id = self.family.ids.id;
-        control.serve(|request| match (request, ended) {
-            (Request::Status, true) => Response::Done {
-                id,
-                state: State::Exited,
-            },
-            (_, true) => Response::Error {
-                message: format!("pVM {id} has ended"),
-            },
-            (Request::Status, false) => Response::Done {
-                id,
-                state: if signals::pause_requested() {
-                    State::Paused
-                } else {
-                    State::Running
+        control.serve(|incoming| {
+            let response = match (&incoming.request, ended) {
+                (Request::Status, true) => Response::Done {
+                    id,
+                    state: State::Exited,
                 },
-            },
-            (Request::Pause, false) => {
-                signals::request_pause(true);
-                Response::Done {
+                (_, true) => Response::Error {
+                    message: format!("pVM {id} has ended"),
+                },
+                (Request::Status, false) => Response::Done {
                     id,
-                    state: State::Paused,
+                    state: if signals::pause_requested() {
+                        State::Paused
+                    } else {
+                        State::Running
+                    },
+                },
+                (Request::Pause, false) => {
+                    signals::request_pause(true);
+                    Response::Done {
+                        id,
+                        state: State::Paused,
+                    }
                 }
-            }
-            (Request::Resume, false) => {
-                signals::request_pause(false);
-                Response::Done {
+                (Request::Resume, false) => {
+                    signals::request_pause(false);
+                    Response::Done {
+                        id,
+                        state: State::Running,
+                    }
+                }
+                (Request::Libraries, false) => Response::Libraries {
                     id,
-                    state: State::Running,
-                }
-            }
+                    libraries: self.libs.list(),
+                },
+                (Request::Update { .. }, false) => return self.start_update(incoming),
+            };
+            incoming.answer(&response);
         });
         self.control = Some(control);
     }

@@ -53,6 +53,43 @@ pub struct LibPart {
     pub read_only: bool,
 }
 
+// SAFETY: a description of a mapping (an address), not access to it: its owner (a `Prepared`
+// library, which moves with it from the update's helper thread) keeps the mapping alive.
+unsafe impl Send for LibPart {}
+
+/// Registers the parts of library `index` in `vm` (checked: each inside the library's slot of
+/// the code or data window, page-aligned); on failure, none stays registered. The caller
+/// records them ([`Space::adopt_library`]) and keeps their mappings alive while registered.
+pub fn register_library(vm: &VmFd, index: usize, parts: &[LibPart]) -> Result<(), SpaceError> {
+    if index >= MAX_LIBS || parts.len() > PARTS_PER_LIB {
+        return Err(SpaceError::LibraryPart(index));
+    }
+    let code = lib_code_base(index)..lib_code_base(index) + layout::LIB_SLOT_SIZE;
+    let data = code.start + layout::LIB_DATA_OFFSET..code.end + layout::LIB_DATA_OFFSET;
+    for part in parts {
+        let end = part
+            .gpa
+            .checked_add(part.size)
+            .ok_or(SpaceError::LibraryPart(index))?;
+        let inside = |r: &std::ops::Range<u64>| part.gpa >= r.start && end <= r.end;
+        let aligned = part.gpa % layout::PAGE_SIZE == 0 && part.size % layout::PAGE_SIZE == 0;
+        if part.size == 0 || !aligned || !(inside(&code) || inside(&data)) {
+            return Err(SpaceError::LibraryPart(index));
+        }
+    }
+    for (p, part) in parts.iter().enumerate() {
+        let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
+        let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
+        if let Err(e) = set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64) {
+            for (q, done) in parts.iter().enumerate().take(p) {
+                let _ = set_slot(vm, LIB_SLOTS + (index * PARTS_PER_LIB + q) as u32, done.gpa, 0, 0);
+            }
+            return Err(SpaceError::Kvm(e.errno()));
+        }
+    }
+    Ok(())
+}
+
 /// Guest address of library slot `index`'s code part.
 pub fn lib_code_base(index: usize) -> u64 {
     layout::LIB_CODE_BASE + index as u64 * layout::LIB_SLOT_SIZE
@@ -260,32 +297,22 @@ impl Space {
     /// Registers the parts of library `index` (at most [`PARTS_PER_LIB`], inside its slot of
     /// the code or data window). On failure nothing stays registered.
     pub fn add_library(&mut self, vm: &VmFd, index: usize, parts: &[LibPart]) -> Result<(), SpaceError> {
-        if index >= MAX_LIBS || parts.len() > PARTS_PER_LIB || self.libs[index].iter().any(Option::is_some) {
+        if self.libs.get(index).is_none_or(|p| p.iter().any(Option::is_some)) {
             return Err(SpaceError::LibraryPart(index));
         }
-        let code = lib_code_base(index)..lib_code_base(index) + layout::LIB_SLOT_SIZE;
-        let data = code.start + layout::LIB_DATA_OFFSET..code.end + layout::LIB_DATA_OFFSET;
-        for part in parts {
-            let end = part
-                .gpa
-                .checked_add(part.size)
-                .ok_or(SpaceError::LibraryPart(index))?;
-            let inside = |r: &std::ops::Range<u64>| part.gpa >= r.start && end <= r.end;
-            let aligned = part.gpa % layout::PAGE_SIZE == 0 && part.size % layout::PAGE_SIZE == 0;
-            if part.size == 0 || !aligned || !(inside(&code) || inside(&data)) {
-                return Err(SpaceError::LibraryPart(index));
-            }
-        }
-        for (p, part) in parts.iter().enumerate() {
-            let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
-            let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
-            if let Err(e) = set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64) {
-                self.remove_library(vm, index);
-                return Err(SpaceError::Kvm(e.errno()));
-            }
-            self.libs[index][p] = Some(*part);
-        }
+        register_library(vm, index, parts)?;
+        self.adopt_library(index, parts);
         Ok(())
+    }
+
+    /// Records parts of library `index` that [`register_library`] registered (a helper thread
+    /// did, while the vCPU ran).
+    pub fn adopt_library(&mut self, index: usize, parts: &[LibPart]) {
+        if let Some(slots) = self.libs.get_mut(index) {
+            for (p, part) in parts.iter().enumerate().take(PARTS_PER_LIB) {
+                slots[p] = Some(*part);
+            }
+        }
     }
 
     /// Removes the memory slots of library `index` (its mappings may be unmapped afterwards).

@@ -1,15 +1,53 @@
-//! A small guest library: arithmetic, a counter in its own data, output through the app's
-//! console, an allocation on the app's heap, and a call back into the app.
+//! A small guest library: arithmetic, a counter kept across updates (its state, handed to the
+//! next version through `pvm_state_save`/`pvm_state_restore`), output through the app's
+//! console, an allocation on the app's heap, and a call back into the app. `greet2` is its
+//! next version.
 #![no_std]
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 pvm::library!();
 
-static CALLS: AtomicU64 = AtomicU64::new(0);
+/// What survives an update: on the app's heap, so the next version can adopt it.
+#[repr(C)]
+pub struct State {
+    /// `greet_add` calls so far.
+    pub calls: AtomicU64,
+}
+
+static STATE: AtomicPtr<State> = AtomicPtr::new(core::ptr::null_mut());
+
+fn state() -> &'static State {
+    let mut p = STATE.load(Ordering::Acquire);
+    if p.is_null() {
+        p = Box::into_raw(Box::new(State {
+            calls: AtomicU64::new(0),
+        }));
+        STATE.store(p, Ordering::Release);
+    }
+    // SAFETY: set once to a leaked Box (ours, or the previous version's, adopted).
+    unsafe { &*p }
+}
+
+/// Hands the state to the next version (and keeps using it: saving changes nothing).
+#[no_mangle]
+pub extern "C" fn pvm_state_save() -> *mut c_void {
+    (state() as *const State).cast_mut().cast()
+}
+
+/// Adopts the previous version's state.
+#[no_mangle]
+pub extern "C" fn pvm_state_restore(saved: *mut c_void, _from: *const u8) -> i32 {
+    if !saved.is_null() {
+        STATE.store(saved.cast(), Ordering::Release);
+    }
+    0
+}
 
 extern "C" {
     /// Exported by the app (`pvm::export!`).
@@ -19,14 +57,14 @@ extern "C" {
 /// `a + b`.
 #[no_mangle]
 pub extern "C" fn greet_add(a: u64, b: u64) -> u64 {
-    CALLS.fetch_add(1, Ordering::Relaxed);
+    state().calls.fetch_add(1, Ordering::Relaxed);
     a + b
 }
 
 /// How many times `greet_add` ran (state in the library's data part).
 #[no_mangle]
 pub extern "C" fn greet_calls() -> u64 {
-    CALLS.load(Ordering::Relaxed)
+    state().calls.load(Ordering::Relaxed)
 }
 
 /// Prints a greeting; returns the sum of `1..=n` computed in a vector on the app's heap.
