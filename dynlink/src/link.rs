@@ -33,7 +33,7 @@ impl Library<'_> {
     /// data_start`), resolving each import with `resolve` (None: not defined anywhere).
     /// Definitions of the library itself bind locally.
     pub fn link(&self, base: u64, mut resolve: impl FnMut(&str) -> Option<u64>) -> Result<Linked, LinkError> {
-        if base % pvm_abi::layout::PAGE_SIZE != 0 {
+        if !base.is_multiple_of(pvm_abi::layout::PAGE_SIZE) {
             return Err(LinkError::Misaligned(base));
         }
         let layout = self.layout();

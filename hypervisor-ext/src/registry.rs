@@ -346,6 +346,10 @@ impl Registry {
     /// in `entries` (a full listing, not made by a monitor: its own entry is not in a listing):
     /// what a root killed with SIGKILL could not clean up. Returns how many it removed.
     pub fn sweep_named_objects(&self, entries: &[Entry]) -> usize {
+        // Shared parts of libraries no monitor maps any more (their last user was killed).
+        if let Ok(store) = self.dir.subdir(crate::libstore::STORE_DIR) {
+            crate::libstore::sweep(&store);
+        }
         let Ok(ipc) = self.dir.subdir("ipc") else {
             return 0;
         };

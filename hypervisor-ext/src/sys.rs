@@ -859,7 +859,7 @@ pub fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
         let at = buf.len() as u64;
         let want = (buf.capacity() - buf.len()).min(max - buf.len());
         match rustix::io::pread(fd, &mut buf.spare_capacity_mut()[..want], at) {
-            Ok((filled, _)) if filled.is_empty() => return Ok(buf),
+            Ok(([], _)) => return Ok(buf),
             Ok((filled, _)) => {
                 let n = filled.len();
                 // SAFETY: pread initialised these `n` bytes of the spare capacity.

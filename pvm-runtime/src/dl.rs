@@ -65,17 +65,12 @@ pub enum ErrorKind {
 #[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
-    message: [u8; MESSAGE_SIZE],
-    len: usize,
+    message: Option<String>,
 }
 
 impl Error {
     fn new(kind: ErrorKind) -> Error {
-        Error {
-            kind,
-            message: [0; MESSAGE_SIZE],
-            len: 0,
-        }
+        Error { kind, message: None }
     }
 
     fn from_errno(result: i64) -> Error {
@@ -98,7 +93,7 @@ impl Error {
 
     /// The monitor's explanation (empty if none).
     pub fn message(&self) -> &str {
-        core::str::from_utf8(&self.message[..self.len]).unwrap_or("")
+        self.message.as_deref().unwrap_or("")
     }
 }
 
@@ -110,8 +105,8 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.len > 0 {
-            return f.write_str(self.message());
+        if let Some(m) = &self.message {
+            return f.write_str(m);
         }
         match self.kind {
             ErrorKind::NotFound => f.write_str("no such library is allowed for this pVM"),
@@ -180,9 +175,11 @@ static RECORDS: Records = Records(
 );
 
 impl Record {
-    fn slots(&self) -> &mut Vec<&'static Slot> {
-        // SAFETY: see `Records`: no other reference to the vector is live while this one is.
-        unsafe { &mut *self.slots.get() }
+    /// Runs `f` on the slots (which must not reach this function again).
+    fn with_slots<R>(&self, f: impl FnOnce(&mut Vec<&'static Slot>) -> R) -> R {
+        // SAFETY: see `Records`; `f` is this module's code, which never nests the call, so no
+        // other reference to the vector is live meanwhile.
+        f(unsafe { &mut *self.slots.get() })
     }
 }
 
@@ -238,8 +235,10 @@ pub fn open(name: &str) -> Result<Library, Error> {
     crate::signal::dispatch();
     if args.result < 0 {
         let mut e = Error::from_errno(args.result);
-        e.len = (args.msg_len as usize).min(MESSAGE_SIZE);
-        e.message = message;
+        let len = (args.msg_len as usize).min(MESSAGE_SIZE);
+        if len > 0 {
+            e.message = Some(String::from_utf8_lossy(&message[..len]).into_owned());
+        }
         return Err(e);
     }
     let records = &RECORDS.0;
@@ -292,18 +291,19 @@ impl Library {
             return Err(Error::new(ErrorKind::Closed));
         }
         let addr = lookup(&self.rec.info.get(), name).ok_or(Error::new(ErrorKind::MissingSymbol))?;
-        let slots = self.rec.slots();
-        let slot = match slots.iter().find(|s| s.name == name) {
-            Some(s) => s,
-            None => {
-                let s: &'static Slot = Box::leak(Box::new(Slot {
-                    addr: Cell::new(addr),
-                    name: String::from(name),
-                }));
-                slots.push(s);
-                s
-            }
-        };
+        let slot = self
+            .rec
+            .with_slots(|slots| match slots.iter().find(|s| s.name == name) {
+                Some(s) => *s,
+                None => {
+                    let s: &'static Slot = Box::leak(Box::new(Slot {
+                        addr: Cell::new(addr),
+                        name: String::from(name),
+                    }));
+                    slots.push(s);
+                    s
+                }
+            });
         slot.addr.set(addr);
         Ok(Symbol {
             slot,
@@ -607,7 +607,7 @@ fn run_update(rec: &'static Record, handle: u64) {
         let _ = update_call(dl_op::ABORT, handle, reason, detail);
     };
     // Every handle must find its symbol in the new version. (Hooks must not make handles.)
-    if let Some(i) = rec.slots().iter().position(|s| lookup(&new, &s.name).is_none()) {
+    if let Some(i) = rec.with_slots(|slots| slots.iter().position(|s| lookup(&new, &s.name).is_none())) {
         return abort(dl_abort::MISSING_SYMBOL, i as u64);
     }
     // The state goes from the old version to the new one.
@@ -638,11 +638,13 @@ fn run_update(rec: &'static Record, handle: u64) {
         // The monitor gave up on the update meanwhile (its time limit): the old version stays.
         return;
     }
-    for slot in rec.slots().iter() {
-        if let Some(addr) = lookup(&new, &slot.name) {
-            slot.addr.set(addr);
+    rec.with_slots(|slots| {
+        for slot in slots.iter() {
+            if let Some(addr) = lookup(&new, &slot.name) {
+                slot.addr.set(addr);
+            }
         }
-    }
+    });
     rec.info.set(new);
     crate::signal::dispatch();
 }

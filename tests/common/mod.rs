@@ -52,11 +52,23 @@ pub fn pvmctl_bin() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pvmctl")), PathBuf::from)
 }
 
-/// `pvmctl` with a private runtime dir.
+/// The test's own library trust store (in its runtime directory).
+pub fn trust_store(test: &str) -> PathBuf {
+    run_dir(test).join("trust").join("trusted")
+}
+
+/// Path of a built example library (`libNAME.so` of examples/libs).
+pub fn guest_lib(name: &str) -> PathBuf {
+    Path::new(env!("PVM_GUEST_LIB_DIR")).join(format!("lib{name}.so"))
+}
+
+/// `pvmctl` with a private runtime dir and trust store.
 pub fn pvmctl(test: &str) -> Command {
     require_kvm();
     let mut cmd = Command::new(pvmctl_bin());
-    cmd.env("PVM_RUN_DIR", run_dir(test)).env_remove("PVM_LOG");
+    cmd.env("PVM_RUN_DIR", run_dir(test))
+        .env("PVM_TRUST_STORE", trust_store(test))
+        .env_remove("PVM_LOG");
     cmd
 }
 
@@ -304,6 +316,16 @@ pub fn assert_no_leaks(test: &str) {
         })
         .unwrap_or_default();
     assert!(ipc.is_empty(), "named IPC objects left: {ipc:?}");
+    // Shared library parts nobody maps are swept by `ps`: none may stay.
+    ctl(test, &["ps"]).expect_status(0);
+    let libs: Vec<String> = std::fs::read_dir(dir.join("lib"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(libs.is_empty(), "shared library parts left: {libs:?}");
     let usage = hypervisor_ext::ledger_usage(&dir).expect("read the resource ledger");
     assert_eq!(
         (usage.pvms, usage.mem_mib),

@@ -30,6 +30,7 @@ fn main() -> i32 {
         "fork" => fork(lib),
         "hold" => hold(lib),
         "serve" => serve(lib),
+        "busy" => busy(lib),
         other => {
             pvm::eprintln!("unknown scenario {other}");
             2
@@ -147,6 +148,17 @@ fn hold(lib: &str) -> i32 {
     pvm::pause()
 }
 
+/// Keeps a call into the library in flight for 3 s, then reports the version.
+fn busy(lib: &str) -> i32 {
+    let l = dl::open(lib).unwrap();
+    // SAFETY: libgreet exports greet_busy.
+    let busy = unsafe { l.sym::<extern "C" fn(u64)>("greet_busy").unwrap() };
+    pvm::println!("busy");
+    busy.call(3000);
+    pvm::println!("done version={}", l.version().as_deref().unwrap_or("none"));
+    0
+}
+
 /// Calls the library in a loop, printing each time its version changes, until stopped.
 fn serve(lib: &str) -> i32 {
     let l = dl::open(lib).unwrap();
@@ -161,7 +173,7 @@ fn serve(lib: &str) -> i32 {
             return 1;
         }
         n += 1;
-        if n % 1024 == 0 {
+        if n.is_multiple_of(1024) {
             pvm::time::Instant::now();
             let v = l.version();
             if v != seen {

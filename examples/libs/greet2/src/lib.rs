@@ -94,6 +94,16 @@ pub extern "C" fn greet_two() -> u64 {
     2
 }
 
+/// Keeps a call in flight for `ms` milliseconds (the library is busy: no safe point for an
+/// update meanwhile).
+#[no_mangle]
+pub extern "C" fn greet_busy(ms: u64) {
+    let start = pvm::time::Instant::now();
+    while start.elapsed().as_millis() < u128::from(ms) {
+        core::hint::spin_loop();
+    }
+}
+
 /// Panics (a library's panic ends the pVM like the app's).
 #[no_mangle]
 pub extern "C" fn greet_panic() {
