@@ -497,3 +497,92 @@ fn an_update_waits_for_the_safe_point_and_gives_up_in_time() {
     pvm.finish().expect_status(0);
     assert_no_leaks(t);
 }
+
+#[test]
+fn a_family_update_switches_every_pvm_or_none() {
+    let t = "dl-family";
+    let (v1, v2) = (guest_lib("greet"), guest_lib("greet2"));
+    trust(t, &[&v1, &v2]);
+    let mut pvm = Running::start(t, &[&lib_opt("greet", &v1)], "dltest", &["family-busy"]);
+    pvm.expect("child busy");
+    assert_eq!(pvm.expect("serving version="), "1.0.0");
+    let root = pvm.id();
+    // The child holds a call in flight: it cannot switch, so neither does the root.
+    let out = update(t, root, "greet", &v2, &["--family", "--timeout", "0.5"]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("no safe point within 500 ms"), "{out:#?}");
+    assert!(
+        out.stderr.contains("called off"),
+        "the root rolled back: {out:#?}"
+    );
+    assert!(!out.stdout.contains("->"), "nobody switched: {out:#?}");
+    assert_eq!(listed_version(t, root, "greet"), "1.0.0");
+    // Once the child's call returned, the whole family switches.
+    assert_eq!(pvm.expect("child done version="), "1.0.0");
+    let out = update(t, root, "greet", &v2, &["--family"]);
+    out.expect_status(0);
+    assert_eq!(out.stdout.matches("greet 1.0.0 -> 2.0.0").count(), 2, "{out:#?}");
+    assert_eq!(pvm.expect("now version="), "2.0.0");
+    let list = ctl(t, &["lib", "list", "--json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["version"] == "2.0.0"), "{rows:#?}");
+    ctl(t, &["kill", "--family", &root.to_string()]).expect_status(0);
+    pvm.finish();
+    assert_no_leaks(t);
+}
+
+/// `key=N` in `line`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_kv_server_survives_a_hundred_swaps_under_load_without_losing_a_request() {
+    let t = "dl-kv";
+    let (v1, v2) = (guest_lib("kv_v1"), guest_lib("kv_v2"));
+    trust(t, &[&v1, &v2]);
+    let mut pvm = Running::start(t, &[&lib_opt("kv", &v1)], "kv", &["--clients", "2"]);
+    pvm.expect("kv: serving 2 clients with libkv 1.0.0");
+    pvm.expect("client 0: STATS unknown");
+    let root = pvm.id();
+    for i in 0..100 {
+        let (file, version) = if i % 2 == 0 {
+            (&v2, "2.0.0")
+        } else {
+            (&v1, "1.0.0")
+        };
+        let out = update(t, root, "kv", file, &["--family", "--allow-downgrade"]);
+        out.expect_status(0);
+        assert_eq!(
+            out.stdout.matches(&format!("-> {version}")).count(),
+            3,
+            "swap {i}: the server and both clients switch: {out:#?}"
+        );
+    }
+    // After an even number of swaps: version 1 again. Then the new command for the last time.
+    update(t, root, "kv", &v2, &["--family"]).expect_status(0);
+    ctl(t, &["kill", "-s", "USR1", &root.to_string()]).expect_status(0);
+    let out = pvm.finish();
+    out.expect_status(0).expect_no_host_panic();
+    let mut requests = 0;
+    for i in 0..2 {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("client {i}: requests=")))
+            .unwrap_or_else(|| panic!("client {i} reported: {out:#?}"));
+        assert_eq!(field(line, "failures"), Some(0), "{line}");
+        requests += field(line, "requests").unwrap_or(0);
+    }
+    assert!(requests > 1000, "the clients kept sending: {requests}");
+    let summary = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("kv: served"))
+        .unwrap_or_default();
+    assert!(out.stdout.contains(", 0 failed"), "{summary}");
+    assert_no_leaks(t);
+}

@@ -53,6 +53,16 @@ pub enum Request {
         allow_downgrade: bool,
         /// How long the guest has to reach a safe point, in milliseconds.
         timeout_ms: u64,
+        /// Part of an update of several pVMs, all or none: when this pVM is ready to switch
+        /// (its handles rebound, its state handed over), answer [`Response::Ready`] and wait
+        /// for [`Request::Decide`] on the same connection before switching.
+        #[serde(default)]
+        two_phase: bool,
+    },
+    /// The operator's decision on a two-phase update (on the update's connection).
+    Decide {
+        /// Switch (`true`) or roll back.
+        commit: bool,
     },
 }
 
@@ -87,6 +97,11 @@ pub enum Response {
         /// How long the guest was stopped for the switch (safe point to commit), in
         /// microseconds.
         pause_us: u64,
+    },
+    /// A two-phase update is ready to switch and waits for [`Request::Decide`].
+    Ready {
+        /// The pVM's id.
+        id: u32,
     },
     /// The request was refused or failed.
     Error {
@@ -220,6 +235,20 @@ impl Pending {
     pub fn answer(self, response: &Response) {
         let _ = write_line(self.conn.as_fd(), response);
     }
+
+    /// Says `response` and waits at most `timeout_ns` for the operator's [`Request::Decide`]:
+    /// `true` to commit; `false` for an abort, silence, a closed connection or anything else.
+    pub fn ask(&self, response: &Response, timeout_ns: u64) -> bool {
+        if write_line(self.conn.as_fd(), response).is_err() {
+            return false;
+        }
+        matches!(
+            read_line(self.conn.as_fd(), timeout_ns, false)
+                .ok()
+                .and_then(|(line, _)| serde_json::from_slice::<Request>(&line).ok()),
+            Some(Request::Decide { commit: true })
+        )
+    }
 }
 
 /// Reads one line of at most [`MAX_MESSAGE`] bytes (or what comes before end of file),
@@ -237,7 +266,11 @@ fn read_line(fd: BorrowedFd<'_>, timeout_ns: u64, take_fds: bool) -> io::Result<
             return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
         }
         let left = deadline.saturating_sub(sys::monotonic_ns());
-        if left == 0 || !sys::wait_readable(fd, left as i64)? {
+        let readable = match sys::wait_readable(fd, left as i64) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        if left == 0 || !readable {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "nothing came in time"));
         }
         let mut chunk = [0u8; 512];
@@ -276,33 +309,67 @@ pub fn request_with_file(
     file: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Response, ControlError> {
-    let io_err = |source| ControlError::Io { id, source };
-    let conn = match sys::unix_connect(&dir.join(socket_name(id))) {
-        Ok(c) => c,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
-            return Err(ControlError::NoSocket(id))
+    let session = Session::open(dir, id)?;
+    session.send(request, file)?;
+    session.receive(timeout)
+}
+
+/// A connection to one pVM's control socket, for a conversation longer than one request and
+/// its answer (a two-phase update).
+#[derive(Debug)]
+pub struct Session {
+    id: u32,
+    conn: OwnedFd,
+}
+
+impl Session {
+    /// Connects to pVM `id` of the runtime directory `dir`: the socket's other end must be the
+    /// process `id` itself.
+    pub fn open(dir: &Path, id: u32) -> Result<Session, ControlError> {
+        let io_err = |source| ControlError::Io { id, source };
+        let conn = match sys::unix_connect(&dir.join(socket_name(id))) {
+            Ok(c) => c,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
+                return Err(ControlError::NoSocket(id))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let (pid, _) = sys::peer_credentials(conn.as_fd()).map_err(io_err)?;
+        if pid != id {
+            return Err(ControlError::Impostor { id, pid });
         }
-        Err(e) => return Err(io_err(e)),
-    };
-    let (pid, _) = sys::peer_credentials(conn.as_fd()).map_err(io_err)?;
-    if pid != id {
-        return Err(ControlError::Impostor { id, pid });
+        Ok(Session { id, conn })
     }
-    match file {
-        Some(file) => {
-            let mut text = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
-            text.push(b'\n');
-            sys::send_with_fd(conn.as_fd(), &text, file).map_err(io_err)?;
+
+    /// The pVM.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends a request (with an open file along).
+    pub fn send(&self, request: &Request, file: Option<BorrowedFd<'_>>) -> Result<(), ControlError> {
+        let io_err = |source| ControlError::Io { id: self.id, source };
+        match file {
+            Some(file) => {
+                let mut text = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
+                text.push(b'\n');
+                sys::send_with_fd(self.conn.as_fd(), &text, file).map_err(io_err)
+            }
+            None => write_line(self.conn.as_fd(), request).map_err(io_err),
         }
-        None => write_line(conn.as_fd(), request).map_err(io_err)?,
     }
-    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let (buf, _) = read_line(conn.as_fd(), timeout_ns, false).map_err(|e| match e.kind() {
-        io::ErrorKind::TimedOut => ControlError::Timeout(id),
-        _ => ControlError::Io { id, source: e },
-    })?;
-    serde_json::from_slice(&buf).map_err(|_| ControlError::Garbled {
-        id,
-        text: String::from_utf8_lossy(&buf).into_owned(),
-    })
+
+    /// Waits at most `timeout` for the next answer.
+    pub fn receive(&self, timeout: Duration) -> Result<Response, ControlError> {
+        let id = self.id;
+        let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let (buf, _) = read_line(self.conn.as_fd(), timeout_ns, false).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => ControlError::Timeout(id),
+            _ => ControlError::Io { id, source: e },
+        })?;
+        serde_json::from_slice(&buf).map_err(|_| ControlError::Garbled {
+            id,
+            text: String::from_utf8_lossy(&buf).into_owned(),
+        })
+    }
 }

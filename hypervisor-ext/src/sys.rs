@@ -670,7 +670,7 @@ pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
 }
 
-/// Waits at most `timeout_ns` for `fd` to be readable.
+/// Waits at most `timeout_ns` for `fd` to be readable (a signal interrupts it: `Interrupted`).
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ns: i64) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags};
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
@@ -680,7 +680,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ns: i64) -> io::Result<bool> {
     };
     match poll(&mut fds, Some(&timeout)) {
         Ok(n) => Ok(n > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
+        // A signal: the caller decides (io::ErrorKind::Interrupted).
         Err(e) => Err(e.into()),
     }
 }

@@ -20,6 +20,8 @@
 //! returns to the update with the hook abandoned, and the update rolls back.
 use std::cmp::Ordering;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{self, AtomicBool};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use pvm_abi::{dl_abort, errno, layout, DlInfo, GuestStatus};
@@ -37,6 +39,10 @@ use crate::vstate::{vcpu, vm};
 
 /// How long a library's state hooks may run together.
 pub const HOOK_TIMEOUT_MS: u64 = 1000;
+
+/// How much longer than the safe point's time a pVM ready to switch waits for the operator's
+/// decision in a two-phase update (the other pVMs may need the whole time to get ready).
+const DECISION_MARGIN_MS: u64 = 2000;
 
 /// Where the status page says an update is ready.
 const DL_UPDATE_AT: u64 = layout::STATUS_ADDR + std::mem::offset_of!(GuestStatus, dl_update) as u64;
@@ -69,6 +75,9 @@ pub enum UpdateError {
     /// The runtime rolled back.
     #[error("the pVM rolled back: {0}")]
     RolledBack(String),
+    /// A two-phase update was called off.
+    #[error("the update of the family was called off (another pVM could not switch); the old version stays")]
+    Abandoned,
     /// The guest stopped answering during the switch.
     #[error("the pVM did not finish the switch; the old version stays")]
     Stuck,
@@ -79,8 +88,8 @@ pub enum UpdateError {
 
 /// Where an update is.
 enum Phase {
-    /// The helper thread prepares the new version.
-    Preparing(JoinHandle<Result<Prepared, UpdateError>>),
+    /// The helper thread prepares the new version (and sets the flag when done).
+    Preparing(JoinHandle<Result<Prepared, UpdateError>>, Arc<AtomicBool>),
     /// Ready, announced to the guest.
     Announced(Prepared),
     /// The guest is switching (its hooks run).
@@ -100,6 +109,8 @@ pub(crate) struct Update {
     /// When the current phase's time is up.
     deadline_ns: u64,
     timeout_ms: u64,
+    /// All or none with other pVMs: ask the operator before switching.
+    two_phase: bool,
     begun_ns: u64,
     escape: u64,
     /// The vCPU must go to the escape before it runs again.
@@ -145,6 +156,7 @@ impl Monitor {
             file,
             allow_downgrade,
             timeout_ms,
+            two_phase,
         } = incoming.request.clone()
         else {
             return;
@@ -199,6 +211,8 @@ impl Monitor {
         };
         let main = sys::gettid();
         let (name, label, from_version) = (library.clone(), file.clone(), from.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let done_in_helper = Arc::clone(&done);
         // The helper must not take the monitor's signals: they are for the vCPU thread.
         let held = signals::hold();
         let spawned = std::thread::Builder::new()
@@ -214,6 +228,8 @@ impl Monitor {
                     from_version,
                     allow_downgrade,
                 );
+                // Done (the thread only returns from here): the vCPU thread may join now.
+                done_in_helper.store(true, atomic::Ordering::SeqCst);
                 let _ = sys::signal_thread(main, libc::SIGIO);
                 result
             });
@@ -233,10 +249,11 @@ impl Monitor {
             old,
             from,
             pending: Some(incoming.defer()),
-            phase: Phase::Preparing(thread),
+            phase: Phase::Preparing(thread, done),
             timer: Some(timer),
             deadline_ns: now.saturating_add(timeout_ms.saturating_mul(1_000_000)),
             timeout_ms,
+            two_phase,
             begun_ns: 0,
             escape: 0,
             escape_due: false,
@@ -250,7 +267,7 @@ impl Monitor {
         let Some(u) = &mut self.update else { return false };
         let now = sys::monotonic_ns();
         match &u.phase {
-            Phase::Preparing(thread) if thread.is_finished() => self.finish_preparing(),
+            Phase::Preparing(_, done) if done.load(atomic::Ordering::SeqCst) => self.finish_preparing(),
             Phase::Announced(_) if now >= u.deadline_ns => {
                 let ms = u.timeout_ms;
                 self.fail_update(UpdateError::NoSafePoint(ms));
@@ -277,7 +294,7 @@ impl Monitor {
     /// The helper is done: announce the new version, or end the update with its error.
     fn finish_preparing(&mut self) -> bool {
         let Some(u) = &mut self.update else { return false };
-        let Phase::Preparing(thread) = std::mem::replace(&mut u.phase, Phase::Moving) else {
+        let Phase::Preparing(thread, _) = std::mem::replace(&mut u.phase, Phase::Moving) else {
             return false;
         };
         let prepared = match thread.join() {
@@ -303,7 +320,7 @@ impl Monitor {
     /// Waits for the helper (before a fork: the monitor is single-threaded when it forks).
     pub(crate) fn settle_update(&mut self) {
         if let Some(Update {
-            phase: Phase::Preparing(_),
+            phase: Phase::Preparing(..),
             ..
         }) = &self.update
         {
@@ -333,7 +350,7 @@ impl Monitor {
             self.space.remove_library(&self.vm, lib.index);
             drop(lib);
         }
-        if let Phase::Preparing(thread) = std::mem::replace(&mut u.phase, Phase::Moving) {
+        if let Phase::Preparing(thread, _) = std::mem::replace(&mut u.phase, Phase::Moving) {
             // Only when the pVM ends mid-preparation: the helper's slots go with the VM.
             let _ = thread.join();
         }
@@ -406,6 +423,18 @@ impl Monitor {
                 if handle != u.old as u64 || !matches!(u.phase, Phase::Begun(_)) {
                     return bad;
                 }
+                if u.two_phase {
+                    // Ready: the operator switches every pVM of the update, or none.
+                    let ready = Response::Ready {
+                        id: self.family.ids.id,
+                    };
+                    let wait_ns = (u.timeout_ms + DECISION_MARGIN_MS) * 1_000_000;
+                    let commit = u.pending.as_ref().is_some_and(|p| p.ask(&ready, wait_ns));
+                    if !commit {
+                        self.fail_update(UpdateError::Abandoned);
+                        return Err(-errno::EINVAL);
+                    }
+                }
                 let Some(mut u) = self.update.take() else {
                     return bad;
                 };
@@ -438,7 +467,7 @@ impl Monitor {
                 reason,
                 detail,
             } => {
-                if handle != u.old as u64 || matches!(u.phase, Phase::Preparing(_)) {
+                if handle != u.old as u64 || matches!(u.phase, Phase::Preparing(..)) {
                     return bad;
                 }
                 self.fail_update(UpdateError::RolledBack(abort_reason(reason, detail)));

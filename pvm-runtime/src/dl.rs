@@ -568,8 +568,17 @@ fn update_call(op: u64, handle: u64, reason: u64, detail: u64) -> DlUpdateArgs {
     args
 }
 
+/// [`poll_update`] if an update is announced (one load otherwise).
+#[inline(always)]
+pub(crate) fn poll_if_pending() {
+    if update_pending() {
+        poll_update();
+    }
+}
+
 /// Runs the update the monitor announced, if its library is idle (no call in flight): the
-/// safe point. Called after hypercalls and when a handle's call returns with none left.
+/// safe point. Called after hypercalls, when a handle's call returns with none left, and when
+/// an IPC wait starts.
 pub(crate) fn poll_update() {
     let pending = {
         // SAFETY: as in `update_pending`.

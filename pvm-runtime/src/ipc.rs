@@ -98,6 +98,7 @@ fn wait(handle: u64, seq: u32) -> Result<bool, Error> {
 fn wake(handle: u64, word: &AtomicU32) {
     word.fetch_add(1, Ordering::SeqCst);
     raw(Hypercall::IpcNotify, handle);
+    crate::signal::dispatch();
 }
 
 /// Creates a pipe with the default capacity (64 KiB).
@@ -164,6 +165,10 @@ impl Disagreements {
 
 /// Spins until `ready()` or the spin budget is spent; returns whether it became ready.
 fn spin(ready: impl Fn() -> Result<bool, Error>) -> Result<bool, Error> {
+    // A waiting pVM is at a good point for a library update the operator asked for (a pVM that
+    // talks over queues without ever sleeping makes no hypercall that would see it).
+    #[cfg(not(feature = "library"))]
+    crate::dl::poll_if_pending();
     let budget = SPIN_CYCLES.load(Ordering::Relaxed);
     if budget == 0 {
         return ready();
@@ -463,6 +468,7 @@ impl MessageQueue {
         if waiters.load(Ordering::SeqCst) != 0 {
             word.fetch_add(1, Ordering::SeqCst);
             raw(Hypercall::MqWake, self.handle << 1 | side);
+            crate::signal::dispatch();
         }
     }
 

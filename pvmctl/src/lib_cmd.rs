@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use hypervisor_ext::control::{self, Request, Response};
+use hypervisor_ext::control::{self, Request, Response, Session};
 use hypervisor_ext::dl::LibStatus;
 use hypervisor_ext::registry::{Entry, Registry, RegistryError, State};
 use hypervisor_ext::trust::{self, TrustError, TrustRef};
@@ -324,12 +324,47 @@ fn update(args: UpdateArgs) -> Result<ExitCode, LibError> {
         file: path.display().to_string(),
         allow_downgrade: args.allow_downgrade,
         timeout_ms,
+        // Several pVMs: all or none.
+        two_phase: targets.len() > 1,
     };
     // The answer comes when the update is over: the safe point's time, the hooks', and margin.
     let wait = Duration::from_millis(timeout_ms + 5_000);
+    let dir = registry.dir().path();
+    // Phase one: every pVM prepares and gets ready (concurrently: each connection is open).
+    let mut sessions = Vec::new();
     let mut failed = false;
-    for id in targets {
-        match control::request_with_file(registry.dir().path(), id, &request, Some(file.as_fd()), wait) {
+    for &id in &targets {
+        match Session::open(dir, id).and_then(|s| s.send(&request, Some(file.as_fd())).map(|()| s)) {
+            Ok(s) => sessions.push(s),
+            Err(e) => {
+                eprintln!("pvmctl: error: {e}");
+                failed = true;
+            }
+        }
+    }
+    let mut answers = Vec::new();
+    for s in sessions {
+        let answer = s.receive(wait);
+        if !matches!(answer, Ok(Response::Ready { .. }) | Ok(Response::Updated { .. })) {
+            failed = true;
+        }
+        answers.push((s, answer));
+    }
+    // Phase two (several pVMs): all switch, or none.
+    let mut finals = Vec::new();
+    for (s, answer) in answers {
+        let answer = match answer {
+            Ok(Response::Ready { .. }) => {
+                let decided = s.send(&Request::Decide { commit: !failed }, None);
+                decided.and_then(|()| s.receive(wait))
+            }
+            other => other,
+        };
+        finals.push((s.id(), answer));
+    }
+    let mut ok = !failed;
+    for (id, answer) in finals {
+        match answer {
             Ok(Response::Updated {
                 id,
                 library,
@@ -343,21 +378,17 @@ fn update(args: UpdateArgs) -> Result<ExitCode, LibError> {
             ),
             Ok(Response::Error { message }) => {
                 eprintln!("pvmctl: error: {message}");
-                failed = true;
+                ok = false;
             }
             Ok(other) => {
                 eprintln!("pvmctl: error: pVM {id} answered {other:?}");
-                failed = true;
+                ok = false;
             }
             Err(e) => {
                 eprintln!("pvmctl: error: {e}");
-                failed = true;
+                ok = false;
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -31,6 +31,7 @@ fn main() -> i32 {
         "hold" => hold(lib),
         "serve" => serve(lib),
         "busy" => busy(lib),
+        "family-busy" => family_busy(lib),
         other => {
             pvm::eprintln!("unknown scenario {other}");
             2
@@ -157,6 +158,23 @@ fn busy(lib: &str) -> i32 {
     busy.call(3000);
     pvm::println!("done version={}", l.version().as_deref().unwrap_or("none"));
     0
+}
+
+/// A family of two holding the library: the child keeps a call in flight for 3 s while the
+/// root serves (a family update cannot switch the child meanwhile: all or none).
+fn family_busy(lib: &str) -> i32 {
+    let l = dl::open(lib).unwrap();
+    match pvm::fork().unwrap() {
+        Fork::Child => {
+            // SAFETY: libgreet exports greet_busy.
+            let busy = unsafe { l.sym::<extern "C" fn(u64)>("greet_busy").unwrap() };
+            pvm::println!("child busy");
+            busy.call(3000);
+            pvm::println!("child done version={}", l.version().as_deref().unwrap_or("none"));
+            pvm::pause()
+        }
+        Fork::Parent(_) => serve(lib),
+    }
 }
 
 /// Calls the library in a loop, printing each time its version changes, until stopped.

@@ -168,6 +168,9 @@ impl Monitor {
                     libraries: self.libs.list(),
                 },
                 (Request::Update { .. }, false) => return self.start_update(incoming),
+                (Request::Decide { .. }, false) => Response::Error {
+                    message: format!("no update of pVM {id} waits for a decision"),
+                },
             };
             incoming.answer(&response);
         });
