@@ -34,8 +34,8 @@ fn argument_structs_the_guest_cannot_access_crash_only_that_guest() {
     let out = hostile(test, &[], &["args"]);
     out.expect_status(0);
     let cases = results(&out, "args ");
-    // 12 hypercalls x 12 places: the reserved area, outside RAM, the windows, the guard page.
-    assert_eq!(cases.len(), 144, "{out:#?}");
+    // 15 hypercalls x 13 places: the reserved area, outside RAM, the windows, the guard page.
+    assert_eq!(cases.len(), 195, "{out:#?}");
     for (case, status) in cases {
         assert_eq!(status, BAD_HYPERCALL, "args {case}");
     }
@@ -51,7 +51,7 @@ fn out_fields_never_write_the_guests_code_rodata_or_boot_block() {
     out.expect_status(0);
     assert!(!out.stdout.contains("WRITTEN"), "{out:#?}");
     let cases = results(&out, "readonly ");
-    assert_eq!(cases.len(), 3 * 6 + 1, "{out:#?}");
+    assert_eq!(cases.len(), 3 * 9 + 1, "{out:#?}");
     for (case, status) in cases {
         if case == "Exit rodata" {
             assert_eq!(status, "Exited(42)", "an IN-only struct may be read-only");
@@ -600,5 +600,77 @@ fn a_control_socket_not_held_by_the_pvms_monitor_is_refused() {
     std::fs::remove_file(&path).expect("remove the planted socket");
     ctl(test, &["kill", &id.to_string()]).expect_status(0);
     spin.finish().expect_status(143);
+    assert_no_leaks(test);
+}
+
+#[test]
+fn hostile_library_calls_get_errors_and_library_memory_keeps_its_permissions() {
+    let test = "hostile-dl";
+    let greet = guest_lib("greet");
+    ctl(test, &["lib", "trust", greet.to_str().unwrap()]).expect_status(0);
+    let lib = format!("--lib=greet={}", greet.display());
+    let out = hostile(test, &[&lib], &["dl", "greet"]);
+    out.expect_status(0);
+    let cases = results(&out, "dl ");
+    assert!(cases.len() >= 27, "{out:#?}");
+    let (efault, einval, enoent, ebadf) = ("-14", "-22", "-2", "-9");
+    for (case, result) in cases {
+        let want: &str = match case {
+            "open name-null"
+            | "open name-gdt"
+            | "open name-beyond"
+            | "open name-wrap"
+            | "open name-lib-window" => efault,
+            "open name-empty" | "open name-huge" | "open name-path" => einval,
+            c if c.starts_with("open msg-") => "-2 len 0 intact true",
+            "open unknown" => "-2 message true",
+            c if c.starts_with("close") => ebadf,
+            c if c.starts_with("update") => einval,
+            "write-code" | "exec-data" => {
+                assert!(result.starts_with("Crashed { vector: 14"), "dl {case}: {result}");
+                continue;
+            }
+            "read-code" => "Exited(0)",
+            "read-hole" => BAD_HYPERCALL,
+            _ => continue,
+        };
+        assert_eq!(result, want, "dl {case}");
+    }
+    let _ = enoent;
+    assert!(
+        out.stderr.contains("library code window no library backs"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("dl: alive"), "{out:#?}");
+    assert_no_leaks(test);
+}
+
+#[test]
+fn a_runtime_that_gives_a_bad_hook_escape_gets_no_update() {
+    let test = "hostile-dl-escape";
+    let (v1, v2) = (guest_lib("greet"), guest_lib("greet2"));
+    ctl(
+        test,
+        &["lib", "trust", v1.to_str().unwrap(), v2.to_str().unwrap()],
+    )
+    .expect_status(0);
+    let lib = format!("--lib=greet={}", v1.display());
+    let mut pvm = Running::start(test, &[&lib], "hostile", &["dl-escape", "greet"]);
+    pvm.expect("dl-escape ready");
+    let out = ctl(
+        test,
+        &[
+            "lib",
+            "update",
+            &pvm.id().to_string(),
+            "greet",
+            v2.to_str().unwrap(),
+        ],
+    );
+    out.expect_status(1);
+    assert!(out.stderr.contains("no valid hook escape"), "{out:#?}");
+    assert_eq!(pvm.expect("dl-escape begin: "), "-22");
+    assert_eq!(pvm.expect("dl-escape version: "), "1.0.0");
+    pvm.finish().expect_status(0);
     assert_no_leaks(test);
 }

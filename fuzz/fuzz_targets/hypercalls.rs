@@ -10,12 +10,12 @@
 //! refused call (a "bad hypercall") writes nothing at all.
 #![no_main]
 
-use hypervisor_ext::hypercall::{self, Call, Flow, Host, Reaped, Stream, HANDLEABLE, MAX_WRITE};
+use hypervisor_ext::hypercall::{self, Call, Flow, Host, Reaped, Stream, UpdateStep, HANDLEABLE, MAX_WRITE};
 use hypervisor_ext::vstate::memory::{Access, GuestMemory, GuestRange, GuestView};
 use hypervisor_ext::{KillTarget, Named, Opened, Outcome, OutcomeRecord};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use pvm_abi::{layout, ExceptionFrame, Hypercall};
+use pvm_abi::{layout, DlInfo, DlOpenArgs, ExceptionFrame, Hypercall};
 
 const MEM: u64 = layout::MIN_MEM_SIZE;
 const TEXT: (u64, u64) = (layout::IMAGE_BASE, layout::IMAGE_BASE + 0x10000);
@@ -87,7 +87,7 @@ enum Step {
         nr: u8,
         place: Place,
         offset: u32,
-        fields: [Value; 10],
+        fields: [Value; 12],
         key: [u8; 8],
     },
     /// A raw exit to decode.
@@ -218,6 +218,25 @@ impl Host for Fake<'_> {
     fn mq_wake(&mut self, _: u64, side: u64) {
         assert!(side <= 1, "mq side {side}");
     }
+    fn dl_open(&mut self, name: &str) -> Result<DlInfo, (i64, String)> {
+        assert!(valid_key(name), "library name {name:?}");
+        match self.answer() {
+            a if a < 0 => Err((a, "x".repeat((-a) as usize % 300))),
+            a => Ok(DlInfo {
+                handle: a as u64,
+                ..DlInfo::default()
+            }),
+        }
+    }
+    fn dl_close(&mut self, _: u64) -> i64 {
+        self.answer()
+    }
+    fn dl_update(&mut self, step: UpdateStep) -> Result<Option<DlInfo>, i64> {
+        if let UpdateStep::Begin { .. } = step {
+            return Ok(Some(DlInfo::default()));
+        }
+        Ok(None)
+    }
 }
 
 /// The guest's view: boot block and text and rodata read-only, status page, heap and stack
@@ -277,6 +296,9 @@ fn struct_size(nr: Hypercall) -> u64 {
         Hypercall::MqOpen | Hypercall::ShmOpen => size_of::<NamedArgs>(),
         Hypercall::MqWait => size_of::<MqWaitArgs>(),
         Hypercall::Pause | Hypercall::IpcNotify | Hypercall::IpcClose | Hypercall::MqWake => 0,
+        Hypercall::DlOpen => size_of::<DlOpenArgs>(),
+        Hypercall::DlClose => size_of::<DlCloseArgs>(),
+        Hypercall::DlUpdate => size_of::<DlUpdateArgs>(),
     }) as u64
 }
 
@@ -317,7 +339,7 @@ fn run(mem: &GuestMemory, input: Input) {
                 fields,
                 key,
             } => {
-                let Some(nr) = Hypercall::from_nr(u64::from(*nr % 20)) else {
+                let Some(nr) = Hypercall::from_nr(u64::from(*nr % 21)) else {
                     continue;
                 };
                 let at = place.at(*offset);
@@ -333,11 +355,33 @@ fn run(mem: &GuestMemory, input: Input) {
         };
         let before = protected(host.mem);
         let (lo, was) = around(host.mem, call.arg);
+        // A DlOpen may also write its message where the guest said (and may write itself).
+        let message = (call.nr == Hypercall::DlOpen)
+            .then(|| host.mem.read_obj::<DlOpenArgs>(call.arg, Access::Monitor).ok())
+            .flatten()
+            .map(|a| (a.msg, a.msg.saturating_add(a.msg_cap)));
+        let (msg_lo, msg_was) = message.map_or((0, Vec::new()), |(m, _)| around(host.mem, m));
         let result = hypercall::dispatch(&mut host, call);
         assert!(
             protected(host.mem) == before,
             "{call:?} wrote the monitor's pages"
         );
+        if let Some((m, m_end)) = message {
+            let (_, msg_now) = around(host.mem, m);
+            for (i, (a, b)) in msg_was.iter().zip(&msg_now).enumerate() {
+                let addr = msg_lo + i as u64;
+                if a != b && !(call.arg..call.arg + struct_size(call.nr)).contains(&addr) {
+                    assert!(
+                        (m..m_end).contains(&addr),
+                        "{call:?} wrote {addr:#x}, outside its message buffer"
+                    );
+                    assert!(
+                        host.mem.translate(addr, 1, Access::GuestWrite).is_ok(),
+                        "{call:?} wrote its message at {addr:#x}, which the guest may not write"
+                    );
+                }
+            }
+        }
         let (_, now) = around(host.mem, call.arg);
         let size = struct_size(call.nr);
         for (i, (a, b)) in was.iter().zip(&now).enumerate() {
@@ -345,6 +389,9 @@ fn run(mem: &GuestMemory, input: Input) {
                 continue;
             }
             let addr = lo + i as u64;
+            if message.is_some_and(|(m, m_end)| (m..m_end).contains(&addr)) {
+                continue; // The message buffer, checked above.
+            }
             // Only the struct's own bytes change, only if the call went through, and only where
             // the guest may write itself.
             assert!(result.is_ok(), "a refused {call:?} wrote {addr:#x}");

@@ -40,13 +40,24 @@ pub struct Call {
     pub arg: u64,
 }
 
+/// Why an access to `addr` exited, if it lies in a window the monitor backs part by part.
+pub fn unbacked(addr: u64) -> Option<&'static str> {
+    let within = |base: u64, size: u64| (base..base + size).contains(&addr);
+    if within(layout::IPC_BASE, layout::IPC_SIZE) {
+        Some("access to a part of the IPC window no region backs")
+    } else if within(layout::LIB_CODE_BASE, layout::LIB_WINDOW_SIZE) {
+        Some("access to a part of the library code window no library backs (or a store to library code)")
+    } else if within(layout::LIB_DATA_BASE, layout::LIB_WINDOW_SIZE) {
+        Some("access to a part of the library data window no library backs")
+    } else {
+        None
+    }
+}
+
 /// Decodes an MMIO store at guest-physical `addr` with `data` into a hypercall.
 pub fn decode(addr: u64, data: &[u8]) -> Result<Call, Crash> {
-    if (layout::IPC_BASE..layout::IPC_BASE + layout::IPC_SIZE).contains(&addr) {
-        return Err(Crash::BadHypercall {
-            addr,
-            reason: "access to a part of the IPC window no region backs",
-        });
+    if let Some(reason) = unbacked(addr) {
+        return Err(Crash::BadHypercall { addr, reason });
     }
     let offset = addr.wrapping_sub(layout::HYPERCALL_GPA);
     if offset >= layout::PAGE_SIZE {

@@ -17,11 +17,18 @@ use pvm::ipc::MessageQueue;
 use pvm::signal::{self, Signal};
 use pvm::{ExitStatus, Fork};
 use pvm_abi::{
-    layout, ExitArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs, SigActionArgs,
-    WaitArgs, WriteArgs,
+    dl_op, layout, DlCloseArgs, DlOpenArgs, DlUpdateArgs, ExitArgs, GuestStatus, Hypercall, IpcWaitArgs,
+    KillArgs, MqWaitArgs, NamedArgs, PipeArgs, SigActionArgs, WaitArgs, WriteArgs,
 };
 
 pvm::main!(main);
+
+/// What libgreet imports from its app (the `dl` scenarios load it).
+#[no_mangle]
+pub extern "C" fn app_double(x: u64) -> u64 {
+    2 * x
+}
+pvm::export!(app_double);
 
 fn main() -> i32 {
     let mut args = pvm::args().skip(1);
@@ -39,9 +46,11 @@ fn main() -> i32 {
         "exhaust" => exhaust(),
         "shm-on-signal" => shm_on_signal(arg),
         "oom-on-signal" => oom_on_signal(arg.parse().unwrap_or(256)),
+        "dl" => dl(arg),
+        "dl-escape" => dl_escape(arg),
         _ => {
             pvm::eprintln!(
-                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB"
+                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB|dl LIB|dl-escape LIB"
             );
             return 2;
         }
@@ -95,6 +104,9 @@ fn bad_arg_structs() {
         Hypercall::MqOpen,
         Hypercall::MqWait,
         Hypercall::ShmOpen,
+        Hypercall::DlOpen,
+        Hypercall::DlClose,
+        Hypercall::DlUpdate,
     ];
     let places = [
         ("null", 0),
@@ -109,6 +121,7 @@ fn bad_arg_structs() {
         ("ipc-window", layout::IPC_BASE),
         ("hypercall-window", layout::HYPERCALL_VA),
         ("guard", pvm::mem_size() - layout::STACK_SIZE - 64),
+        ("lib-window", layout::LIB_CODE_BASE),
     ];
     for nr in calls {
         for (place, addr) in places {
@@ -132,6 +145,9 @@ fn readonly_out_fields() {
             Hypercall::PipeCreate,
             Hypercall::SigAction,
             Hypercall::Kill,
+            Hypercall::DlOpen,
+            Hypercall::DlClose,
+            Hypercall::DlUpdate,
         ] {
             let status = in_child(|| {
                 let before = first_word(text);
@@ -482,4 +498,129 @@ fn shm_on_signal(key: &str) {
         "shm-on-signal open: {:?}",
         pvm::ipc::SharedMem::open(key).map(|_| ())
     );
+}
+
+/// The library hypercalls with bad names, buffers, handles and steps (errors), and stores and
+/// loads where a library is or is not (the pVM dies with a report). `lib` is a library the
+/// operator allowed.
+fn dl(lib: &str) {
+    let open = |name: u64, len: u64, msg: u64, cap: u64| {
+        let mut a = DlOpenArgs {
+            name,
+            name_len: len,
+            msg,
+            msg_cap: cap,
+            ..Default::default()
+        };
+        call(Hypercall::DlOpen, &mut a as *mut DlOpenArgs as u64);
+        a
+    };
+    let mut msg = [0u8; 64];
+    let msg_at = msg.as_mut_ptr() as u64;
+    let good = b"nosuchlib";
+    for (case, name, len) in [
+        ("name-null", 0, 4),
+        ("name-gdt", layout::GDT_ADDR, 4),
+        ("name-beyond", pvm::mem_size() + 4096, 4),
+        ("name-wrap", u64::MAX - 1, 4),
+        ("name-empty", good.as_ptr() as u64, 0),
+        ("name-huge", good.as_ptr() as u64, u64::MAX),
+        ("name-path", b"../etc/passwd".as_ptr() as u64, 13),
+        ("name-lib-window", layout::LIB_CODE_BASE, 4),
+    ] {
+        pvm::println!("dl open {case}: {}", open(name, len, msg_at, 64).result);
+    }
+    // The monitor's message goes only where the guest may write: not into rodata, the boot
+    // block or the reserved area (then it is dropped; the call still answers).
+    let text = dl as fn(&str) as usize as u64;
+    for (case, at) in [
+        ("msg-rodata", RODATA.as_ptr() as u64),
+        ("msg-text", text),
+        ("msg-boot", layout::BOOT_INFO_ADDR),
+        ("msg-gdt", layout::GDT_ADDR),
+        ("msg-beyond", pvm::mem_size() - 8),
+    ] {
+        let before = first_word(text);
+        let a = open(good.as_ptr() as u64, good.len() as u64, at, 4096);
+        let intact = rodata_intact() && first_word(text) == before;
+        pvm::println!("dl open {case}: {} len {} intact {intact}", a.result, a.msg_len);
+    }
+    let a = open(good.as_ptr() as u64, good.len() as u64, msg_at, 64);
+    pvm::println!("dl open unknown: {} message {}", a.result, a.msg_len > 0);
+    for (case, handle) in [("0", 0), ("63", 63), ("64", 64), ("max", u64::MAX)] {
+        let mut c = DlCloseArgs { handle, result: 0 };
+        call(Hypercall::DlClose, &mut c as *mut DlCloseArgs as u64);
+        pvm::println!("dl close {case}: {}", c.result);
+    }
+    for (case, op) in [
+        ("begin", dl_op::BEGIN),
+        ("commit", dl_op::COMMIT),
+        ("abort", dl_op::ABORT),
+        ("op-0", 0),
+        ("op-max", u64::MAX),
+    ] {
+        let mut u = DlUpdateArgs {
+            op,
+            handle: 0,
+            escape: 0x4141_4141,
+            ..Default::default()
+        };
+        call(Hypercall::DlUpdate, &mut u as *mut DlUpdateArgs as u64);
+        pvm::println!("dl update {case}: {}", u.result);
+    }
+    // A real library: its handle closes once; its code and read-only data are never writable.
+    let l = pvm::dl::open(lib).expect("the allowed library");
+    let base = l.handle() * layout::LIB_SLOT_SIZE + layout::LIB_CODE_BASE;
+    type Attack = fn(u64);
+    let attacks: [(&str, Attack); 4] = [
+        ("write-code", |base| {
+            // SAFETY: a store into the library's code (deliberately illegal).
+            unsafe { store64(base + 0x1000, 0x9090_9090) };
+        }),
+        ("read-code", |base| {
+            // SAFETY: a load of the library's code: allowed.
+            let _v: u64 = unsafe { core::ptr::read_volatile((base + 0x1000) as *const u64) };
+        }),
+        ("read-hole", |base| {
+            // SAFETY: a load from a slot of the code window no library backs.
+            let _v: u64 =
+                unsafe { core::ptr::read_volatile((base + 8 * layout::LIB_SLOT_SIZE) as *const u64) };
+        }),
+        ("exec-data", |base| {
+            // SAFETY: a jump into the library's data window (not executable).
+            let f: extern "C" fn() = unsafe { core::mem::transmute(base + layout::LIB_DATA_OFFSET) };
+            f();
+        }),
+    ];
+    for (case, attack) in attacks {
+        pvm::println!("dl {case}: {:?}", in_child(|| attack(base)));
+    }
+    let handle = l.handle();
+    l.close().expect("first close");
+    let mut c = DlCloseArgs { handle, result: 0 };
+    call(Hypercall::DlClose, &mut c as *mut DlCloseArgs as u64);
+    pvm::println!("dl close twice: {}", c.result);
+    pvm::println!("dl: alive");
+}
+
+/// Holds `lib` open and watches the status page without a hypercall (so the runtime never
+/// answers an update itself); when the operator's update is announced, answers BEGIN with an
+/// escape outside the app's code. The monitor must refuse it (and roll the update back).
+fn dl_escape(lib: &str) {
+    let l = pvm::dl::open(lib).expect("the allowed library");
+    pvm::println!("dl-escape ready");
+    let word = (layout::STATUS_ADDR + core::mem::offset_of!(GuestStatus, dl_update) as u64) as *const u64;
+    // SAFETY: the status page is mapped read-write for the guest.
+    while unsafe { core::ptr::read_volatile(word) } == 0 {
+        core::hint::spin_loop();
+    }
+    let mut u = DlUpdateArgs {
+        op: dl_op::BEGIN,
+        handle: l.handle(),
+        escape: 0x4141_4141,
+        ..Default::default()
+    };
+    call(Hypercall::DlUpdate, &mut u as *mut DlUpdateArgs as u64);
+    pvm::println!("dl-escape begin: {}", u.result);
+    pvm::println!("dl-escape version: {}", l.version().unwrap_or_default());
 }

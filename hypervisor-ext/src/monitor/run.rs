@@ -32,7 +32,7 @@ impl Monitor {
                     data.fill(0xff);
                     Err(Crash::BadHypercall {
                         addr,
-                        reason: "hypercalls are stores, not loads",
+                        reason: hypercall::unbacked(addr).unwrap_or("hypercalls are stores, not loads"),
                     })
                 }
                 Ok(VcpuExit::Shutdown) => return Ok(Outcome::Crashed(self.triple_fault()?)),
