@@ -37,7 +37,11 @@ fuzz_target!(|bytes: &[u8]| {
     }
     assert_eq!(lib.shared_image().len() as u64, layout.shared_end);
     let base = LIB_CODE_BASE + 3 * LIB_SLOT_SIZE;
-    let known = |name: &str| (name.len() % 2 == 0).then_some(0x20_0000 + name.len() as u64);
+    let known = |name: &str| {
+        name.len()
+            .is_multiple_of(2)
+            .then_some(0x20_0000 + name.len() as u64)
+    };
     match lib.link(base, known) {
         Ok(linked) => {
             assert_eq!(linked.relro.len() as u64, layout.relro_end - layout.shared_end);
