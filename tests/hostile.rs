@@ -638,7 +638,7 @@ fn hostile_library_calls_get_errors_and_library_memory_keeps_its_permissions() {
     }
     let _ = enoent;
     assert!(
-        out.stderr.contains("library code window no library backs"),
+        out.stderr.contains("an empty part of a library window"),
         "{out:#?}"
     );
     assert!(out.stdout.contains("dl: alive"), "{out:#?}");

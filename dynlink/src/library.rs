@@ -5,8 +5,6 @@
 //! part of a library slot, writable ones in the data part), its dynamic section (no text
 //! relocations, no constructors, no TLS), its relocations (kinds pvm applies, targets in memory
 //! the monitor writes: never the shared part) and its symbols.
-use std::collections::BTreeMap;
-
 use goblin::elf::dynamic::{DF_TEXTREL, DT_TEXTREL};
 use goblin::elf::header::{EM_X86_64, ET_DYN};
 use goblin::elf::program_header::{PF_W, PF_X, PT_DYNAMIC, PT_LOAD, PT_TLS};
@@ -181,10 +179,10 @@ pub struct Reloc {
 }
 
 /// A symbol of the library's dynamic symbol table that relocations or lookups use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
-    /// Its name.
-    pub name: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    /// Its name (in the file's bytes).
+    pub name: &'a str,
     /// Defined here: its address relative to the base. None: an import.
     pub value: Option<u64>,
     /// Weak (an unresolved weak import is 0, not an error).
@@ -197,7 +195,7 @@ pub struct Library<'a> {
     segments: Vec<Segment>,
     layout: Layout,
     relocs: Vec<Reloc>,
-    symbols: Vec<Symbol>,
+    symbols: Vec<Symbol<'a>>,
     needed: Vec<String>,
     version: Option<String>,
 }
@@ -278,7 +276,9 @@ impl<'a> Library<'a> {
             });
         }
         let layout = Self::compute_layout(&segments);
-        let symbols = Self::read_symbols(&elf, &segments)?;
+        if elf.dynsyms.len() > MAX_SYMBOLS {
+            return Err(ParseError::TooManySymbols);
+        }
         let mut relocs = Vec::with_capacity(elf.dynrelas.len() + elf.pltrelocs.len());
         for r in elf.dynrelas.iter().chain(elf.pltrelocs.iter()) {
             if let Some(reloc) = Self::reloc(&r, &elf, &segments, &layout)? {
@@ -286,8 +286,19 @@ impl<'a> Library<'a> {
             }
         }
         // Keep only the symbols something uses: definitions (lookups) and imports relocations
-        // name; `Kind::Symbol` indexes into the dynamic symbol table, so remap them.
-        let (symbols, relocs) = Self::compact(symbols, relocs);
+        // name; `Kind::Symbol` indexes into the dynamic symbol table, so renumber them.
+        let mut used = vec![u32::MAX; elf.dynsyms.len()];
+        for r in &relocs {
+            if let Kind::Symbol(i) = r.kind {
+                used[i] = 0;
+            }
+        }
+        let symbols = Self::read_symbols(&elf, &segments, &mut used)?;
+        for r in &mut relocs {
+            if let Kind::Symbol(i) = r.kind {
+                r.kind = Kind::Symbol(used[i] as usize);
+            }
+        }
         let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
         let mut lib = Library {
             bytes,
@@ -399,32 +410,39 @@ impl<'a> Library<'a> {
         }
     }
 
-    fn read_symbols(elf: &Elf<'_>, segments: &[Segment]) -> Result<Vec<Symbol>, ParseError> {
-        if elf.dynsyms.len() > MAX_SYMBOLS {
-            return Err(ParseError::TooManySymbols);
-        }
-        let mut out = Vec::with_capacity(elf.dynsyms.len());
-        for sym in elf.dynsyms.iter() {
-            let name = elf.dynstrtab.get_at(sym.st_name).unwrap_or("").to_string();
+    /// The definitions, and the symbols relocations use (`used[i]` is not `u32::MAX`): `used[i]`
+    /// becomes the index of symbol `i` in what this returns.
+    fn read_symbols(
+        elf: &Elf<'a>,
+        segments: &[Segment],
+        used: &mut [u32],
+    ) -> Result<Vec<Symbol<'a>>, ParseError> {
+        let mut out = Vec::new();
+        for (i, sym) in elf.dynsyms.iter().enumerate() {
             let bind = sym.st_bind();
             let exported = (bind == STB_GLOBAL || bind == STB_WEAK)
                 && sym.st_visibility() != STV_HIDDEN
                 && sym.st_visibility() != STV_INTERNAL;
-            if sym.st_type() == STT_TLS {
-                return Err(ParseError::Tls(format!("symbol {name:?}")));
-            }
             let defined = sym.st_shndx != 0;
-            if defined && exported && sym.st_type() == STT_GNU_IFUNC {
-                return Err(ParseError::Ifunc(name));
+            let name = || elf.dynstrtab.get_at(sym.st_name).unwrap_or("");
+            if sym.st_type() == STT_TLS {
+                return Err(ParseError::Tls(format!("symbol {:?}", name())));
             }
-            let value = if defined && exported && !name.is_empty() {
+            if defined && exported && sym.st_type() == STT_GNU_IFUNC {
+                return Err(ParseError::Ifunc(name().to_string()));
+            }
+            let definition = defined && exported && sym.st_name != 0;
+            if !definition && used[i] == u32::MAX {
+                continue;
+            }
+            let value = if definition {
                 // A definition (absolute symbols, SHN_ABS, are refused with the others outside).
                 let inside = segments
                     .iter()
                     .any(|s| sym.st_value >= s.vaddr && sym.st_value <= s.end());
                 if !inside {
                     return Err(ParseError::SymbolOutside {
-                        name,
+                        name: name().to_string(),
                         value: sym.st_value,
                     });
                 }
@@ -432,8 +450,9 @@ impl<'a> Library<'a> {
             } else {
                 None
             };
+            used[i] = out.len() as u32;
             out.push(Symbol {
-                name,
+                name: name(),
                 value,
                 weak: bind == STB_WEAK,
             });
@@ -486,28 +505,6 @@ impl<'a> Library<'a> {
         }))
     }
 
-    fn compact(symbols: Vec<Symbol>, mut relocs: Vec<Reloc>) -> (Vec<Symbol>, Vec<Reloc>) {
-        let mut used: BTreeMap<usize, usize> = BTreeMap::new();
-        for r in &relocs {
-            if let Kind::Symbol(i) = r.kind {
-                used.insert(i, 0);
-            }
-        }
-        let mut kept = Vec::new();
-        for (i, sym) in symbols.into_iter().enumerate() {
-            if sym.value.is_some() || used.contains_key(&i) {
-                used.entry(i).and_modify(|v| *v = kept.len());
-                kept.push(sym);
-            }
-        }
-        for r in &mut relocs {
-            if let Kind::Symbol(i) = r.kind {
-                r.kind = Kind::Symbol(used[&i]);
-            }
-        }
-        (kept, relocs)
-    }
-
     fn read_version(&self) -> Result<Option<String>, ParseError> {
         let Some(value) = self
             .symbols
@@ -556,19 +553,17 @@ impl<'a> Library<'a> {
     }
 
     /// The symbols relocations use and the ones it defines.
-    pub fn symbols(&self) -> &[Symbol] {
+    pub fn symbols(&self) -> &[Symbol<'a>] {
         &self.symbols
     }
 
     /// What it defines for others: (name, address relative to the base).
-    pub fn exports(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.symbols
-            .iter()
-            .filter_map(|s| s.value.map(|v| (s.name.as_str(), v)))
+    pub fn exports(&self) -> impl Iterator<Item = (&'a str, u64)> + '_ {
+        self.symbols.iter().filter_map(|s| s.value.map(|v| (s.name, v)))
     }
 
     /// The symbols it needs from elsewhere (strong imports; weak ones may stay unresolved).
-    pub fn imports(&self) -> impl Iterator<Item = &Symbol> {
+    pub fn imports(&self) -> impl Iterator<Item = &Symbol<'a>> {
         self.symbols.iter().filter(|s| s.value.is_none())
     }
 

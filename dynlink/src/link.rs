@@ -48,11 +48,11 @@ impl Library<'_> {
         for sym in symbols {
             values.push(match sym.value {
                 Some(v) => base.wrapping_add(v),
-                None => match resolve(&sym.name) {
+                None => match resolve(sym.name) {
                     Some(addr) => addr,
                     None if sym.weak => 0,
                     None => {
-                        missing.push(sym.name.clone());
+                        missing.push(sym.name.to_string());
                         0
                     }
                 },

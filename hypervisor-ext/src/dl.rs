@@ -4,9 +4,9 @@
 //! Loading reads the file once, into memory, and everything after works on those bytes: the
 //! digest checked against the trust store is the digest of what is parsed, relocated and mapped
 //! (no check-then-reopen race). The shared part comes from the host-wide store (`libstore`), the
-//! RELRO part and the writable part are private mappings of this monitor, copy-on-write across
-//! fork; each is a memory slot inside the library's slot of the windows the page tables mapped
-//! at boot (`vstate/space.rs`): no page table changes.
+//! RELRO part and the writable part are private memory of this monitor, copy-on-write across
+//! fork; each is mapped in place in the library's slot of the windows (`vstate/space.rs`), whose
+//! page tables and memory slots exist from boot: loading changes neither.
 //!
 //! After its RELRO, the monitor writes the library's symbol index (`pvm_abi::LibSymbol`s sorted
 //! by hash, then the names, then the version string), read-only to the guest: `pvm::dl` looks
@@ -16,8 +16,8 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-use kvm_ioctls::VmFd;
 use pvm_abi::layout::{LIB_SLOT_SIZE, PAGE_SIZE};
 use pvm_abi::{symbol_hash, DlInfo, LibSymbol};
 use pvm_dynlink::{Export, Library, LinkError, ParseError, MAX_FILE_SIZE};
@@ -26,7 +26,7 @@ use crate::libstore::{self, SharedPart};
 use crate::rundir::{RunDir, RunDirError};
 use crate::sys::{self, Open};
 use crate::trust::{self, Digest, TrustError, TrustRef};
-use crate::vstate::space::{lib_code_base, LibPart, Space, SpaceError, MAX_LIBS};
+use crate::vstate::space::{lib_code_base, LibWindows, MAX_LIBS};
 
 /// Longest library name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -195,39 +195,44 @@ impl LoadError {
     }
 }
 
-/// A private mapping of a library part (RELRO or data): copy-on-write across fork.
+/// A private part of a library (RELRO or data) in its place in a library window: filled when
+/// made, copy-on-write across fork, emptied (inaccessible again, memory freed) when dropped.
 #[derive(Debug)]
-struct Mapping {
+struct Placed {
     host: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the mapping is owned by this value alone.
-unsafe impl Send for Mapping {}
+// SAFETY: the part is owned by this value alone (its place in the window is its library's).
+unsafe impl Send for Placed {}
 
-impl Mapping {
-    /// Private memory holding `bytes` (and zeroes to `len`), read-only if `read_only`.
-    fn new(bytes: &[&[u8]], len: usize, read_only: bool) -> io::Result<Mapping> {
-        let host = sys::map_private(len)?;
-        let m = Mapping { host, len };
+impl Placed {
+    /// Private memory at `host` holding `bytes` (and zeroes to `len`), read-only if
+    /// `read_only`.
+    fn new(host: NonNull<u8>, bytes: &[&[u8]], len: usize, read_only: bool) -> io::Result<Placed> {
+        // SAFETY: `host` is the library's own place in a window reservation (`LibWindows::host`),
+        // unused by anything else.
+        unsafe { sys::map_fixed_anon(host, len)? };
+        let m = Placed { host, len };
         let mut at = 0;
         for b in bytes {
-            // SAFETY: the parts fit in `len` (the caller sized it) and the mapping is fresh.
+            // SAFETY: the parts fit in `len` (the caller sized it) and the memory is fresh.
             unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), m.host.as_ptr().add(at), b.len()) };
             at += b.len();
         }
         if read_only {
-            // SAFETY: our own fresh mapping; nothing writes it from here on.
+            // SAFETY: our own fresh memory; nothing writes it from here on.
             unsafe { sys::protect_read_only(m.host, m.len)? };
         }
         Ok(m)
     }
 }
 
-impl Drop for Mapping {
+impl Drop for Placed {
     fn drop(&mut self) {
-        // SAFETY: our own mapping; the memory slot over it was removed first.
-        unsafe { sys::unmap(self.host, self.len) };
+        // SAFETY: our own place; the guest no longer uses the library (it was closed or
+        // replaced).
+        unsafe { sys::map_fixed_none(self.host, self.len) };
     }
 }
 
@@ -235,11 +240,43 @@ fn round_up(x: u64) -> u64 {
     x.div_ceil(PAGE_SIZE) * PAGE_SIZE
 }
 
+/// Times the steps of a load, for the debug log (`PVM_LOG=debug`).
+struct StepClock {
+    last: u64,
+    laps: Vec<(&'static str, u64)>,
+}
+
+impl StepClock {
+    fn start() -> StepClock {
+        StepClock {
+            last: sys::monotonic_ns(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = sys::monotonic_ns();
+        self.laps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ns)) in self.laps.iter().enumerate() {
+            write!(f, "{}{step} {} us", if i == 0 { "" } else { ", " }, ns / 1000)?;
+        }
+        Ok(())
+    }
+}
+
 /// The operator's allowed files.
 #[derive(Debug)]
 struct Sources {
     files: BTreeMap<String, (OwnedFd, PathBuf)>,
     dir: Option<(OwnedFd, PathBuf)>,
+    /// The last read's buffer, kept: a load reuses its pages instead of faulting new ones in.
+    buffer: std::cell::RefCell<Vec<u8>>,
 }
 
 impl Sources {
@@ -266,7 +303,16 @@ impl Sources {
             )),
             None => None,
         };
-        Ok(Sources { files, dir })
+        Ok(Sources {
+            files,
+            dir,
+            buffer: Default::default(),
+        })
+    }
+
+    /// Keeps `bytes`' memory for the next read.
+    fn give_back(&self, bytes: Vec<u8>) {
+        *self.buffer.borrow_mut() = bytes;
     }
 
     /// Reads the file `name` stands for (at most one byte more than a library may have, so a
@@ -301,7 +347,8 @@ impl Sources {
         if !sys::is_file(&st) {
             return Err(read_err(&file, io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let bytes = sys::read_whole(fd.as_fd(), MAX_FILE_SIZE + 1).map_err(|e| read_err(&file, e))?;
+        let mut bytes = std::mem::take(&mut *self.buffer.borrow_mut());
+        sys::read_whole_into(fd.as_fd(), MAX_FILE_SIZE + 1, &mut bytes).map_err(|e| read_err(&file, e))?;
         Ok((bytes, file))
     }
 }
@@ -310,14 +357,15 @@ impl Sources {
 pub(crate) struct LinkEnv {
     trust: TrustRef,
     store: RunDir,
-    /// Symbols others define: name to (address, the library slot defining it; None: the app).
-    symbols: BTreeMap<String, (u64, Option<usize>)>,
+    windows: LibWindows,
+    /// Where imports resolve, in order: the app's exports, then the loaded libraries' (with
+    /// the slot of the library, None for the app).
+    sources: Vec<(SymbolIndex, Option<usize>)>,
     /// File names of the loaded libraries (what DT_NEEDED may name).
     files: BTreeSet<String>,
 }
 
-/// A library linked for one slot and mapped in this monitor, not yet in the guest's memory
-/// slots (`parts` says where they go).
+/// A library linked for one slot and in its place in the library windows.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub name: String,
@@ -327,49 +375,100 @@ pub(crate) struct Prepared {
     pub index: usize,
     pub info: DlInfo,
     /// Its definitions, at their guest addresses.
-    pub exports: Vec<(String, u64)>,
+    symbols: SymbolIndex,
     /// Library slots it imports from.
     pub deps: BTreeSet<usize>,
-    pub parts: Vec<LibPart>,
+    /// Bytes of its shared part.
+    pub shared_bytes: u64,
+    /// Bytes of its private parts.
+    pub private_bytes: u64,
     _shared: Option<SharedPart>,
-    _relro: Mapping,
-    _data: Option<Mapping>,
+    _relro: Placed,
+    _data: Option<Placed>,
 }
 
-/// Builds the symbol index that follows the RELRO part: records sorted by hash, the names, the
-/// version; returns its bytes and where the records and version start in it.
-fn symbol_index(exports: &[(String, u64)], version: Option<&str>, at: u64) -> (Vec<u8>, u64, u64) {
-    let mut recs: Vec<LibSymbol> = Vec::with_capacity(exports.len());
-    let names_at = at + (exports.len() * size_of::<LibSymbol>()) as u64;
-    let mut names = Vec::new();
-    for (name, addr) in exports {
-        recs.push(LibSymbol {
-            hash: symbol_hash(name.as_bytes()),
-            name: names_at + names.len() as u64,
-            name_len: name.len() as u64,
-            addr: *addr,
-        });
-        names.extend_from_slice(name.as_bytes());
-    }
-    recs.sort_by_key(|r| r.hash);
-    let version_at = names_at + names.len() as u64;
-    let mut bytes = Vec::with_capacity(recs.len() * size_of::<LibSymbol>() + names.len());
-    for r in &recs {
-        for v in [r.hash, r.name, r.name_len, r.addr] {
-            bytes.extend_from_slice(&v.to_le_bytes());
+/// A symbol index in the format the guest reads (`LibSymbol` records sorted by hash, then the
+/// names, then the version string), located at guest address `at`; the monitor keeps a copy to
+/// resolve later libraries' imports against it. The app's exports are one too.
+#[derive(Clone, Debug)]
+pub(crate) struct SymbolIndex {
+    bytes: Arc<[u8]>,
+    count: usize,
+    at: u64,
+}
+
+impl SymbolIndex {
+    /// The index of `exports` (and `version`) for guest address `at`; also where the version
+    /// string starts.
+    fn build<'n>(
+        exports: impl Iterator<Item = (&'n str, u64)>,
+        version: Option<&str>,
+        at: u64,
+    ) -> (SymbolIndex, u64) {
+        let mut recs: Vec<(u64, &str, u64)> =
+            exports.map(|(n, a)| (symbol_hash(n.as_bytes()), n, a)).collect();
+        recs.sort_unstable_by_key(|r| r.0);
+        let record = size_of::<LibSymbol>();
+        let names_len: usize = recs.iter().map(|r| r.1.len()).sum();
+        let names_at = at + (recs.len() * record) as u64;
+        let mut bytes = Vec::with_capacity(recs.len() * record + names_len + version.map_or(0, str::len));
+        let mut name_at = names_at;
+        for &(hash, name, addr) in &recs {
+            for v in [hash, name_at, name.len() as u64, addr] {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            name_at += name.len() as u64;
         }
+        for &(_, name, _) in &recs {
+            bytes.extend_from_slice(name.as_bytes());
+        }
+        let version_at = names_at + names_len as u64;
+        if let Some(v) = version {
+            bytes.extend_from_slice(v.as_bytes());
+        }
+        let index = SymbolIndex {
+            bytes: bytes.into(),
+            count: recs.len(),
+            at,
+        };
+        (index, version_at)
     }
-    bytes.extend_from_slice(&names);
-    if let Some(v) = version {
-        bytes.extend_from_slice(v.as_bytes());
+
+    fn field(&self, i: usize, f: usize) -> u64 {
+        let at = i * size_of::<LibSymbol>() + f * 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.bytes[at..at + 8]);
+        u64::from_le_bytes(b)
     }
-    (bytes, at, version_at)
+
+    /// The address `name` has in this index.
+    fn lookup(&self, name: &str) -> Option<u64> {
+        let hash = symbol_hash(name.as_bytes());
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.field(mid, 0) < hash {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo..self.count)
+            .take_while(|&i| self.field(i, 0) == hash)
+            .find_map(|i| {
+                let start = (self.field(i, 1) - self.at) as usize;
+                let len = self.field(i, 2) as usize;
+                (self.bytes.get(start..start + len) == Some(name.as_bytes())).then(|| self.field(i, 3))
+            })
+    }
 }
 
 impl LinkEnv {
     /// Reads, checks, links and maps library `name` (file bytes `bytes`) for slot `index`.
     pub fn prepare(&self, name: &str, file: &str, bytes: &[u8], index: usize) -> Result<Prepared, LoadError> {
+        let mut clock = StepClock::start();
         let digest = trust::digest(bytes);
+        clock.lap("digest");
         match self.trust.contains(&digest) {
             Ok(true) => {}
             Ok(false) => {
@@ -386,11 +485,13 @@ impl LinkEnv {
                 })
             }
         }
+        clock.lap("trust");
         let lib = Library::parse(bytes).map_err(|source| LoadError::Parse {
             name: name.into(),
             file: file.into(),
             source,
         })?;
+        clock.lap("parse");
         for needed in lib.needed() {
             if !self.files.contains(needed) {
                 return Err(LoadError::Needed {
@@ -403,18 +504,21 @@ impl LinkEnv {
         let mut deps = BTreeSet::new();
         let linked = lib
             .link(base, |sym| {
-                let &(addr, from) = self.symbols.get(sym)?;
-                if let Some(slot) = from {
-                    deps.insert(slot);
-                }
-                Some(addr)
+                self.sources.iter().find_map(|(index, from)| {
+                    let addr = index.lookup(sym)?;
+                    if let Some(slot) = from {
+                        deps.insert(*slot);
+                    }
+                    Some(addr)
+                })
             })
             .map_err(|source| LoadError::Link {
                 name: name.into(),
                 source,
             })?;
+        clock.lap("link");
         let layout = lib.layout();
-        let exports: Vec<(String, u64)> = lib.exports().map(|(n, v)| (n.to_string(), base + v)).collect();
+
         let map_err = |what: String| LoadError::Map {
             name: name.into(),
             what,
@@ -423,7 +527,9 @@ impl LinkEnv {
         // The RELRO part, then the index, in one private read-only mapping.
         let relro_len = linked.relro.len() as u64;
         let index_at = base + layout.shared_end + relro_len;
-        let (index_bytes, symbols_at, version_at) = symbol_index(&exports, lib.version(), index_at);
+        let (symbols, version_at) =
+            SymbolIndex::build(lib.exports().map(|(n, v)| (n, base + v)), lib.version(), index_at);
+        let index_bytes = &symbols.bytes;
         let private_len = round_up(relro_len + index_bytes.len() as u64);
         if layout.shared_end + private_len > LIB_SLOT_SIZE {
             return Err(map_err(format!(
@@ -431,51 +537,48 @@ impl LinkEnv {
                 layout.shared_end + private_len
             )));
         }
-        let relro = Mapping::new(&[&linked.relro, &index_bytes], private_len as usize, true)
-            .map_err(|e| map_err(e.to_string()))?;
+        let place = |gpa: u64, len: u64| {
+            self.windows
+                .host(gpa, len)
+                .ok_or_else(|| map_err(format!("{gpa:#x}+{len:#x} is outside the library windows")))
+        };
+        let relro_at = place(base + layout.shared_end, private_len)?;
+        let relro = Placed::new(
+            relro_at,
+            &[&linked.relro, index_bytes],
+            private_len as usize,
+            true,
+        )
+        .map_err(|e| map_err(e.to_string()))?;
         let data = if linked.data.is_empty() {
             None
         } else {
             Some(
-                Mapping::new(&[&linked.data], linked.data.len(), false)
-                    .map_err(|e| map_err(e.to_string()))?,
+                Placed::new(
+                    place(base + layout.data_start, linked.data.len() as u64)?,
+                    &[&linked.data],
+                    linked.data.len(),
+                    false,
+                )
+                .map_err(|e| map_err(e.to_string()))?,
             )
         };
+        clock.lap("private parts");
         let image = lib.shared_image();
         let shared = if image.is_empty() {
             None
         } else {
+            let at = place(base, image.len() as u64)?;
             Some(
-                SharedPart::get(&self.store, &digest, &image).map_err(|source| LoadError::Store {
+                SharedPart::get(&self.store, &digest, &image, at).map_err(|source| LoadError::Store {
                     name: name.into(),
                     source,
                 })?,
             )
         };
 
-        let mut parts = Vec::with_capacity(3);
-        if let Some(s) = &shared {
-            parts.push(LibPart {
-                gpa: base,
-                size: s.len() as u64,
-                host: s.host(),
-                read_only: true,
-            });
-        }
-        parts.push(LibPart {
-            gpa: base + layout.shared_end,
-            size: private_len,
-            host: relro.host,
-            read_only: true,
-        });
-        if let Some(d) = &data {
-            parts.push(LibPart {
-                gpa: base + layout.data_start,
-                size: d.len as u64,
-                host: d.host,
-                read_only: false,
-            });
-        }
+        clock.lap("shared part");
+        tracing::debug!(library = name, steps = %clock, "library prepared");
         let version = lib.version().map(str::to_string);
         Ok(Prepared {
             name: name.into(),
@@ -484,16 +587,17 @@ impl LinkEnv {
             info: DlInfo {
                 handle: index as u64,
                 base,
-                symbols: symbols_at,
-                nsymbols: exports.len() as u64,
+                symbols: index_at,
+                nsymbols: symbols.count as u64,
                 version: if version.is_some() { version_at } else { 0 },
                 version_len: version.as_ref().map_or(0, |v| v.len() as u64),
             },
             version,
             index,
-            exports,
+            symbols: symbols.clone(),
             deps,
-            parts,
+            shared_bytes: image.len() as u64,
+            private_bytes: private_len + linked.data.len() as u64,
             _shared: shared,
             _relro: relro,
             _data: data,
@@ -538,13 +642,15 @@ pub(crate) struct Libraries {
     /// The trust store and the shared store (None when no library is allowed: nothing to load,
     /// nothing opened at boot).
     stores: Option<(TrustRef, RunDir)>,
-    app: Vec<Export>,
+    app: SymbolIndex,
     /// The app's code (where a runtime's hook escape may be).
     app_code: Vec<(u64, u64)>,
     loaded: Vec<Option<Loaded>>,
     seq: u64,
     /// A slot taken by an update under way.
     reserved: Option<usize>,
+    /// Where libraries go (set once the VM exists).
+    windows: Option<LibWindows>,
 }
 
 impl Libraries {
@@ -565,6 +671,7 @@ impl Libraries {
                 run_dir.subdir(libstore::STORE_DIR)?,
             ))
         };
+        let (app, _) = SymbolIndex::build(app.iter().map(|e| (e.name.as_str(), e.addr)), None, 0);
         Ok(Libraries {
             sources,
             stores,
@@ -573,6 +680,7 @@ impl Libraries {
             loaded: (0..MAX_LIBS).map(|_| None).collect(),
             seq: 0,
             reserved: None,
+            windows: None,
         })
     }
 
@@ -593,10 +701,7 @@ impl Libraries {
     /// The environment to link a library in, without the library in slot `except` (one being
     /// replaced: the new version does not link against the old).
     pub fn env(&self, except: Option<usize>) -> io::Result<LinkEnv> {
-        let mut symbols = BTreeMap::new();
-        for e in &self.app {
-            symbols.entry(e.name.clone()).or_insert((e.addr, None));
-        }
+        let mut sources = vec![(self.app.clone(), None)];
         let mut order: Vec<&Loaded> = self
             .loaded
             .iter()
@@ -607,9 +712,7 @@ impl Libraries {
         order.sort_by_key(|l| l.seq);
         let mut files = BTreeSet::new();
         for l in order {
-            for (name, addr) in &l.lib.exports {
-                symbols.entry(name.clone()).or_insert((*addr, Some(l.lib.index)));
-            }
+            sources.push((l.lib.symbols.clone(), Some(l.lib.index)));
             if let Some(f) = Path::new(&l.lib.file).file_name().and_then(|f| f.to_str()) {
                 files.insert(f.to_string());
             }
@@ -619,17 +722,31 @@ impl Libraries {
             .stores
             .as_ref()
             .ok_or_else(|| io::Error::other("no library is allowed for this pVM"))?;
+        let windows = self
+            .windows
+            .ok_or_else(|| io::Error::other("this pVM has no library windows"))?;
         Ok(LinkEnv {
             trust: trust.try_clone()?,
             store: store.try_clone()?,
-            symbols,
+            windows,
+            sources,
             files,
         })
     }
 
+    /// Whether the operator allows this pVM any library (it then gets library windows).
+    pub fn allowed(&self) -> bool {
+        self.stores.is_some()
+    }
+
+    /// The library windows the libraries go to.
+    pub fn set_windows(&mut self, windows: LibWindows) {
+        self.windows = Some(windows);
+    }
+
     /// A free slot.
-    fn free_slot(&self, space: &Space) -> Option<usize> {
-        space.free_library_slot(|i| self.loaded[i].is_some() || Some(i) == self.reserved)
+    fn free_slot(&self) -> Option<usize> {
+        (0..MAX_LIBS).find(|&i| self.loaded[i].is_none() && Some(i) != self.reserved)
     }
 
     /// Whether `addr` is in the app's code.
@@ -645,7 +762,7 @@ impl Libraries {
     }
 
     /// [`pvm_abi::Hypercall::DlOpen`]: the library `name` (loaded now, or one more reference).
-    pub fn open(&mut self, vm: &VmFd, space: &mut Space, name: &str) -> Result<DlInfo, LoadError> {
+    pub fn open(&mut self, name: &str) -> Result<DlInfo, LoadError> {
         if let Some(i) = self.find(name) {
             let l = self.loaded[i]
                 .as_mut()
@@ -653,36 +770,24 @@ impl Libraries {
             l.refs = l.refs.saturating_add(1);
             return Ok(l.lib.info);
         }
+        let mut clock = StepClock::start();
         let (bytes, file) = self.read(name)?;
-        let index = self
-            .free_slot(space)
-            .ok_or_else(|| LoadError::Full(name.into()))?;
+        clock.lap("read");
+        let index = self.free_slot().ok_or_else(|| LoadError::Full(name.into()))?;
         let env = self.env(None).map_err(|e| LoadError::Map {
             name: name.into(),
             what: e.to_string(),
         })?;
-        let lib = env.prepare(name, &file, &bytes, index)?;
-        self.install(vm, space, lib, 1)
+        clock.lap("environment");
+        let prepared = env.prepare(name, &file, &bytes, index);
+        self.sources.give_back(bytes);
+        let lib = prepared?;
+        clock.lap("prepare");
+        tracing::debug!(library = name, steps = %clock, "library opened");
+        Ok(self.record(lib, 1))
     }
 
-    /// Maps a prepared library into the guest's memory slots and records it.
-    pub fn install(
-        &mut self,
-        vm: &VmFd,
-        space: &mut Space,
-        lib: Prepared,
-        refs: u32,
-    ) -> Result<DlInfo, LoadError> {
-        space
-            .add_library(vm, lib.index, &lib.parts)
-            .map_err(|e: SpaceError| LoadError::Map {
-                name: lib.name.clone(),
-                what: e.to_string(),
-            })?;
-        Ok(self.record(lib, refs))
-    }
-
-    /// Records a library whose memory slots are in place.
+    /// Records a library that is in its place in the windows.
     pub fn record(&mut self, lib: Prepared, refs: u32) -> DlInfo {
         let info = lib.info;
         self.seq += 1;
@@ -707,8 +812,8 @@ impl Libraries {
     }
 
     /// [`pvm_abi::Hypercall::DlClose`]: drops a reference; the last one unloads the library
-    /// (its slots removed, its memory freed, its shared part given back to the store).
-    pub fn close(&mut self, vm: &VmFd, space: &mut Space, handle: u64) -> Result<(), i64> {
+    /// (its place emptied, its memory freed, its shared part given back to the store).
+    pub fn close(&mut self, handle: u64) -> Result<(), i64> {
         use pvm_abi::errno::{EBADF, EBUSY};
         let index = usize::try_from(handle).map_err(|_| -EBADF)?;
         let l = self
@@ -723,23 +828,32 @@ impl Libraries {
         if !self.dependents(index).is_empty() {
             return Err(-EBUSY);
         }
-        self.unload(vm, space, index);
+        let mut clock = StepClock::start();
+        let gone = self.unload(index);
+        clock.lap("unload");
+        let digest = gone.as_ref().map(|l| l.lib.digest);
+        drop(gone);
+        clock.lap("unmap");
+        if let Some(d) = digest {
+            self.release_store(&d);
+        }
+        clock.lap("store");
+        tracing::debug!(handle, steps = %clock, "library closed");
         Ok(())
     }
 
-    /// Removes library `index` from the guest and frees it.
-    pub fn unload(&mut self, vm: &VmFd, space: &mut Space, index: usize) -> Option<Loaded> {
-        let l = self.loaded.get_mut(index)?.take()?;
-        space.remove_library(vm, index);
-        tracing::info!(name = l.lib.name, handle = index, "library unloaded");
-        Some(l)
+    /// Lets the store remove the shared part of `digest` if no pVM maps it any more.
+    pub fn release_store(&self, digest: &Digest) {
+        if let Some((_, store)) = &self.stores {
+            libstore::release(store, digest);
+        }
     }
 
-    /// Removes store files nobody maps.
-    pub fn sweep_store(&self) {
-        if let Some((_, store)) = &self.stores {
-            libstore::sweep(store);
-        }
+    /// Takes library `index` out of the pVM (dropping what this returns empties its place).
+    pub fn unload(&mut self, index: usize) -> Option<Loaded> {
+        let l = self.loaded.get_mut(index)?.take()?;
+        tracing::info!(name = l.lib.name, handle = index, "library unloaded");
+        Some(l)
     }
 
     /// The loaded libraries, for `pvmctl lib list`.
@@ -754,27 +868,15 @@ impl Libraries {
                 digest: trust::hex(&l.lib.digest),
                 file: l.lib.file.clone(),
                 refs: l.refs,
-                shared_bytes: l
-                    .lib
-                    .parts
-                    .iter()
-                    .filter(|p| p.gpa == l.lib.info.base)
-                    .map(|p| p.size)
-                    .sum(),
-                private_bytes: l
-                    .lib
-                    .parts
-                    .iter()
-                    .filter(|p| p.gpa != l.lib.info.base)
-                    .map(|p| p.size)
-                    .sum(),
+                shared_bytes: l.lib.shared_bytes,
+                private_bytes: l.lib.private_bytes,
             })
             .collect()
     }
 
     /// Reserves a slot for a new version of a library (until [`Libraries::release`]).
-    pub fn reserve(&mut self, space: &Space) -> Option<usize> {
-        let slot = self.free_slot(space)?;
+    pub fn reserve(&mut self) -> Option<usize> {
+        let slot = self.free_slot()?;
         self.reserved = Some(slot);
         Some(slot)
     }
@@ -809,30 +911,23 @@ mod tests {
     }
 
     #[test]
-    fn the_symbol_index_is_sorted_by_hash_and_points_at_its_names() {
-        let exports = vec![
-            ("alpha".to_string(), 0x10),
-            ("beta".to_string(), 0x20),
-            ("gamma".to_string(), 0x30),
-        ];
-        let (bytes, at, version_at) = symbol_index(&exports, Some("1.0"), 0x1000);
-        assert_eq!(at, 0x1000);
-        let rec = |i: usize| {
-            let f =
-                |j: usize| u64::from_le_bytes(bytes[i * 32 + j * 8..i * 32 + j * 8 + 8].try_into().unwrap());
-            (f(0), f(1), f(2), f(3))
-        };
+    fn the_symbol_index_is_sorted_by_hash_and_finds_every_name() {
+        let exports = [("alpha", 0x10), ("beta", 0x20), ("gamma", 0x30)];
+        let (index, version_at) = SymbolIndex::build(exports.iter().copied(), Some("1.0"), 0x1000);
         let mut last = 0;
         for i in 0..3 {
-            let (hash, name, len, addr) = rec(i);
+            let hash = index.field(i, 0);
             assert!(hash >= last);
             last = hash;
-            let off = (name - 0x1000) as usize;
-            let text = std::str::from_utf8(&bytes[off..off + len as usize]).unwrap();
+            let start = (index.field(i, 1) - 0x1000) as usize;
+            let text = std::str::from_utf8(&index.bytes[start..start + index.field(i, 2) as usize]).unwrap();
             assert_eq!(symbol_hash(text.as_bytes()), hash);
-            assert_eq!(exports.iter().find(|(n, _)| n == text).unwrap().1, addr);
         }
+        for (name, addr) in exports {
+            assert_eq!(index.lookup(name), Some(addr));
+        }
+        assert_eq!(index.lookup("delta"), None);
         let v = (version_at - 0x1000) as usize;
-        assert_eq!(&bytes[v..v + 3], b"1.0");
+        assert_eq!(&index.bytes[v..v + 3], b"1.0");
     }
 }

@@ -217,17 +217,12 @@ impl Host for Monitor {
     }
 
     fn dl_open(&mut self, name: &str) -> Result<DlInfo, (i64, String)> {
-        self.libs
-            .open(&self.vm, &mut self.space, name)
-            .map_err(|e| (-e.errno(), e.to_string()))
+        self.libs.open(name).map_err(|e| (-e.errno(), e.to_string()))
     }
 
     fn dl_close(&mut self, handle: u64) -> i64 {
-        match self.libs.close(&self.vm, &mut self.space, handle) {
-            Ok(()) => {
-                self.libs.sweep_store();
-                0
-            }
+        match self.libs.close(handle) {
+            Ok(()) => 0,
             Err(e) => e,
         }
     }

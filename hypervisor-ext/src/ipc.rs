@@ -166,7 +166,7 @@ impl Ipc {
                 unsafe { sys::unmap(host, size as usize) };
                 return Err(match e {
                     SpaceError::Full => -errno::EAGAIN,
-                    SpaceError::Size(_) | SpaceError::LibraryPart(_) => -errno::EINVAL,
+                    SpaceError::Size(_) => -errno::EINVAL,
                     SpaceError::Kvm(_) => -errno::EIO,
                 });
             }

@@ -1,8 +1,8 @@
 //! The shared parts of libraries, one copy per host: `<run-dir>/lib/<sha256 of the library
 //! file>`, a read-only file holding the library's code and read-only data as they lie in memory
 //! (the same for every pVM: no relocation writes them), which every monitor that loads the
-//! library maps `MAP_SHARED`, read-only, as the memory slot of that part. The host keeps one copy
-//! in its page cache, however many pVMs (and families) use the library.
+//! library maps `MAP_SHARED`, read-only, in its place in the library code window. The host keeps
+//! one copy in its page cache, however many pVMs (and families) use the library.
 //!
 //! Nothing in the directory is trusted: a monitor opens a file only through the verified
 //! runtime directory (no links followed, the user's own regular file), and before mapping it
@@ -35,30 +35,26 @@ pub struct SharedPart {
 unsafe impl Send for SharedPart {}
 
 impl SharedPart {
-    /// Maps the shared part `image` of the library with digest `digest` from the store `dir`,
-    /// creating (or replacing) its file when missing or different.
-    pub fn get(dir: &RunDir, digest: &Digest, image: &[u8]) -> io::Result<SharedPart> {
+    /// Maps the shared part `image` of the library with digest `digest` from the store `dir` at
+    /// `at` (the library's place in a window reservation), creating (or replacing) its file when
+    /// missing or different.
+    pub fn get(dir: &RunDir, digest: &Digest, image: &[u8], at: NonNull<u8>) -> io::Result<SharedPart> {
         let name = hex(digest);
-        for _ in 0..4 {
-            if let Some(part) = Self::open_existing(dir, &name, image)? {
-                return Ok(part);
-            }
-            Self::create(dir, &name, image)?;
+        if image.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        Err(io::Error::other("the library store keeps changing under us"))
+        match Self::open_existing(dir, &name, image, at)? {
+            Some(part) => Ok(part),
+            None => Self::create(dir, &name, image, at),
+        }
     }
 
-    /// Host address of the mapping.
-    pub fn host(&self) -> NonNull<u8> {
-        self.host
-    }
-
-    /// Its length (a whole number of pages).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    fn open_existing(dir: &RunDir, name: &str, image: &[u8]) -> io::Result<Option<SharedPart>> {
+    fn open_existing(
+        dir: &RunDir,
+        name: &str,
+        image: &[u8],
+        at: NonNull<u8>,
+    ) -> io::Result<Option<SharedPart>> {
         let fd = match dir.open_file(name, Open::Read) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -74,13 +70,14 @@ impl SharedPart {
             return Ok(None);
         }
         let st = sys::fstat(fd.as_fd())?;
-        if st.st_size as u64 != image.len() as u64 || image.is_empty() {
+        if st.st_size as u64 != image.len() as u64 {
             let _ = dir.remove(name);
             return Ok(None);
         }
-        let host = sys::map_file_read(fd.as_fd(), image.len())?;
+        // SAFETY: `at` is the library's own place in a window reservation (the caller's).
+        unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd())? };
         let part = SharedPart {
-            host,
+            host: at,
             len: image.len(),
             _fd: fd,
         };
@@ -98,20 +95,46 @@ impl SharedPart {
         Ok(Some(part))
     }
 
-    fn create(dir: &RunDir, name: &str, image: &[u8]) -> io::Result<()> {
+    /// Writes the file (under a temporary name), maps what this monitor wrote (nothing to
+    /// compare), then publishes it under its name for the next monitors.
+    fn create(dir: &RunDir, name: &str, image: &[u8], at: NonNull<u8>) -> io::Result<SharedPart> {
         let tmp = format!(".{name}.{}.tmp", sys::getpid());
         let _ = dir.remove(&tmp);
         let fd = sys::open_at(dir.fd(), &tmp, Open::ExclusiveReadOnly)?;
-        sys::write_at(fd.as_fd(), image, 0)?;
-        drop(fd);
-        sys::rename_at(dir.fd(), &tmp, name)
+        let written = sys::write_at(fd.as_fd(), image, 0)
+            .and_then(|()| sys::share_lock_range(fd.as_fd(), 0, 0).map(drop))
+            // SAFETY: `at` is the library's own place in a window reservation (the caller's).
+            .and_then(|()| unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd()) });
+        if let Err(e) = written {
+            let _ = dir.remove(&tmp);
+            return Err(e);
+        }
+        let part = SharedPart {
+            host: at,
+            len: image.len(),
+            _fd: fd,
+        };
+        // Replacing a file another monitor published meanwhile is harmless: the same bytes.
+        sys::rename_at(dir.fd(), &tmp, name)?;
+        Ok(part)
     }
 }
 
 impl Drop for SharedPart {
     fn drop(&mut self) {
-        // SAFETY: our own mapping; its owner removed the memory slot over it first.
-        unsafe { sys::unmap(self.host, self.len) };
+        // SAFETY: our own place; the guest no longer uses the library.
+        unsafe { sys::map_fixed_none(self.host, self.len) };
+    }
+}
+
+/// Removes the store file of `digest` if no monitor maps it (a library this monitor just let
+/// go). Best effort.
+pub fn release(dir: &RunDir, digest: &Digest) {
+    let name = hex(digest);
+    if let Ok(fd) = dir.open_file(&name, Open::Read) {
+        if matches!(sys::other_lock_in(fd.as_fd(), 0, 0), Ok(None)) && dir.names_file(&name, fd.as_fd()) {
+            let _ = dir.remove(&name);
+        }
     }
 }
 
@@ -150,8 +173,11 @@ mod tests {
         let dir = RunDir::open(&path).unwrap();
         let image = vec![0x90u8; 8192];
         let d = crate::trust::digest(b"lib");
-        let a = SharedPart::get(&dir, &d, &image).unwrap();
-        let b = SharedPart::get(&dir, &d, &image).unwrap();
+        let place = sys::reserve(3 * 8192).unwrap();
+        // SAFETY: offsets inside the reservation.
+        let (pa, pb, pc) = unsafe { (place, place.add(8192), place.add(2 * 8192)) };
+        let a = SharedPart::get(&dir, &d, &image, pa).unwrap();
+        let b = SharedPart::get(&dir, &d, &image, pb).unwrap();
         let file = path.join(hex(&d));
         // Held: a sweep keeps it.
         sweep(&dir);
@@ -160,9 +186,9 @@ mod tests {
         // A tampered file is replaced, not used.
         std::fs::remove_file(&file).unwrap();
         std::fs::write(&file, vec![0xccu8; 8192]).unwrap();
-        let c = SharedPart::get(&dir, &d, &image).unwrap();
+        let c = SharedPart::get(&dir, &d, &image, pc).unwrap();
         // SAFETY: the mapping is 8192 readable bytes.
-        let mapped = unsafe { std::slice::from_raw_parts(c.host().as_ptr(), c.len()) };
+        let mapped = unsafe { std::slice::from_raw_parts(pc.as_ptr(), 8192) };
         assert_eq!(mapped, &image[..]);
         assert_eq!(std::fs::read(&file).unwrap(), image, "the file was replaced");
         drop(c);

@@ -342,23 +342,6 @@ pub fn map_file_shared(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u
     NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
-/// Maps the first `len` bytes of `file` shared, read-only (a library's shared part).
-pub fn map_file_read(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
-    use rustix::mm::{mmap, MapFlags, ProtFlags};
-    // SAFETY: a fresh mapping with no address hint aliases nothing; the caller sized the file.
-    let p = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ,
-            MapFlags::SHARED,
-            file,
-            0,
-        )
-    }?;
-    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
-}
-
 /// Makes `[addr, addr + len)` of a mapping read-only.
 ///
 /// # Safety
@@ -366,6 +349,79 @@ pub fn map_file_read(file: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>
 pub unsafe fn protect_read_only(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: as the caller promised.
     Ok(unsafe { rustix::mm::mprotect(addr.as_ptr().cast(), len, rustix::mm::MprotectFlags::READ) }?)
+}
+
+/// Reserves `len` bytes of address space: inaccessible, no memory behind it (the library
+/// windows, filled part by part with the `map_fixed_*` functions).
+pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping with no address hint aliases nothing.
+    let p = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Replaces `[addr, addr + len)` with zeroed private memory, read-write.
+///
+/// # Safety
+/// The range must lie in a reservation this process owns that nothing else uses.
+pub unsafe fn map_fixed_anon(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: as the caller promised (MAP_FIXED replaces only that range). Populated: the
+    // caller fills it at once, and one call beats a fault per page.
+    unsafe {
+        mmap_anonymous(
+            addr.as_ptr().cast(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE | MapFlags::POPULATE,
+        )
+    }?;
+    Ok(())
+}
+
+/// Replaces `[addr, addr + len)` with the first `len` bytes of `file`, shared, read-only.
+///
+/// # Safety
+/// As [`map_fixed_anon`].
+pub unsafe fn map_fixed_file_read(addr: NonNull<u8>, len: usize, file: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    // SAFETY: as the caller promised.
+    // Populated: the caller compares it at once.
+    unsafe {
+        mmap(
+            addr.as_ptr().cast(),
+            len,
+            ProtFlags::READ,
+            MapFlags::SHARED | MapFlags::FIXED | MapFlags::POPULATE,
+            file,
+            0,
+        )
+    }?;
+    Ok(())
+}
+
+/// Returns `[addr, addr + len)` to the reservation: inaccessible, its memory freed.
+///
+/// # Safety
+/// As [`map_fixed_anon`]; nothing may use the old contents afterwards.
+pub unsafe fn map_fixed_none(addr: NonNull<u8>, len: usize) {
+    use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+    // SAFETY: as the caller promised.
+    let _ = unsafe {
+        mmap_anonymous(
+            addr.as_ptr().cast(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+        )
+    };
 }
 
 /// Unmaps a mapping made by one of the `map_*` functions.
@@ -847,11 +903,19 @@ pub fn read_prefix(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
 /// Reads `fd` from offset 0 to its end, but at most `max` bytes (a larger file gives `max`
 /// bytes: the caller refuses it), sized by its length rather than `max`.
 pub fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_whole_into(fd, max, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_whole`] into `buf` (emptied first; its memory reused).
+pub fn read_whole_into(fd: BorrowedFd<'_>, max: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
     let len = (fstat(fd)?.st_size.max(0) as usize).min(max);
-    let mut buf = Vec::with_capacity(len + 1);
+    buf.reserve(len + 1);
     loop {
         if buf.len() >= max {
-            return Ok(buf);
+            return Ok(());
         }
         if buf.len() == buf.capacity() {
             buf.reserve((buf.len() + 1).min(max - buf.len()));
@@ -859,7 +923,7 @@ pub fn read_whole(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
         let at = buf.len() as u64;
         let want = (buf.capacity() - buf.len()).min(max - buf.len());
         match rustix::io::pread(fd, &mut buf.spare_capacity_mut()[..want], at) {
-            Ok(([], _)) => return Ok(buf),
+            Ok(([], _)) => return Ok(()),
             Ok((filled, _)) => {
                 let n = filled.len();
                 // SAFETY: pread initialised these `n` bytes of the spare capacity.

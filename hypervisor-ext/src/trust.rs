@@ -12,6 +12,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
@@ -137,11 +138,35 @@ fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, TrustError> {
 }
 
 /// The store as the monitor holds it: its directory, opened (and checked) before confinement,
-/// and the file read through it at each check.
+/// and the file read through it when it changed (a check looks at its inode, size and
+/// modification time, one `stat`, and reads it again only if one of them moved).
 #[derive(Debug)]
 pub struct TrustRef {
     dir: OwnedFd,
     path: PathBuf,
+    cache: Arc<Mutex<Option<Cached>>>,
+}
+
+/// Which version of the store file: device, inode, size, modification time.
+type FileVersion = (u64, u64, i64, i64, i64);
+
+/// What a read of the store found, and which version of the file it read.
+#[derive(Debug)]
+struct Cached {
+    key: FileVersion,
+    digests: Vec<Digest>,
+}
+
+// The stat fields' types differ between targets: the casts are not all no-ops everywhere.
+#[allow(clippy::unnecessary_cast)]
+fn cache_key(st: &sys::Stat) -> FileVersion {
+    (
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_size as i64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as i64,
+    )
 }
 
 impl TrustRef {
@@ -158,15 +183,24 @@ impl TrustRef {
         Ok(TrustRef {
             dir,
             path: path.into(),
+            cache: Arc::default(),
         })
     }
 
-    /// A second handle on the same store (for a helper thread).
+    /// A second handle on the same store (for a helper thread), sharing what was read.
     pub fn try_clone(&self) -> io::Result<TrustRef> {
         Ok(TrustRef {
             dir: self.dir.try_clone()?,
             path: self.path.clone(),
+            cache: Arc::clone(&self.cache),
         })
+    }
+
+    fn file_name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(STORE_NAME)
     }
 
     /// The store's path (for messages).
@@ -176,18 +210,18 @@ impl TrustRef {
 
     /// What the store trusts now (nothing when it does not exist).
     pub fn entries(&self) -> Result<Vec<Entry>, TrustError> {
+        self.read().map(|(entries, _)| entries)
+    }
+
+    /// The entries, and the version of the file they came from (None: no file).
+    fn read(&self) -> Result<(Vec<Entry>, Option<FileVersion>), TrustError> {
         let io_err = |source| TrustError::Io {
             path: self.path.clone(),
             source,
         };
-        let name = self
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(STORE_NAME);
-        let fd = match sys::open_at(self.dir.as_fd(), name, Open::Read) {
+        let fd = match sys::open_at(self.dir.as_fd(), self.file_name(), Open::Read) {
             Ok(fd) => fd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
             Err(e) => return Err(io_err(e)),
         };
         let st = sys::fstat(fd.as_fd()).map_err(io_err)?;
@@ -199,12 +233,30 @@ impl TrustRef {
         }
         check_owner(&st, &self.path)?;
         let bytes = sys::read_prefix(fd.as_fd(), MAX_STORE_SIZE).map_err(io_err)?;
-        parse(&String::from_utf8_lossy(&bytes), &self.path)
+        Ok((
+            parse(&String::from_utf8_lossy(&bytes), &self.path)?,
+            Some(cache_key(&st)),
+        ))
     }
 
     /// Whether `digest` is trusted.
     pub fn contains(&self, digest: &Digest) -> Result<bool, TrustError> {
-        Ok(self.entries()?.iter().any(|e| &e.digest == digest))
+        let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match sys::stat_at(self.dir.as_fd(), self.file_name()) {
+            Ok(st) => {
+                check_owner(&st, &self.path)?;
+                if let Some(c) = cache.as_ref().filter(|c| c.key == cache_key(&st)) {
+                    return Ok(c.digests.contains(digest));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(_) => {}
+        }
+        let (entries, key) = self.read()?;
+        let digests: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
+        let found = digests.contains(digest);
+        *cache = key.map(|key| Cached { key, digests });
+        Ok(found)
     }
 
     /// Adds `digest` under `name` (if not there yet); `Ok(false)` if it was.

@@ -34,8 +34,7 @@ use crate::monitor::Monitor;
 use crate::signals;
 use crate::sys;
 use crate::vstate::memory::Access;
-use crate::vstate::space::{self, SpaceError};
-use crate::vstate::{vcpu, vm};
+use crate::vstate::vcpu;
 
 /// How long a library's state hooks may run together.
 pub const HOOK_TIMEOUT_MS: u64 = 1000;
@@ -63,9 +62,6 @@ pub enum UpdateError {
         /// New version.
         to: String,
     },
-    /// Its memory could not be mapped into the guest.
-    #[error("cannot map the new version: {0}")]
-    Slots(#[from] SpaceError),
     /// The helper thread failed.
     #[error("the update's helper failed: {0}")]
     Helper(String),
@@ -184,22 +180,17 @@ impl Monitor {
         let Some(fd) = incoming.file.as_ref().and_then(|f| f.try_clone().ok()) else {
             return refuse(incoming, "no library file came with the request".into());
         };
-        let Some(new_index) = self.libs.reserve(&self.space) else {
+        let Some(new_index) = self.libs.reserve() else {
             return refuse(incoming, "no free library slot for the new version".into());
         };
         let from = self.libs.get(old as u64).and_then(|l| l.lib.version.clone());
         let env = self.libs.env(Some(old));
-        let vm = vm::duplicate(&self.kvm, &self.vm);
         let timer = sys::Timer::new();
-        let (env, vm, timer) = match (env, vm, timer) {
-            (Ok(e), Ok(v), Ok(t)) => (e, v, t),
-            (e, v, t) => {
+        let (env, timer) = match (env, timer) {
+            (Ok(e), Ok(t)) => (e, t),
+            (e, t) => {
                 self.libs.release();
-                let why = [
-                    e.err().map(|e| e.to_string()),
-                    v.err().map(|e| e.to_string()),
-                    t.err().map(|e| e.to_string()),
-                ];
+                let why = [e.err().map(|e| e.to_string()), t.err().map(|e| e.to_string())];
                 return refuse(
                     incoming,
                     format!(
@@ -218,16 +209,7 @@ impl Monitor {
         let spawned = std::thread::Builder::new()
             .name("pvm-update".into())
             .spawn(move || {
-                let result = prepare(
-                    &env,
-                    &vm,
-                    &name,
-                    &label,
-                    fd,
-                    new_index,
-                    from_version,
-                    allow_downgrade,
-                );
+                let result = prepare(&env, &name, &label, fd, new_index, from_version, allow_downgrade);
                 // Done (the thread only returns from here): the vCPU thread may join now.
                 done_in_helper.store(true, atomic::Ordering::SeqCst);
                 let _ = sys::signal_thread(main, libc::SIGIO);
@@ -307,7 +289,6 @@ impl Monitor {
                 false
             }
             Ok(lib) => {
-                self.space.adopt_library(lib.index, &lib.parts);
                 let old = u.old as u64;
                 u.phase = Phase::Announced(lib);
                 let _ = self.mem.write_obj(DL_UPDATE_AT, &(old + 1), Access::Monitor);
@@ -334,11 +315,8 @@ impl Monitor {
             // Closing our copy of the connection leaves the parent's open.
             drop(u.pending.take());
             u.timer = None;
-            if let Phase::Announced(lib) | Phase::Begun(lib) = std::mem::replace(&mut u.phase, Phase::Moving)
-            {
-                self.space.remove_library(&self.vm, lib.index);
-                drop(lib);
-            }
+            // Our copy of its memory goes (the parent's stays).
+            drop(std::mem::replace(&mut u.phase, Phase::Moving));
             self.libs.release();
         }
     }
@@ -346,17 +324,19 @@ impl Monitor {
     /// Ends the update without the new version and tells the operator why.
     pub(crate) fn fail_update(&mut self, error: UpdateError) {
         let Some(mut u) = self.update.take() else { return };
-        if let Phase::Announced(lib) | Phase::Begun(lib) = std::mem::replace(&mut u.phase, Phase::Moving) {
-            self.space.remove_library(&self.vm, lib.index);
-            drop(lib);
-        }
-        if let Phase::Preparing(thread, _) = std::mem::replace(&mut u.phase, Phase::Moving) {
-            // Only when the pVM ends mid-preparation: the helper's slots go with the VM.
-            let _ = thread.join();
+        match std::mem::replace(&mut u.phase, Phase::Moving) {
+            // The new version's place is emptied.
+            Phase::Announced(lib) | Phase::Begun(lib) => {
+                let digest = lib.digest;
+                drop(lib);
+                self.libs.release_store(&digest);
+            }
+            // Only when the pVM ends mid-preparation.
+            Phase::Preparing(thread, _) => drop(thread.join()),
+            Phase::Moving => {}
         }
         let _ = self.mem.write_obj(DL_UPDATE_AT, &0u64, Access::Monitor);
         self.libs.release();
-        self.libs.sweep_store();
         tracing::info!(library = u.library, error = %error, "update: rolled back");
         if let Some(p) = u.pending.take() {
             p.answer(&Response::Error {
@@ -441,15 +421,20 @@ impl Monitor {
                 let Phase::Begun(mut lib) = std::mem::replace(&mut u.phase, Phase::Moving) else {
                     return bad;
                 };
-                let pause_us = sys::monotonic_ns().saturating_sub(u.begun_ns) / 1000;
-                let old = self.libs.unload(&self.vm, &mut self.space, u.old);
+                let old = self.libs.unload(u.old);
                 let refs = old.as_ref().map_or(1, |l| l.refs);
                 lib.name = u.library.clone();
                 let to = lib.version.clone();
                 self.libs.record(lib, refs);
                 self.libs.release();
+                let old_digest = old.as_ref().map(|l| l.lib.digest);
                 drop(old);
-                self.libs.sweep_store();
+                if let Some(d) = old_digest {
+                    self.libs.release_store(&d);
+                }
+                // The pause: from the safe point (BEGIN) to here, the old version gone; the
+                // guest resumes once this hypercall returns.
+                let pause_us = sys::monotonic_ns().saturating_sub(u.begun_ns) / 1000;
                 tracing::info!(library = u.library, pause_us, "update: committed");
                 if let Some(p) = u.pending.take() {
                     p.answer(&Response::Updated {
@@ -477,11 +462,9 @@ impl Monitor {
     }
 }
 
-/// The helper thread's work: the new version, checked, linked, mapped and in its memory slots.
-#[allow(clippy::too_many_arguments)]
+/// The helper thread's work: the new version, checked, linked and in its place in the windows.
 fn prepare(
     env: &crate::dl::LinkEnv,
-    vm: &kvm_ioctls::VmFd,
     name: &str,
     file: &str,
     fd: OwnedFd,
@@ -511,7 +494,6 @@ fn prepare(
             });
         }
     }
-    space::register_library(vm, index, &lib.parts)?;
     Ok(lib)
 }
 

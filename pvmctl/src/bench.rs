@@ -36,6 +36,9 @@ pub enum BenchCommand {
     /// Security: what the seccomp filter costs (confined against --unconfined) and how fast
     /// Ctrl-C, kill and pause act on a guest spinning at CPL3, against a Linux process.
     Security(crate::bench_ipc::RoundsArgs),
+    /// Libraries: load + link into a live pVM (cold and warm) against Linux's dlopen, the pause
+    /// of an online update, and a call through a handle against a direct call.
+    Dynlink(crate::bench_ipc::RoundsArgs),
 }
 
 /// Arguments of `pvmctl bench boot`.
@@ -138,6 +141,9 @@ pub enum BenchError {
     /// `bench security` failed.
     #[error(transparent)]
     SecurityBench(#[from] crate::bench_security::SecurityBenchError),
+    /// `bench dynlink` failed.
+    #[error(transparent)]
+    DynlinkBench(#[from] crate::bench_dynlink::DynlinkBenchError),
 }
 
 /// How a child process ended (a decoded `waitpid` status).
@@ -182,6 +188,7 @@ pub fn bench(cmd: BenchCommand) -> Result<ExitCode, BenchError> {
         BenchCommand::Density(args) => crate::bench_fork::density(args),
         BenchCommand::Ipc(args) => crate::bench_ipc::ipc(args),
         BenchCommand::Security(args) => crate::bench_security::security(args),
+        BenchCommand::Dynlink(args) => crate::bench_dynlink::dynlink(args),
     }
 }
 

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_dynlink;
 mod bench_fork;
 mod bench_ipc;
 mod bench_security;

@@ -238,11 +238,41 @@ impl Running {
 
     /// Waits for the end; returns the status and the rest of stdout and the whole stderr.
     pub fn finish(mut self) -> Output {
-        let mut out = finish(self.child);
+        let child = std::mem::replace(&mut self.child, placeholder());
+        let mut out = finish(child);
         let mut rest: Vec<String> = std::mem::take(&mut self.seen);
         rest.extend(self.lines.iter());
         out.stdout = rest.join("\n");
         out
+    }
+}
+
+/// A process that has already been waited for (the `Running` whose child `finish` took).
+fn placeholder() -> Child {
+    let mut child = Command::new("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start true");
+    let _ = child.wait();
+    child
+}
+
+impl Drop for Running {
+    /// A test that failed midway leaves no family running: TERM to the root (which passes it
+    /// to its family), then KILL if it does not end.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -139,7 +139,7 @@ impl Monitor {
         config: &MonitorConfig,
         kvm: Kvm,
         mut family: Family,
-        libs: crate::dl::Libraries,
+        mut libs: crate::dl::Libraries,
     ) -> Result<Monitor, MonitorError> {
         let ids = family.ids;
         let mut mem = GuestMemory::new(config.mem_size)?;
@@ -158,7 +158,20 @@ impl Monitor {
                 built,
             )
         });
-        let (vm, vcpu, space) = built?;
+        let (vm, vcpu, mut space) = built?;
+        if libs.allowed() {
+            // A pVM that may load libraries gets its library windows now (two memory slots).
+            let windows = space.enable_libraries(&vm).map_err(|e| {
+                MonitorError::Kvm(crate::vstate::KvmError::Ioctl {
+                    op: "KVM_SET_USER_MEMORY_REGION (library windows)",
+                    source: kvm_ioctls::Error::new(match e {
+                        crate::vstate::space::SpaceError::Kvm(errno) => errno,
+                        _ => libc::EINVAL,
+                    }),
+                })
+            })?;
+            libs.set_windows(windows);
+        }
         let cpuid = cpuid?;
         let entry = EntryState {
             rip: image.entry,

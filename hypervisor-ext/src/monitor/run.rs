@@ -47,6 +47,15 @@ impl Monitor {
                 Ok(VcpuExit::Intr) => continue,
                 Ok(other) => return Err(MonitorError::UnexpectedExit(format!("{other:?}"))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                // KVM found no host memory behind a guest access: the guest touched an empty
+                // part of a library window (its page tables map the windows whole).
+                Err(e) if e.errno() == libc::EFAULT => {
+                    let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    let what = format!(
+                        "access at rip {rip:#x} to guest memory the host does not back (an empty part of a library window)"
+                    );
+                    return Ok(Outcome::Crashed(Crash::Internal { what }));
+                }
                 Err(e) => return Err(MonitorError::Run(e)),
             };
             if self.times.first_hypercall.is_none() {

@@ -8,11 +8,15 @@
 //! guest's page tables go stale; on hardware KVM they would need a TLB shootdown.)
 //!
 //! Memory slots: slot 0 is guest RAM; slot `1 + i` is region `i` of the IPC window, at
-//! `IPC_BASE + i * IPC_SLOT_SIZE`; slots `LIB_SLOTS + 3 * i + p` are the parts `p` of library
-//! `i` (shared, RELRO, data: the first two read-only to KVM, in the code window mapped read +
-//! execute; the data in the data window, read-write and not executable). A forked child
-//! re-registers all of them in its new VM ([`Space::register_all`]): the kernel then shares RAM
-//! and the private library parts copy-on-write, and the shared mappings as they are.
+//! `IPC_BASE + i * IPC_SLOT_SIZE`; in a pVM that may load libraries, two more slots cover the
+//! library windows whole ([`LibWindows`]): the code window (read-only to KVM, mapped read +
+//! execute in the page tables) and the data window (read-write, not executable). Their host
+//! memory is a reservation that libraries fill and empty in place (`mmap` over it): loading or
+//! replacing a library changes no memory slot (on PVM, deleting a slot costs 80-170 us and
+//! drops the shadow page tables), and the guest reading a part no library fills ends it with a
+//! report. A forked child re-registers all of them in its new VM ([`Space::register_all`]):
+//! the kernel then shares RAM and the private library parts copy-on-write, and the shared
+//! mappings as they are.
 use std::ptr::NonNull;
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -23,6 +27,7 @@ use super::memory::{GuestMemory, GuestRange, GuestView};
 use super::KvmError;
 use crate::arch::{self, PageTables, Perm};
 use crate::loader::{self, Image};
+use crate::sys;
 
 /// Memory slot of guest RAM.
 pub const RAM_SLOT: u32 = 0;
@@ -30,62 +35,66 @@ pub const RAM_SLOT: u32 = 0;
 /// Most regions of the IPC window (one slot each).
 pub const MAX_REGIONS: usize = (layout::IPC_SIZE / layout::IPC_SLOT_SIZE) as usize;
 
-/// First memory slot of the libraries.
-const LIB_SLOTS: u32 = RAM_SLOT + 1 + MAX_REGIONS as u32;
-/// Memory slots per library (shared part, RELRO, data).
-pub const PARTS_PER_LIB: usize = 3;
+/// Memory slot of the library code window.
+const LIB_CODE_SLOT: u32 = RAM_SLOT + 1 + MAX_REGIONS as u32;
+/// Memory slot of the library data window.
+const LIB_DATA_SLOT: u32 = LIB_CODE_SLOT + 1;
 /// Most libraries of one pVM.
 pub const MAX_LIBS: usize = layout::MAX_LIBS as usize;
 
 /// KVM_MEM_READONLY: guest writes to the slot exit instead of landing.
 const KVM_MEM_READONLY: u32 = 1 << 1;
 
-/// One memory slot of a library: `size` bytes at guest-physical `gpa`, from `host`.
+/// Host memory of the library windows: two reservations of `LIB_WINDOW_SIZE` bytes, one per
+/// window, registered as one memory slot each.
 #[derive(Clone, Copy, Debug)]
-pub struct LibPart {
-    /// Guest-physical (and virtual) address.
-    pub gpa: u64,
-    /// Size (a whole number of pages).
-    pub size: u64,
-    /// Host mapping (owned by the library; it outlives the slot).
-    pub host: NonNull<u8>,
-    /// Read-only to the guest (and to KVM).
-    pub read_only: bool,
+pub struct LibWindows {
+    code: NonNull<u8>,
+    data: NonNull<u8>,
 }
 
-// SAFETY: a description of a mapping (an address), not access to it: its owner (a `Prepared`
-// library, which moves with it from the update's helper thread) keeps the mapping alive.
-unsafe impl Send for LibPart {}
+// SAFETY: the addresses of two reservations the monitor holds for its life; a value of this
+// type only computes addresses in them (a helper thread fills a slot the guest does not use).
+unsafe impl Send for LibWindows {}
 
-/// Registers the parts of library `index` in `vm` (checked: each inside the library's slot of
-/// the code or data window, page-aligned); on failure, none stays registered. The caller
-/// records them ([`Space::adopt_library`]) and keeps their mappings alive while registered.
-pub fn register_library(vm: &VmFd, index: usize, parts: &[LibPart]) -> Result<(), SpaceError> {
-    if index >= MAX_LIBS || parts.len() > PARTS_PER_LIB {
-        return Err(SpaceError::LibraryPart(index));
+impl LibWindows {
+    /// Host address of guest address `gpa` in the windows, with `len` bytes after it inside
+    /// the same window.
+    pub fn host(&self, gpa: u64, len: u64) -> Option<NonNull<u8>> {
+        let end = gpa.checked_add(len)?;
+        let inside = |base: u64| gpa >= base && end <= base + layout::LIB_WINDOW_SIZE;
+        let (host, base) = if inside(layout::LIB_CODE_BASE) {
+            (self.code, layout::LIB_CODE_BASE)
+        } else if inside(layout::LIB_DATA_BASE) {
+            (self.data, layout::LIB_DATA_BASE)
+        } else {
+            return None;
+        };
+        // SAFETY: `gpa - base` is inside the window, so inside its reservation.
+        Some(unsafe { host.add((gpa - base) as usize) })
     }
-    let code = lib_code_base(index)..lib_code_base(index) + layout::LIB_SLOT_SIZE;
-    let data = code.start + layout::LIB_DATA_OFFSET..code.end + layout::LIB_DATA_OFFSET;
-    for part in parts {
-        let end = part
-            .gpa
-            .checked_add(part.size)
-            .ok_or(SpaceError::LibraryPart(index))?;
-        let inside = |r: &std::ops::Range<u64>| part.gpa >= r.start && end <= r.end;
-        let aligned = part.gpa % layout::PAGE_SIZE == 0 && part.size % layout::PAGE_SIZE == 0;
-        if part.size == 0 || !aligned || !(inside(&code) || inside(&data)) {
-            return Err(SpaceError::LibraryPart(index));
-        }
-    }
-    for (p, part) in parts.iter().enumerate() {
-        let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
-        let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
-        if let Err(e) = set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64) {
-            for (q, done) in parts.iter().enumerate().take(p) {
-                let _ = set_slot(vm, LIB_SLOTS + (index * PARTS_PER_LIB + q) as u32, done.gpa, 0, 0);
-            }
-            return Err(SpaceError::Kvm(e.errno()));
-        }
+}
+
+/// Registers the library windows' two memory slots (both deleted on failure).
+fn register_windows(vm: &VmFd, w: &LibWindows) -> Result<(), kvm_ioctls::Error> {
+    let size = layout::LIB_WINDOW_SIZE;
+    set_slot_flags(
+        vm,
+        LIB_CODE_SLOT,
+        KVM_MEM_READONLY,
+        layout::LIB_CODE_BASE,
+        size,
+        w.code.as_ptr() as u64,
+    )?;
+    if let Err(e) = set_slot(
+        vm,
+        LIB_DATA_SLOT,
+        layout::LIB_DATA_BASE,
+        size,
+        w.data.as_ptr() as u64,
+    ) {
+        let _ = set_slot(vm, LIB_CODE_SLOT, layout::LIB_CODE_BASE, 0, 0);
+        return Err(e);
     }
     Ok(())
 }
@@ -111,9 +120,6 @@ pub enum SpaceError {
     /// The region is empty or larger than a slot.
     #[error("a region of {0} bytes does not fit a slot")]
     Size(u64),
-    /// A library's part is outside its slot, misaligned, or the slot is taken.
-    #[error("library slot {0} is taken, or a part of it is outside the slot or misaligned")]
-    LibraryPart(usize),
     /// KVM refused the slot (errno).
     #[error("KVM refused the memory slot (errno {0})")]
     Kvm(i32),
@@ -123,7 +129,7 @@ pub enum SpaceError {
 pub struct Space {
     cr3: u64,
     regions: Vec<Option<Region>>,
-    libs: Vec<[Option<LibPart>; PARTS_PER_LIB]>,
+    libs: Option<LibWindows>,
 }
 
 /// Guest address of IPC region `index`.
@@ -239,7 +245,7 @@ impl Space {
         Ok(Space {
             cr3,
             regions: Vec::new(),
-            libs: vec![[None; PARTS_PER_LIB]; MAX_LIBS],
+            libs: None,
         })
     }
 
@@ -289,43 +295,40 @@ impl Space {
         }
     }
 
-    /// A free library slot, if any.
-    pub fn free_library_slot(&self, taken: impl Fn(usize) -> bool) -> Option<usize> {
-        (0..MAX_LIBS).find(|&i| self.libs[i].iter().all(Option::is_none) && !taken(i))
-    }
-
-    /// Registers the parts of library `index` (at most [`PARTS_PER_LIB`], inside its slot of
-    /// the code or data window). On failure nothing stays registered.
-    pub fn add_library(&mut self, vm: &VmFd, index: usize, parts: &[LibPart]) -> Result<(), SpaceError> {
-        if self.libs.get(index).is_none_or(|p| p.iter().any(Option::is_some)) {
-            return Err(SpaceError::LibraryPart(index));
+    /// Reserves the library windows' host memory and registers their memory slots (once: a
+    /// pVM that may load libraries, at boot).
+    pub fn enable_libraries(&mut self, vm: &VmFd) -> Result<LibWindows, SpaceError> {
+        if let Some(w) = self.libs {
+            return Ok(w);
         }
-        register_library(vm, index, parts)?;
-        self.adopt_library(index, parts);
-        Ok(())
-    }
-
-    /// Records parts of library `index` that [`register_library`] registered (a helper thread
-    /// did, while the vCPU ran).
-    pub fn adopt_library(&mut self, index: usize, parts: &[LibPart]) {
-        if let Some(slots) = self.libs.get_mut(index) {
-            for (p, part) in parts.iter().enumerate().take(PARTS_PER_LIB) {
-                slots[p] = Some(*part);
+        let size = layout::LIB_WINDOW_SIZE as usize;
+        let code =
+            sys::reserve(size).map_err(|e| SpaceError::Kvm(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
+        let data = match sys::reserve(size) {
+            Ok(d) => d,
+            Err(e) => {
+                // SAFETY: our own fresh reservation, no slot over it.
+                unsafe { sys::unmap(code, size) };
+                return Err(SpaceError::Kvm(e.raw_os_error().unwrap_or(libc::ENOMEM)));
             }
-        }
-    }
-
-    /// Removes the memory slots of library `index` (its mappings may be unmapped afterwards).
-    pub fn remove_library(&mut self, vm: &VmFd, index: usize) {
-        let Some(parts) = self.libs.get_mut(index) else {
-            return;
         };
-        for (p, part) in parts.iter_mut().enumerate() {
-            if let Some(part) = part.take() {
-                let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
-                let _ = set_slot(vm, slot, part.gpa, 0, 0);
+        let windows = LibWindows { code, data };
+        self.libs = Some(windows);
+        if let Err(e) = register_windows(vm, &windows) {
+            self.libs = None;
+            // SAFETY: our own reservations; their slots were deleted (or never made).
+            unsafe {
+                sys::unmap(code, size);
+                sys::unmap(data, size);
             }
+            return Err(SpaceError::Kvm(e.errno()));
         }
+        Ok(windows)
+    }
+
+    /// The library windows, if this pVM may load libraries.
+    pub fn libraries(&self) -> Option<LibWindows> {
+        self.libs
     }
 
     /// Registers guest RAM and every region in a new VM (a forked child's).
@@ -343,15 +346,9 @@ impl Space {
                 .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (IPC region)"))?;
             }
         }
-        for (index, parts) in self.libs.iter().enumerate() {
-            for (p, part) in parts.iter().enumerate() {
-                if let Some(part) = part {
-                    let slot = LIB_SLOTS + (index * PARTS_PER_LIB + p) as u32;
-                    let flags = if part.read_only { KVM_MEM_READONLY } else { 0 };
-                    set_slot_flags(vm, slot, flags, part.gpa, part.size, part.host.as_ptr() as u64)
-                        .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (library)"))?;
-                }
-            }
+        if let Some(w) = &self.libs {
+            register_windows(vm, w)
+                .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (library window)"))?;
         }
         Ok(())
     }

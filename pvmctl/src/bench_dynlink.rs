@@ -1,0 +1,461 @@
+//! `pvmctl bench dynlink`: libraries in live pVMs against Linux's dynamic loader.
+//!
+//! One C source (a few hundred small functions and a table of pointers to them: code, read-only
+//! data and relocations, about 100 KiB built) is compiled twice with `cc -O2 -fPIC -shared`: as
+//! an ordinary host library, and as a pvm library (`-nostdlib`, `pvmlib.ld`). Then, in the same
+//! run:
+//!
+//! - load + link: `pvm::dl::open` + one lookup in a pVM, then `close` (the guest times both;
+//!   each open a full load: the last close unloads), cold (the first user of the library on the
+//!   host: its shared part is written to the store) and warm (another pVM holds it: the shared
+//!   part is mapped and compared), against `dlopen(RTLD_NOW)` + `dlsym`, then `dlclose`, of the
+//!   host build; the runtime directory on a tmpfs when the host has one (as pvm's default,
+//!   `$XDG_RUNTIME_DIR` or `/run`, is on systemd hosts);
+//! - update pause: `pvmctl lib update` of a pVM calling the library in a loop (the pause is
+//!   what the monitor measures from the safe point to the commit; no state hooks);
+//! - a call through a `dl` handle against a direct call of the same function in the pVM, and a
+//!   direct call of the host build on the host.
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use hypervisor_ext::control::{self, Request, Response, Session};
+use hypervisor_ext::trust::{self, TrustRef};
+
+use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
+use crate::bench_ipc::RoundsArgs;
+
+/// Errors of `bench dynlink` (wrapped in [`BenchError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DynlinkBenchError {
+    /// An example guest is missing.
+    #[error(transparent)]
+    GuestMissing(#[from] crate::bench::GuestMissing),
+    /// The C compiler is missing or failed.
+    #[error("cannot build the benchmark library with cc: {0}")]
+    Compiler(String),
+    /// A step failed.
+    #[error("{what}: {detail}")]
+    Step {
+        /// What was being done.
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+fn step(what: &'static str) -> impl FnOnce(String) -> BenchError {
+    move |detail| DynlinkBenchError::Step { what, detail }.into()
+}
+
+/// Functions in the generated library.
+const FUNCTIONS: usize = 600;
+/// Load + link target (the issue's; KylinX: "a few ms").
+const LOAD_TARGET_US: f64 = 300.0;
+/// Update pause target (p99).
+const PAUSE_TARGET_US: f64 = 300.0;
+/// Handle call overhead target.
+const CALL_TARGET_NS: f64 = 1.0;
+/// Loads per round, per row.
+const LOADS: usize = 100;
+/// Updates per round.
+const UPDATES: usize = 30;
+/// Calls per measurement.
+const CALLS: usize = 2_000_000;
+
+/// The generated library source: `f0(x)` is `x + 1` (the call benchmark's function); the others
+/// and the pointer table make the size and the relocations of a real library.
+fn source() -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("const char pvm_library_version[] = \"1.0.0\";\n");
+    s.push_str("unsigned long f0(unsigned long x) { return x + 1; }\n");
+    for i in 1..FUNCTIONS {
+        let _ = writeln!(
+            s,
+            "unsigned long f{i}(unsigned long x) {{ x ^= x >> {a}; x *= {m}UL; x += {i}; \
+             if (x & {b}) x = (x << 3) ^ (x >> 7); return x * {i}UL + (x >> {c}); }}",
+            a = 1 + i % 31,
+            b = 1 << (i % 17),
+            c = 1 + i % 13,
+            m = 0x9e37_79b9_7f4a_7c15u64.wrapping_add(i as u64)
+        );
+    }
+    s.push_str("typedef unsigned long (*fn_t)(unsigned long);\nconst fn_t table[] = {");
+    for i in 0..FUNCTIONS {
+        let _ = write!(s, "f{i},");
+    }
+    s.push_str("};\nunsigned long by_index(unsigned long i, unsigned long x) { return table[i % ");
+    let _ = write!(s, "{FUNCTIONS}]");
+    s.push_str("(x); }\n");
+    s
+}
+
+fn cc(dir: &Path, out: &str, extra: &[&str]) -> Result<PathBuf, BenchError> {
+    let path = dir.join(out);
+    let status = Command::new("cc")
+        .args(["-O2", "-fPIC", "-shared", "-o"])
+        .arg(&path)
+        .arg(dir.join("bench.c"))
+        .args(extra)
+        .status()
+        .map_err(|e| DynlinkBenchError::Compiler(e.to_string()))?;
+    if !status.success() {
+        return Err(DynlinkBenchError::Compiler(format!("cc exited with {status}")).into());
+    }
+    Ok(path)
+}
+
+/// dlopen + dlsym, and dlclose, of `lib`, timed `n` times each.
+fn linux_loads(lib: &Path, n: usize) -> Result<(Vec<Duration>, Vec<Duration>), BenchError> {
+    let name =
+        CString::new(lib.as_os_str().as_encoded_bytes()).map_err(|e| step("library path")(e.to_string()))?;
+    let (mut opens, mut closes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        // SAFETY: dlopen of a library built above from our own C source, which has no
+        // constructors; dlsym of a symbol it defines; dlclose of the handle dlopen gave.
+        unsafe {
+            let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+            if h.is_null() {
+                return Err(step("dlopen")("failed".into()));
+            }
+            std::hint::black_box(libc::dlsym(h, c"f0".as_ptr()));
+            opens.push(t.elapsed());
+            let t = Instant::now();
+            libc::dlclose(h);
+            closes.push(t.elapsed());
+        }
+    }
+    Ok((opens, closes))
+}
+
+/// Nanoseconds per direct call of the host build's `f0`.
+fn linux_call_ns(lib: &Path) -> Result<f64, BenchError> {
+    let name =
+        CString::new(lib.as_os_str().as_encoded_bytes()).map_err(|e| step("library path")(e.to_string()))?;
+    // SAFETY: as in `linux_loads`; f0 has this type; the handle stays open while it is used.
+    unsafe {
+        let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if h.is_null() {
+            return Err(step("dlopen")("failed".into()));
+        }
+        let f: extern "C" fn(u64) -> u64 = std::mem::transmute(libc::dlsym(h, c"f0".as_ptr()));
+        let f = std::hint::black_box(f);
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let mut acc = 0u64;
+            for i in 0..CALLS as u64 {
+                acc = acc.wrapping_add(f(std::hint::black_box(i)));
+            }
+            std::hint::black_box(acc);
+            best = best.min(t.elapsed().as_nanos() as f64 / CALLS as f64);
+        }
+        libc::dlclose(h);
+        Ok(best)
+    }
+}
+
+/// `pvmctl run --lib bench=LIB dlbench -- ARGS` to its end; its stdout.
+fn run_dlbench(exe: &Path, env: &Env, args: &[&str]) -> Result<String, BenchError> {
+    let out = env
+        .pvmctl(exe)
+        .arg("run")
+        .arg(format!("--lib=bench={}", env.lib.display()))
+        .arg(&env.guest)
+        .arg("--")
+        .args(args)
+        .output()
+        .map_err(|e| step("pvmctl run dlbench")(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(step("dlbench")(format!(
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(text)
+}
+
+/// `pvmctl run ... dlbench -- MODE` in the background, once it printed `ready`.
+fn start_dlbench(exe: &Path, env: &Env, mode: &str) -> Result<Child, BenchError> {
+    let mut child = env
+        .pvmctl(exe)
+        .arg("run")
+        .arg(format!("--lib=bench={}", env.lib.display()))
+        .arg(&env.guest)
+        .arg("--")
+        .arg(mode)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| step("pvmctl run dlbench")(e.to_string()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if !line.starts_with("ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(step("dlbench")(format!("printed {line:?} instead of ready")));
+    }
+    Ok(child)
+}
+
+/// The private places of one run.
+struct Env {
+    dir: PathBuf,
+    run_dir: PathBuf,
+    trust: PathBuf,
+    lib: PathBuf,
+    guest: PathBuf,
+}
+
+impl Env {
+    fn pvmctl(&self, exe: &Path) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.env("PVM_RUN_DIR", &self.run_dir)
+            .env("PVM_TRUST_STORE", &self.trust)
+            .env_remove("PVM_LOG");
+        cmd
+    }
+}
+
+fn parse_ns(text: &str, key: &str) -> Option<f64> {
+    text.split(key)
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_end_matches(',')
+        .parse()
+        .ok()
+}
+
+/// `pvmctl bench dynlink`.
+pub fn dynlink(args: RoundsArgs) -> Result<ExitCode, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
+    let dir = std::env::temp_dir().join(format!("pvm-bench-dynlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| step("temporary directory")(e.to_string()))?;
+    let result = run(&exe, &dir, &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(format!("/dev/shm/pvm-bench-dynlink-{}", std::process::id()));
+    result
+}
+
+fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
+    std::fs::write(dir.join("bench.c"), source()).map_err(|e| step("write bench.c")(e.to_string()))?;
+    std::fs::write(dir.join("pvmlib.ld"), include_str!("../../pvm-runtime/pvmlib.ld"))
+        .map_err(|e| step("write pvmlib.ld")(e.to_string()))?;
+    let host_lib = cc(dir, "libbench-host.so", &[])?;
+    let script = format!("-Wl,-T,{}", dir.join("pvmlib.ld").display());
+    let lib = cc(dir, "libbench.so", &["-nostdlib", &script])?;
+    let size = std::fs::metadata(&lib).map(|m| m.len()).unwrap_or(0);
+    // The runtime directory where pvm's default puts it: a tmpfs ($XDG_RUNTIME_DIR, /run) when
+    // there is one (/dev/shm stands for it), else the temporary directory.
+    let run_dir = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from(format!("/dev/shm/pvm-bench-dynlink-{}", std::process::id()))
+    } else {
+        dir.join("run")
+    };
+    let env = Env {
+        dir: dir.to_path_buf(),
+        run_dir,
+        trust: dir.join("trust").join("trusted"),
+        lib,
+        guest: guest_path("dlbench").map_err(DynlinkBenchError::from)?,
+    };
+    let store = TrustRef::open(&env.trust).map_err(|e| step("trust store")(e.to_string()))?;
+    let bytes = std::fs::read(&env.lib).map_err(|e| step("read the library")(e.to_string()))?;
+    store
+        .add(&trust::digest(&bytes), "libbench.so")
+        .map_err(|e| step("trust the library")(e.to_string()))?;
+    let _ = &env.dir;
+
+    eprintln!(
+        "pvmctl bench dynlink: {} rounds ({size} byte library)...",
+        args.rounds
+    );
+    let loads = LOADS.to_string();
+    let calls = CALLS.to_string();
+    let (mut cold, mut warm, mut linux) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut closes, mut linux_closes) = (Vec::new(), Vec::new());
+    let (mut pauses, mut handle_ns, mut direct_ns) = (Vec::new(), Vec::new(), Vec::new());
+    let mut native_ns = f64::MAX;
+    for _ in 0..args.rounds {
+        // Cold: nobody else has the library.
+        let out = run_dlbench(exe, &env, &["load", &loads])?;
+        cold.push((
+            parse_ns(&out, "median").unwrap_or(f64::NAN),
+            parse_ns(&out, "p99").unwrap_or(f64::NAN),
+        ));
+        let close_line = out.lines().find(|l| l.starts_with("close:")).unwrap_or("");
+        closes.push((
+            parse_ns(close_line, "median").unwrap_or(f64::NAN),
+            parse_ns(close_line, "p99").unwrap_or(f64::NAN),
+        ));
+        // Warm: another pVM holds it.
+        let mut holder = start_dlbench(exe, &env, "hold")?;
+        let out = run_dlbench(exe, &env, &["load", &loads]);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let out = out?;
+        warm.push((
+            parse_ns(&out, "median").unwrap_or(f64::NAN),
+            parse_ns(&out, "p99").unwrap_or(f64::NAN),
+        ));
+        let (opens, closed) = linux_loads(&host_lib, LOADS)?;
+        linux.extend(opens);
+        linux_closes.extend(closed);
+        // Calls.
+        let out = run_dlbench(exe, &env, &["call", &calls])?;
+        handle_ns.push(parse_ns(&out, "handle").unwrap_or(f64::NAN));
+        direct_ns.push(parse_ns(&out, "direct").unwrap_or(f64::NAN));
+        native_ns = native_ns.min(linux_call_ns(&host_lib)?);
+        // Update pauses.
+        let mut server = start_dlbench(exe, &env, "serve")?;
+        let file = std::fs::File::open(&env.lib).map_err(|e| step("open the library")(e.to_string()))?;
+        let request = Request::Update {
+            library: "bench".into(),
+            file: env.lib.display().to_string(),
+            allow_downgrade: false,
+            timeout_ms: 5000,
+            two_phase: false,
+        };
+        for _ in 0..UPDATES {
+            use std::os::fd::AsFd;
+            let answer = Session::open(&env.run_dir, server.id())
+                .and_then(|s| s.send(&request, Some(file.as_fd())).map(|()| s))
+                .and_then(|s| s.receive(Duration::from_secs(10)));
+            match answer {
+                Ok(Response::Updated { pause_us, .. }) => pauses.push(Duration::from_micros(pause_us)),
+                other => {
+                    let _ = server.kill();
+                    let _ = server.wait();
+                    return Err(step("update")(format!("{other:?}")));
+                }
+            }
+        }
+        let _ = control::request(
+            &env.run_dir,
+            server.id(),
+            &Request::Status,
+            Duration::from_secs(1),
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
+    let ns = |v: f64| Duration::from_nanos(v.max(0.0) as u64);
+    let cold_med = Stats::new(&cold.iter().map(|c| ns(c.0)).collect::<Vec<_>>());
+    let cold_p99 = Stats::new(&cold.iter().map(|c| ns(c.1)).collect::<Vec<_>>());
+    let warm_med = Stats::new(&warm.iter().map(|c| ns(c.0)).collect::<Vec<_>>());
+    let warm_p99 = Stats::new(&warm.iter().map(|c| ns(c.1)).collect::<Vec<_>>());
+    let linux = Stats::new(&linux);
+    let linux_close = Stats::new(&linux_closes);
+    let close_med = Stats::new(&closes.iter().map(|c| ns(c.0)).collect::<Vec<_>>());
+    let close_p99 = Stats::new(&closes.iter().map(|c| ns(c.1)).collect::<Vec<_>>());
+    let pauses = Stats::new(&pauses);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (handle, direct) = (median(&mut handle_ns), median(&mut direct_ns));
+    let overhead = handle - direct;
+    let host = HostInfo::get();
+    if args.json {
+        let json = serde_json::json!({
+            "bench": "dynlink",
+            "unix_time": host.unix_time,
+            "host": { "name": host.hostname, "kernel": host.kernel, "cpu": host.cpu },
+            "rounds": args.rounds,
+            "library_bytes": size,
+            "load_cold_median_us": cold_med.median_us, "load_cold_p99_us": cold_p99.median_us,
+            "load_warm_median_us": warm_med.median_us, "load_warm_p99_us": warm_p99.median_us,
+            "linux_dlopen_median_us": linux.median_us, "linux_dlopen_p99_us": linux.p99_us,
+            "close_median_us": close_med.median_us, "close_p99_us": close_p99.median_us,
+            "linux_dlclose_median_us": linux_close.median_us, "linux_dlclose_p99_us": linux_close.p99_us,
+            "run_dir": env.run_dir.display().to_string(),
+            "update_pause_median_us": pauses.median_us, "update_pause_p99_us": pauses.p99_us,
+            "call_handle_ns": handle, "call_direct_ns": direct, "call_native_ns": native_ns,
+        });
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "pvmctl bench dynlink, {} (unix time {}), host {}: Linux {}, {}\n\
+         library: {size} bytes ({FUNCTIONS} functions and a table of pointers to them), built \
+         for pvm and for the host from one C source; {} rounds\n\n",
+        host.date, host.unix_time, host.hostname, host.kernel, host.cpu, args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "  {:44} {:>11} {:>11} {:>11} {:>11} {:>7}",
+        "load + link + one lookup", "pVM", "p99", "Linux", "p99", "ratio"
+    );
+    for (name, med, p99) in [
+        ("cold (first user on the host)", cold_med, cold_p99),
+        ("warm (another pVM shares it)", warm_med, warm_p99),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {name:44} {:>11} {:>11} {:>11} {:>11} {:>7.2}",
+            format_us(med.median_us),
+            format_us(p99.median_us),
+            format_us(linux.median_us),
+            format_us(linux.p99_us),
+            med.median_us / linux.median_us
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:44} {:>11} {:>11} {:>11} {:>11} {:>7.2}",
+        "close (unload)",
+        format_us(close_med.median_us),
+        format_us(close_p99.median_us),
+        format_us(linux_close.median_us),
+        format_us(linux_close.p99_us),
+        close_med.median_us / linux_close.median_us
+    );
+    let _ = writeln!(out, "  (runtime directory: {})", env.run_dir.display());
+    let _ = writeln!(
+        out,
+        "\n  update pause ({} updates, no state hooks)    median {}, p99 {}",
+        pauses_count(args.rounds),
+        format_us(pauses.median_us),
+        format_us(pauses.p99_us)
+    );
+    let _ = writeln!(
+        out,
+        "  call through a handle: {handle:.3} ns; direct call in the pVM: {direct:.3} ns; \
+         direct call on the host: {native_ns:.3} ns; handle overhead {overhead:.3} ns"
+    );
+    let targets = vec![
+        (
+            format!("load + link (cold) <= {LOAD_TARGET_US} us"),
+            format_us(cold_med.median_us),
+            cold_med.median_us <= LOAD_TARGET_US,
+        ),
+        (
+            format!("update pause p99 <= {PAUSE_TARGET_US} us"),
+            format_us(pauses.p99_us),
+            pauses.p99_us <= PAUSE_TARGET_US,
+        ),
+        (
+            format!("handle call overhead <= {CALL_TARGET_NS} ns"),
+            format!("{overhead:.3} ns"),
+            overhead <= CALL_TARGET_NS,
+        ),
+    ];
+    write_targets(&mut out, &targets, 10);
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pauses_count(rounds: u32) -> usize {
+    rounds as usize * UPDATES
+}
