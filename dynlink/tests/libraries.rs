@@ -94,7 +94,7 @@ fn a_c_library_parses_links_and_resolves() {
                 let sym = &lib.symbols()[i];
                 match sym.value {
                     Some(v) => base + v,
-                    None => resolver(&sym.name).unwrap(),
+                    None => resolver(sym.name).unwrap(),
                 }
                 .wrapping_add_signed(r.addend)
             }
