@@ -586,3 +586,43 @@ fn the_kv_server_survives_a_hundred_swaps_under_load_without_losing_a_request() 
     assert!(out.stdout.contains(", 0 failed"), "{summary}");
     assert_no_leaks(t);
 }
+
+#[test]
+fn a_library_imports_from_one_loaded_before_it_which_then_cannot_be_swapped_alone() {
+    let t = "dl-pair";
+    let base = c_library(
+        t,
+        "base",
+        "const char pvm_library_version[] = \"1.0.0\"; unsigned long base_value(void) { return 41; }",
+        &[],
+    );
+    let user = c_library(
+        t,
+        "user",
+        "extern unsigned long base_value(void); unsigned long user_value(void) { return base_value() + 1; }",
+        &[],
+    );
+    trust(t, &[&base, &user]);
+    // Loaded the other way round, the user's import has nowhere to resolve.
+    let out = run_guest(
+        t,
+        &[&lib_opt("base", &base), &lib_opt("user", &user)],
+        "dltest",
+        &["open", "user"],
+    );
+    out.expect_status(1);
+    assert!(out.stdout.contains("unresolved symbol: base_value"), "{out:#?}");
+    let mut pvm = Running::start(
+        t,
+        &[&lib_opt("base", &base), &lib_opt("user", &user)],
+        "dltest",
+        &["pair", "base", "user"],
+    );
+    assert_eq!(pvm.expect("user-value="), "42", "a call through the import");
+    let out = update(t, pvm.id(), "base", &base, &[]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("base is imported by user"), "{out:#?}");
+    ctl(t, &["kill", &pvm.id().to_string()]).expect_status(0);
+    pvm.finish();
+    assert_no_leaks(t);
+}

@@ -32,6 +32,7 @@ fn main() -> i32 {
         "serve" => serve(lib),
         "busy" => busy(lib),
         "family-busy" => family_busy(lib),
+        "pair" => pair(lib, args.next().unwrap_or("user")),
         other => {
             pvm::eprintln!("unknown scenario {other}");
             2
@@ -175,6 +176,18 @@ fn family_busy(lib: &str) -> i32 {
         }
         Fork::Parent(_) => serve(lib),
     }
+}
+
+/// Opens `first`, then `second` (which imports from `first`), calls `second`'s `user_value`,
+/// then sleeps until stopped.
+fn pair(first: &str, second: &str) -> i32 {
+    let a = open_or_report(first);
+    let b = open_or_report(second);
+    let (Some(_a), Some(b)) = (a, b) else { return 1 };
+    // SAFETY: the second library exports user_value with this type.
+    let value = unsafe { b.sym::<Calls>("user_value").unwrap() };
+    pvm::println!("user-value={}", value.call());
+    pvm::pause()
 }
 
 /// Calls the library in a loop, printing each time its version changes, until stopped.
