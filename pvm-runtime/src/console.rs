@@ -62,16 +62,7 @@ mod app {
 
     impl Write for Stream {
         fn write_str(&mut self, s: &str) -> fmt::Result {
-            for &b in s.as_bytes() {
-                if self.len == BUF_SIZE {
-                    self.flush();
-                }
-                self.buf[self.len] = b;
-                self.len += 1;
-                if b == b'\n' {
-                    self.flush();
-                }
-            }
+            self.write_bytes(s.as_bytes());
             Ok(())
         }
     }
