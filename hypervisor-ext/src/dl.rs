@@ -26,6 +26,7 @@ use crate::libstore::{self, SharedPart};
 use crate::rundir::{RunDir, RunDirError};
 use crate::sys::{self, Open};
 use crate::trust::{self, Digest, TrustError, TrustRef};
+use crate::vstate::memory::Extra;
 use crate::vstate::space::{lib_code_base, LibWindows, MAX_LIBS};
 
 /// Longest library name.
@@ -378,6 +379,10 @@ pub(crate) struct Prepared {
     symbols: SymbolIndex,
     /// Library slots it imports from.
     pub deps: BTreeSet<usize>,
+    /// Its code part in the code window: shared part, RELRO and symbol index.
+    code: (u64, u64),
+    /// Its data part in the data window, if it has one.
+    data: Option<(u64, u64)>,
     /// Bytes of its shared part.
     pub shared_bytes: u64,
     /// Bytes of its private parts.
@@ -596,6 +601,13 @@ impl LinkEnv {
             index,
             symbols: symbols.clone(),
             deps,
+            code: (base, base + layout.shared_end + private_len),
+            data: (!linked.data.is_empty()).then(|| {
+                (
+                    base + layout.data_start,
+                    base + layout.data_start + linked.data.len() as u64,
+                )
+            }),
             shared_bytes: image.len() as u64,
             private_bytes: private_len + linked.data.len() as u64,
             _shared: shared,
@@ -813,7 +825,9 @@ impl Libraries {
 
     /// [`pvm_abi::Hypercall::DlClose`]: drops a reference; the last one unloads the library
     /// (its place emptied, its memory freed, its shared part given back to the store).
-    pub fn close(&mut self, handle: u64) -> Result<(), i64> {
+    /// `unlisted` is given what stays of the guest's library memory before the library's memory
+    /// goes (for `GuestMemory::set_extra`).
+    pub fn close(&mut self, handle: u64, unlisted: impl FnOnce(Vec<Extra>)) -> Result<(), i64> {
         use pvm_abi::errno::{EBADF, EBUSY};
         let index = usize::try_from(handle).map_err(|_| -EBADF)?;
         let l = self
@@ -830,6 +844,7 @@ impl Libraries {
         }
         let mut clock = StepClock::start();
         let gone = self.unload(index);
+        unlisted(self.extra());
         clock.lap("unload");
         let digest = gone.as_ref().map(|l| l.lib.digest);
         drop(gone);
@@ -854,6 +869,29 @@ impl Libraries {
         let l = self.loaded.get_mut(index)?.take()?;
         tracing::info!(name = l.lib.name, handle = index, "library unloaded");
         Some(l)
+    }
+
+    /// The filled parts of the library windows, for hypercall buffers there
+    /// (`GuestMemory::set_extra`).
+    pub fn extra(&self) -> Vec<Extra> {
+        let Some(w) = self.windows else { return Vec::new() };
+        let mut out = Vec::new();
+        for l in self.loaded.iter().flatten() {
+            let parts = [(l.lib.code, false)]
+                .into_iter()
+                .chain(l.lib.data.map(|d| (d, true)));
+            for ((start, end), writable) in parts {
+                if let Some(host) = w.host(start, end - start) {
+                    out.push(Extra {
+                        start,
+                        end,
+                        host,
+                        writable,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The loaded libraries, for `pvmctl lib list`.

@@ -217,11 +217,15 @@ impl Host for Monitor {
     }
 
     fn dl_open(&mut self, name: &str) -> Result<DlInfo, (i64, String)> {
-        self.libs.open(name).map_err(|e| (-e.errno(), e.to_string()))
+        let opened = self.libs.open(name).map_err(|e| (-e.errno(), e.to_string()));
+        self.mem.set_extra(self.libs.extra());
+        opened
     }
 
     fn dl_close(&mut self, handle: u64) -> i64 {
-        match self.libs.close(handle) {
+        // The parts leave the guest's view before their memory goes.
+        let closed = self.libs.close(handle, |extra| self.mem.set_extra(extra));
+        match closed {
             Ok(()) => 0,
             Err(e) => e,
         }

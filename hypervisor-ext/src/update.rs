@@ -427,6 +427,8 @@ impl Monitor {
                 let to = lib.version.clone();
                 self.libs.record(lib, refs);
                 self.libs.release();
+                // The guest's view of library memory changes before the old version's goes.
+                self.mem.set_extra(self.libs.extra());
                 let old_digest = old.as_ref().map(|l| l.lib.digest);
                 drop(old);
                 if let Some(d) = old_digest {

@@ -76,6 +76,16 @@ fn basic(lib: &str) -> i32 {
     pvm::println!("calls={}", calls.call());
     pvm::println!("hello={}", hello.call(10));
     pvm::println!("via-app={}", via.call(21));
+    // IPC from the library, with a key in its own read-only data.
+    // SAFETY: libgreet exports greet_queue with this type.
+    let send = unsafe { l.sym::<extern "C" fn(u64) -> i64>("greet_queue").unwrap() };
+    pvm::println!("library-send={}", send.call(7));
+    let q = pvm::ipc::MessageQueue::open_existing("greet.q").unwrap();
+    let mut buf = [0u8; pvm::ipc::DEFAULT_MESSAGE_SIZE];
+    let n = q.receive(&mut buf).unwrap();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&buf[..8.min(n)]);
+    pvm::println!("queue={}", u64::from_le_bytes(word));
     // SAFETY: the type does not matter: the lookup fails.
     match unsafe { l.sym::<Calls>("no_such_symbol") } {
         Err(e) if e.kind() == ErrorKind::MissingSymbol => pvm::println!("missing=refused"),

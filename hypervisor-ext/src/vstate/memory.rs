@@ -87,12 +87,28 @@ impl GuestView {
     }
 }
 
+/// Guest memory outside RAM the guest may read (and maybe write) through a hypercall: a
+/// loaded library's parts, filled in a library window (`vstate/space.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extra {
+    /// First guest address.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// Host address of `start` (mapped, readable, as long as the range is listed).
+    pub host: NonNull<u8>,
+    /// The guest may write it.
+    pub writable: bool,
+}
+
 /// Guest RAM, mapped in the monitor and registered with KVM as memory slot 0 (guest-physical
-/// `[RESERVED_START, size)`; page 0 stays unbacked: it is the hypercall window).
+/// `[RESERVED_START, size)`; page 0 stays unbacked: it is the hypercall window); and the
+/// filled parts of the library windows, for hypercall buffers there.
 pub struct GuestMemory {
     base: NonNull<u8>,
     size: u64,
     view: GuestView,
+    extra: Vec<Extra>,
 }
 
 impl GuestMemory {
@@ -109,7 +125,16 @@ impl GuestMemory {
             base,
             size,
             view: GuestView::default(),
+            extra: Vec::new(),
         })
+    }
+
+    /// Sets the filled parts of the library windows (whenever a library is loaded, closed or
+    /// replaced). Each must stay mapped while it is listed.
+    pub fn set_extra(&mut self, mut extra: Vec<Extra>) {
+        extra.retain(|e| e.start < e.end);
+        extra.sort_by_key(|e| e.start);
+        self.extra = extra;
     }
 
     /// Sets what the guest may access (from the same ranges its page tables are built from).
@@ -162,6 +187,20 @@ impl GuestMemory {
         let end = addr
             .checked_add(len)
             .ok_or(MemoryError::OutOfBounds { addr, len })?;
+        if addr >= self.size {
+            // Outside RAM: only inside one filled part of a library window.
+            let e = self
+                .extra
+                .iter()
+                .find(|e| addr >= e.start && end <= e.end)
+                .ok_or(MemoryError::OutOfBounds { addr, len })?;
+            // The monitor itself never needs these (and a read-only part must not be written).
+            if access == Access::Monitor || (access == Access::GuestWrite && !e.writable) {
+                return Err(out);
+            }
+            // SAFETY: [addr, end) is inside the part, mapped at `host` while it is listed.
+            return Ok(unsafe { e.host.add((addr - e.start) as usize) });
+        }
         if addr < layout::RESERVED_START || end > self.size {
             return Err(out);
         }

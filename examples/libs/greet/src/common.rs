@@ -79,6 +79,16 @@ pub extern "C" fn greet_via_app(x: u64) -> u64 {
     unsafe { app_double(x) }
 }
 
+/// Sends `n` on the family's message queue `greet.q`, opened here (its key is this library's
+/// read-only data: the monitor reads it there): 0, or -1.
+#[no_mangle]
+pub extern "C" fn greet_queue(n: u64) -> i64 {
+    match pvm::ipc::MessageQueue::open("greet.q", 4) {
+        Ok(q) if q.send(&n.to_le_bytes()).is_ok() => 0,
+        _ => -1,
+    }
+}
+
 /// Keeps a call in flight for `ms` milliseconds (the library is busy: no safe point for an
 /// update meanwhile).
 #[no_mangle]
