@@ -626,3 +626,29 @@ fn a_library_imports_from_one_loaded_before_it_which_then_cannot_be_swapped_alon
     pvm.finish();
     assert_no_leaks(t);
 }
+
+#[test]
+fn a_static_app_exports_what_pvm_export_names_and_the_runtime_exports() {
+    let bytes = std::fs::read(guest("dltest")).unwrap();
+    let exports = pvm_dynlink::app_exports(&bytes).unwrap();
+    let names: Vec<&str> = exports.iter().map(|e| e.name.as_str()).collect();
+    for want in [
+        "app_double",
+        "pvm_alloc",
+        "pvm_dealloc",
+        "pvm_write",
+        "pvm_exit",
+        "pvm_panic",
+        "memcpy",
+    ] {
+        assert!(names.contains(&want), "{want} exported: {names:?}");
+    }
+    let image = pvm_abi::layout::IMAGE_BASE;
+    assert!(
+        exports.iter().all(|e| e.addr >= image),
+        "addresses in the image: {exports:?}"
+    );
+    // An app without `pvm::export!` still has the runtime's.
+    let hello = pvm_dynlink::app_exports(&std::fs::read(guest("hello")).unwrap()).unwrap();
+    assert!(hello.iter().any(|e| e.name == "pvm_alloc") && !hello.iter().any(|e| e.name == "app_double"));
+}

@@ -40,6 +40,12 @@ pub struct Export {
 /// Reads the exports of the static image `bytes` (none if it has no export section).
 pub fn app_exports(bytes: &[u8]) -> Result<Vec<Export>, ExportsError> {
     let elf = Elf::parse(bytes).map_err(|e| ExportsError::Malformed(e.to_string()))?;
+    exports_of(&elf, bytes)
+}
+
+/// [`app_exports`] of an image already parsed as `elf` (the image loader's, so a boot parses
+/// it once).
+pub fn exports_of(elf: &Elf<'_>, bytes: &[u8]) -> Result<Vec<Export>, ExportsError> {
     let Some(section) = elf
         .section_headers
         .iter()

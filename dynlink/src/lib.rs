@@ -12,7 +12,7 @@ mod exports;
 mod library;
 mod link;
 
-pub use exports::{app_exports, Export, ExportsError, MAX_EXPORTS};
+pub use exports::{app_exports, exports_of, Export, ExportsError, MAX_EXPORTS};
 pub use library::{
     Kind, Layout, Library, ParseError, Reloc, Segment, Symbol, MAX_FILE_SIZE, MAX_SYMBOLS, MAX_VERSION_LEN,
 };

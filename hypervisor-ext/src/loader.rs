@@ -276,7 +276,7 @@ impl Image {
         {
             return Err(LoadError::BadEntry { path, entry });
         }
-        let exports = match pvm_dynlink::app_exports(&bytes) {
+        let exports = match pvm_dynlink::exports_of(&elf, &bytes) {
             Ok(e) => e,
             Err(source) => return Err(LoadError::Exports { path, source }),
         };
