@@ -5,13 +5,16 @@
 //! part of a library slot, writable ones in the data part), its dynamic section (no text
 //! relocations, no constructors, no TLS), its relocations (kinds pvm applies, targets in memory
 //! the monitor writes: never the shared part) and its symbols.
-use goblin::elf::dynamic::{DF_TEXTREL, DT_TEXTREL};
-use goblin::elf::header::{EM_X86_64, ET_DYN};
-use goblin::elf::program_header::{PF_W, PF_X, PT_DYNAMIC, PT_LOAD, PT_TLS};
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::dynamic::{Dynamic, DF_TEXTREL, DT_NEEDED, DT_RELA, DT_TEXTREL};
+use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_DYN};
+use goblin::elf::program_header::{ProgramHeader, PF_W, PF_X, PT_LOAD, PT_TLS};
+use goblin::elf::reloc::RelocSection;
 use goblin::elf::reloc::{
     R_X86_64_64, R_X86_64_COPY, R_X86_64_DTPMOD64, R_X86_64_DTPOFF64, R_X86_64_GLOB_DAT, R_X86_64_IRELATIVE,
     R_X86_64_JUMP_SLOT, R_X86_64_NONE, R_X86_64_RELATIVE, R_X86_64_TPOFF64,
 };
+use goblin::elf::sym::Symtab;
 use goblin::elf::sym::{STB_GLOBAL, STB_WEAK, STT_GNU_IFUNC, STT_TLS, STV_HIDDEN, STV_INTERNAL};
 use goblin::elf::Elf;
 use pvm_abi::layout::{LIB_DATA_OFFSET, LIB_SLOT_SIZE, PAGE_SIZE};
@@ -237,29 +240,166 @@ fn reloc_name(kind: u32) -> &'static str {
     }
 }
 
+/// What a loader reads of an ELF shared object: its header, program headers and dynamic
+/// section, and the tables the dynamic section points at. Section headers (and the static symbol
+/// table, debug information and the rest they describe) are never read: a stripped library
+/// loads as well, and a large one costs no more to parse than its dynamic part.
+struct Dyn<'a> {
+    phdrs: Vec<ProgramHeader>,
+    dynamic: Dynamic,
+    /// The dynamic string table's bytes.
+    strtab: &'a [u8],
+    dynsyms: Symtab<'a>,
+    /// The RELA and PLT relocations, decoded once.
+    relocs: Vec<goblin::elf::Reloc>,
+    /// Where the first REL relocation (without addend) writes, if there is one.
+    rel: Option<u64>,
+}
+
+fn malformed(e: impl std::fmt::Display) -> ParseError {
+    ParseError::Malformed(e.to_string())
+}
+
+/// A little-endian `u32` at `at` in `bytes`.
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// How many symbols the dynamic symbol table holds, from its GNU hash table: one past the last
+/// symbol of the longest chain (the table has no count of its own).
+fn gnu_hash_symbols(bytes: &[u8], at: usize) -> Result<usize, ParseError> {
+    let bad = || malformed("DT_GNU_HASH is outside the file or inconsistent");
+    let nbuckets = read_u32(bytes, at).ok_or_else(bad)? as usize;
+    let symoffset = read_u32(bytes, at + 4).ok_or_else(bad)? as usize;
+    let bloom = read_u32(bytes, at + 8).ok_or_else(bad)? as usize;
+    let buckets = bloom
+        .checked_mul(8)
+        .and_then(|b| b.checked_add(at + 16))
+        .ok_or_else(bad)?;
+    let chains = nbuckets
+        .checked_mul(4)
+        .and_then(|b| b.checked_add(buckets))
+        .ok_or_else(bad)?;
+    if chains > bytes.len() {
+        return Err(bad());
+    }
+    let last = (0..nbuckets)
+        .filter_map(|i| read_u32(bytes, buckets + 4 * i))
+        .max()
+        .unwrap_or(0) as usize;
+    if last < symoffset {
+        return Ok(symoffset);
+    }
+    // Walk the last bucket's chain to its end (the entry with bit 0 set).
+    let mut sym = last;
+    loop {
+        if sym > MAX_SYMBOLS {
+            return Err(ParseError::TooManySymbols);
+        }
+        let hash = read_u32(bytes, chains + 4 * (sym - symoffset)).ok_or_else(bad)?;
+        sym += 1;
+        if hash & 1 != 0 {
+            return Ok(sym);
+        }
+    }
+}
+
+impl<'a> Dyn<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Dyn<'a>, ParseError> {
+        let header = Elf::parse_header(bytes).map_err(malformed)?;
+        if header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB {
+            return Err(ParseError::NotSharedObject("not 64-bit little-endian"));
+        }
+        if header.e_machine != EM_X86_64 {
+            return Err(ParseError::NotSharedObject("not x86-64"));
+        }
+        if header.e_type != ET_DYN {
+            return Err(ParseError::NotSharedObject("not ET_DYN"));
+        }
+        // Section headers are not read, but where the header says they are, the file must reach:
+        // a truncated file is refused even when its loadable part survived.
+        let shdrs_end = u64::from(header.e_shnum)
+            .checked_mul(u64::from(header.e_shentsize))
+            .and_then(|len| len.checked_add(header.e_shoff));
+        if shdrs_end.is_none_or(|end| end > bytes.len() as u64) {
+            return Err(malformed(
+                "the file is truncated (it ends before its section headers)",
+            ));
+        }
+        let ctx = Ctx::new(Container::Big, Endian::Little);
+        let phdrs = ProgramHeader::parse(bytes, header.e_phoff as usize, header.e_phnum as usize, ctx)
+            .map_err(malformed)?;
+        let dynamic = Dynamic::parse(bytes, &phdrs, ctx)
+            .map_err(malformed)?
+            .ok_or(ParseError::NoDynamic)?;
+        let info = &dynamic.info;
+        let strtab = info
+            .strtab
+            .checked_add(info.strsz)
+            .and_then(|end| bytes.get(info.strtab..end))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed("the dynamic string table is outside the file"))?;
+        let relocs = |at: usize, len: usize, rela: bool| {
+            RelocSection::parse(bytes, at, len, rela, ctx).map_err(malformed)
+        };
+        let rela = relocs(info.rela, info.relasz, true)?;
+        let rel = relocs(info.rel, info.relsz, false)?;
+        let plt = relocs(info.jmprel, info.pltrelsz, info.pltrel == DT_RELA)?;
+        let defined = match (info.gnu_hash, info.hash) {
+            (Some(at), _) => gnu_hash_symbols(bytes, at as usize)?,
+            // DT_HASH: nchain, the second word, is the symbol count.
+            (None, Some(at)) => read_u32(bytes, at as usize + 4)
+                .ok_or_else(|| malformed("DT_HASH is outside the file"))?
+                as usize,
+            (None, None) => 0,
+        };
+        let relocs: Vec<_> = rela.iter().chain(plt.iter()).collect();
+        let referenced = relocs.iter().map(|r| r.r_sym + 1).max().unwrap_or(0);
+        let count = defined.max(referenced);
+        if count > MAX_SYMBOLS {
+            return Err(ParseError::TooManySymbols);
+        }
+        let dynsyms = if count == 0 {
+            Symtab::default()
+        } else {
+            Symtab::parse(bytes, info.symtab, count, ctx).map_err(malformed)?
+        };
+        Ok(Dyn {
+            phdrs,
+            dynamic,
+            strtab,
+            dynsyms,
+            relocs,
+            rel: rel.iter().next().map(|r| r.r_offset),
+        })
+    }
+
+    /// The dynamic string table's string at `at`.
+    fn name(&self, at: usize) -> Result<&'a str, ParseError> {
+        let bad = || {
+            malformed(format_args!(
+                "string {at:#x} of the dynamic string table is not a NUL-terminated UTF-8 string in it"
+            ))
+        };
+        let tail = self.strtab.get(at..).ok_or_else(bad)?;
+        let end = tail.iter().position(|&b| b == 0).ok_or_else(bad)?;
+        std::str::from_utf8(&tail[..end]).map_err(|_| bad())
+    }
+}
+
 impl<'a> Library<'a> {
     /// Parses and checks `bytes` as a guest library.
     pub fn parse(bytes: &'a [u8]) -> Result<Library<'a>, ParseError> {
         if bytes.len() > MAX_FILE_SIZE {
             return Err(ParseError::TooLarge(bytes.len()));
         }
-        let elf = Elf::parse(bytes).map_err(|e| ParseError::Malformed(e.to_string()))?;
-        if !elf.is_64 || !elf.little_endian {
-            return Err(ParseError::NotSharedObject("not 64-bit little-endian"));
-        }
-        if elf.header.e_machine != EM_X86_64 {
-            return Err(ParseError::NotSharedObject("not x86-64"));
-        }
-        if elf.header.e_type != ET_DYN {
-            return Err(ParseError::NotSharedObject("not ET_DYN"));
-        }
-        let segments = Self::read_segments(&elf, bytes.len() as u64)?;
-        let dynamic = elf.dynamic.as_ref().ok_or(ParseError::NoDynamic)?;
-        if !elf.program_headers.iter().any(|p| p.p_type == PT_DYNAMIC) {
-            return Err(ParseError::NoDynamic);
-        }
-        let info = &dynamic.info;
-        if info.textrel || info.flags & DF_TEXTREL != 0 || dynamic.dyns.iter().any(|d| d.d_tag == DT_TEXTREL)
+        let elf = Dyn::parse(bytes)?;
+        let segments = Self::read_segments(&elf.phdrs, bytes.len() as u64)?;
+        let info = &elf.dynamic.info;
+        if info.textrel
+            || info.flags & DF_TEXTREL != 0
+            || elf.dynamic.dyns.iter().any(|d| d.d_tag == DT_TEXTREL)
         {
             return Err(ParseError::TextRelocations);
         }
@@ -269,19 +409,16 @@ impl<'a> Library<'a> {
         if info.fini != 0 || info.fini_arraysz != 0 {
             return Err(ParseError::Initializers("DT_FINI or DT_FINI_ARRAY"));
         }
-        if !elf.dynrels.is_empty() {
+        if let Some(offset) = elf.rel {
             return Err(ParseError::UnsupportedRelocation {
                 kind: "REL (without addend)",
-                offset: elf.dynrels.iter().next().map_or(0, |r| r.r_offset),
+                offset,
             });
         }
         let layout = Self::compute_layout(&segments);
-        if elf.dynsyms.len() > MAX_SYMBOLS {
-            return Err(ParseError::TooManySymbols);
-        }
-        let mut relocs = Vec::with_capacity(elf.dynrelas.len() + elf.pltrelocs.len());
-        for r in elf.dynrelas.iter().chain(elf.pltrelocs.iter()) {
-            if let Some(reloc) = Self::reloc(&r, &elf, &segments, &layout)? {
+        let mut relocs = Vec::with_capacity(elf.relocs.len());
+        for r in &elf.relocs {
+            if let Some(reloc) = Self::reloc(r, elf.dynsyms.len(), &segments, &layout)? {
                 relocs.push(reloc);
             }
         }
@@ -299,7 +436,13 @@ impl<'a> Library<'a> {
                 r.kind = Kind::Symbol(used[i] as usize);
             }
         }
-        let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
+        let needed = elf
+            .dynamic
+            .dyns
+            .iter()
+            .filter(|d| d.d_tag == DT_NEEDED)
+            .map(|d| elf.name(d.d_val as usize).map(str::to_string))
+            .collect::<Result<_, _>>()?;
         let mut lib = Library {
             bytes,
             segments,
@@ -313,12 +456,12 @@ impl<'a> Library<'a> {
         Ok(lib)
     }
 
-    fn read_segments(elf: &Elf<'_>, file_len: u64) -> Result<Vec<Segment>, ParseError> {
-        if elf.program_headers.iter().any(|p| p.p_type == PT_TLS) {
+    fn read_segments(phdrs: &[ProgramHeader], file_len: u64) -> Result<Vec<Segment>, ParseError> {
+        if phdrs.iter().any(|p| p.p_type == PT_TLS) {
             return Err(ParseError::Tls("a PT_TLS segment".into()));
         }
         let mut segments = Vec::new();
-        for p in elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
+        for p in phdrs.iter().filter(|p| p.p_type == PT_LOAD) {
             let seg = Segment {
                 vaddr: p.p_vaddr,
                 memsz: p.p_memsz,
@@ -413,7 +556,7 @@ impl<'a> Library<'a> {
     /// The definitions, and the symbols relocations use (`used[i]` is not `u32::MAX`): `used[i]`
     /// becomes the index of symbol `i` in what this returns.
     fn read_symbols(
-        elf: &Elf<'a>,
+        elf: &Dyn<'a>,
         segments: &[Segment],
         used: &mut [u32],
     ) -> Result<Vec<Symbol<'a>>, ParseError> {
@@ -424,12 +567,12 @@ impl<'a> Library<'a> {
                 && sym.st_visibility() != STV_HIDDEN
                 && sym.st_visibility() != STV_INTERNAL;
             let defined = sym.st_shndx != 0;
-            let name = || elf.dynstrtab.get_at(sym.st_name).unwrap_or("");
+            let name = || elf.name(sym.st_name);
             if sym.st_type() == STT_TLS {
-                return Err(ParseError::Tls(format!("symbol {:?}", name())));
+                return Err(ParseError::Tls(format!("symbol {:?}", name()?)));
             }
             if defined && exported && sym.st_type() == STT_GNU_IFUNC {
-                return Err(ParseError::Ifunc(name().to_string()));
+                return Err(ParseError::Ifunc(name()?.to_string()));
             }
             let definition = defined && exported && sym.st_name != 0;
             if !definition && used[i] == u32::MAX {
@@ -442,7 +585,7 @@ impl<'a> Library<'a> {
                     .any(|s| sym.st_value >= s.vaddr && sym.st_value <= s.end());
                 if !inside {
                     return Err(ParseError::SymbolOutside {
-                        name: name().to_string(),
+                        name: name()?.to_string(),
                         value: sym.st_value,
                     });
                 }
@@ -452,7 +595,7 @@ impl<'a> Library<'a> {
             };
             used[i] = out.len() as u32;
             out.push(Symbol {
-                name: name(),
+                name: name()?,
                 value,
                 weak: bind == STB_WEAK,
             });
@@ -462,7 +605,7 @@ impl<'a> Library<'a> {
 
     fn reloc(
         r: &goblin::elf::Reloc,
-        elf: &Elf<'_>,
+        nsyms: usize,
         segments: &[Segment],
         layout: &Layout,
     ) -> Result<Option<Reloc>, ParseError> {
@@ -471,7 +614,7 @@ impl<'a> Library<'a> {
             R_X86_64_NONE => return Ok(None),
             R_X86_64_RELATIVE => Kind::Relative,
             R_X86_64_64 | R_X86_64_GLOB_DAT | R_X86_64_JUMP_SLOT => {
-                if r.r_sym == 0 || r.r_sym >= elf.dynsyms.len() {
+                if r.r_sym == 0 || r.r_sym >= nsyms {
                     return Err(ParseError::BadSymbolIndex(offset));
                 }
                 Kind::Symbol(r.r_sym)

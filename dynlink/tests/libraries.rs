@@ -260,3 +260,31 @@ fn executables_are_not_libraries() {
         Err(ParseError::NotSharedObject(_))
     ));
 }
+
+/// The exports and relocations as the parser sees them, for comparing two builds.
+fn summary(lib: &Library<'_>) -> (Vec<(String, u64)>, usize) {
+    let mut exports: Vec<_> = lib.exports().map(|(n, v)| (n.to_string(), v)).collect();
+    exports.sort();
+    (exports, lib.relocs().len())
+}
+
+#[test]
+fn the_dynamic_part_is_all_the_loader_reads() {
+    // The loader reads the dynamic section, not section headers: a library without them (as
+    // `sstrip` leaves it) loads the same.
+    let bytes = build("noshdr", GOOD, &["-fPIC"], true);
+    let full = summary(&Library::parse(&bytes).unwrap());
+    let mut stripped = bytes.clone();
+    stripped[0x28..0x30].fill(0); // e_shoff
+    stripped[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+    assert_eq!(summary(&Library::parse(&stripped).unwrap()), full);
+    // Symbol counts come from the hash table: the GNU one, or the SysV one alone.
+    let sysv = build("sysv", GOOD, &["-fPIC", "-Wl,--hash-style=sysv"], true);
+    assert_eq!(summary(&Library::parse(&sysv).unwrap()), full);
+    // A hash table that points past the file is refused, not read.
+    let lib = goblin::elf::Elf::parse(&bytes).unwrap();
+    let hash = lib.dynamic.as_ref().unwrap().info.gnu_hash.unwrap() as usize;
+    let mut broken = bytes.clone();
+    broken[hash..hash + 4].copy_from_slice(&u32::MAX.to_le_bytes()); // nbuckets
+    assert!(matches!(Library::parse(&broken), Err(ParseError::Malformed(_))));
+}
