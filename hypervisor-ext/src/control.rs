@@ -102,6 +102,11 @@ pub enum Response {
     Ready {
         /// The pVM's id.
         id: u32,
+        /// Its child pVMs not yet waited for (the operator checks that the update reached
+        /// every one that may hold the library: one forked as the update began would not be
+        /// registered yet when the family was listed).
+        #[serde(default)]
+        children: Vec<u32>,
     },
     /// The request was refused or failed.
     Error {

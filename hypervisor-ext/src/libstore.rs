@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
 use crate::rundir::RunDir;
-use crate::sys::{self, Open};
+use crate::sys::{self, Open, Populate};
 use crate::trust::{hex, Digest};
 
 /// The store's subdirectory of the runtime directory.
@@ -75,7 +75,7 @@ impl SharedPart {
             return Ok(None);
         }
         // SAFETY: `at` is the library's own place in a window reservation (the caller's).
-        unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd())? };
+        unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd(), Populate::Now)? };
         let part = SharedPart {
             host: at,
             len: image.len(),
@@ -104,7 +104,10 @@ impl SharedPart {
         let written = sys::write_at(fd.as_fd(), image, 0)
             .and_then(|()| sys::share_lock_range(fd.as_fd(), 0, 0).map(drop))
             // SAFETY: `at` is the library's own place in a window reservation (the caller's).
-            .and_then(|()| unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd()) });
+            // Nothing to compare: only the guest's touches fault pages in (a few, not all).
+            .and_then(|()| unsafe {
+                sys::map_fixed_file_read(at, image.len(), fd.as_fd(), Populate::OnTouch)
+            });
         if let Err(e) = written {
             let _ = dir.remove(&tmp);
             return Err(e);

@@ -386,24 +386,32 @@ pub unsafe fn map_fixed_anon(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a file mapping's pages are faulted in by the `mmap` call itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Populate {
+    /// At once: the caller reads all of it now (one call beats a fault per page).
+    Now,
+    /// On first touch: the caller does not read it (only the guest does, a few pages of it).
+    OnTouch,
+}
+
 /// Replaces `[addr, addr + len)` with the first `len` bytes of `file`, shared, read-only.
 ///
 /// # Safety
 /// As [`map_fixed_anon`].
-pub unsafe fn map_fixed_file_read(addr: NonNull<u8>, len: usize, file: BorrowedFd<'_>) -> io::Result<()> {
+pub unsafe fn map_fixed_file_read(
+    addr: NonNull<u8>,
+    len: usize,
+    file: BorrowedFd<'_>,
+    populate: Populate,
+) -> io::Result<()> {
     use rustix::mm::{mmap, MapFlags, ProtFlags};
+    let mut flags = MapFlags::SHARED | MapFlags::FIXED;
+    if populate == Populate::Now {
+        flags |= MapFlags::POPULATE;
+    }
     // SAFETY: as the caller promised.
-    // Populated: the caller compares it at once.
-    unsafe {
-        mmap(
-            addr.as_ptr().cast(),
-            len,
-            ProtFlags::READ,
-            MapFlags::SHARED | MapFlags::FIXED | MapFlags::POPULATE,
-            file,
-            0,
-        )
-    }?;
+    unsafe { mmap(addr.as_ptr().cast(), len, ProtFlags::READ, flags, file, 0) }?;
     Ok(())
 }
 

@@ -407,6 +407,7 @@ impl Monitor {
                     // Ready: the operator switches every pVM of the update, or none.
                     let ready = Response::Ready {
                         id: self.family.ids.id,
+                        children: self.family.children.iter().map(|c| c.id).collect(),
                     };
                     let wait_ns = (u.timeout_ms + DECISION_MARGIN_MS) * 1_000_000;
                     let commit = u.pending.as_ref().is_some_and(|p| p.ask(&ready, wait_ns));

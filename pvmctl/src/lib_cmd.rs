@@ -223,6 +223,46 @@ fn loaded(registry: &Registry, entries: &[Entry]) -> BTreeMap<u32, Vec<LibStatus
     out
 }
 
+/// What the update did not reach of `children` (the child pVMs its targets reported at their
+/// safe point) and may hold `library`: children that are neither targets, nor ended, nor
+/// known to be without the library (asked now). A child not registered yet but alive is one
+/// being forked.
+fn unreached(registry: &Registry, library: &str, targets: &[u32], children: &[u32]) -> Vec<u32> {
+    let others: Vec<u32> = children
+        .iter()
+        .copied()
+        .filter(|c| !targets.contains(c))
+        .collect();
+    if others.is_empty() {
+        return others;
+    }
+    let entries = registry.list().unwrap_or_default();
+    others
+        .into_iter()
+        .filter(|&c| match entries.iter().find(|e| e.id == c) {
+            Some(e) if e.state == State::Exited => false,
+            Some(_) => !matches!(
+                control::request(registry.dir().path(), c, &Request::Libraries, QUERY_TIMEOUT),
+                Ok(Response::Libraries { libraries, .. }) if libraries.iter().all(|l| l.name != library)
+            ),
+            None => process_alive(c),
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists and has not ended (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name's closing parenthesis.
+    let state = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|i| stat.get(i + 2).copied());
+    !matches!(state, Some(b'Z' | b'X') | None)
+}
+
 /// One `lib list` row.
 #[derive(serde::Serialize)]
 struct Row {
@@ -343,12 +383,27 @@ fn update(args: UpdateArgs) -> Result<ExitCode, LibError> {
         }
     }
     let mut answers = Vec::new();
+    let mut children = Vec::new();
     for s in sessions {
         let answer = s.receive(wait);
-        if !matches!(answer, Ok(Response::Ready { .. }) | Ok(Response::Updated { .. })) {
-            failed = true;
+        match &answer {
+            Ok(Response::Ready { children: c, .. }) => children.extend_from_slice(c),
+            Ok(Response::Updated { .. }) => {}
+            _ => failed = true,
         }
         answers.push((s, answer));
+    }
+    if !failed {
+        // All or none: a pVM the update missed (forked as it began) would keep the old version.
+        let missed = unreached(&registry, &args.library, &targets, &children);
+        if !missed.is_empty() {
+            eprintln!(
+                "pvmctl: error: pVM {} of the family started as the update began and was not part \
+                 of it: nothing switched; run the update again",
+                missed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            );
+            failed = true;
+        }
     }
     // Phase two (several pVMs): all switch, or none.
     let mut finals = Vec::new();
@@ -391,4 +446,25 @@ fn update(args: UpdateArgs) -> Result<ExitCode, LibError> {
         }
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_alive;
+
+    #[test]
+    fn a_zombie_or_missing_process_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // Ended but not waited for: a zombie, until it is.
+        let pid = child.id();
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        {
+            std::thread::yield_now();
+        }
+        assert!(!process_alive(pid));
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
 }
