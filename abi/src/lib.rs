@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -184,11 +184,17 @@ pub enum Hypercall {
     /// One step of a library update the monitor asked for (see [`GuestStatus::dl_update`]).
     /// Argument: the address of a [`DlUpdateArgs`].
     DlUpdate = 20,
+    /// Listen on a TCP port the operator published (`pvmctl run --publish`). Argument: the
+    /// address of a [`NetListenArgs`].
+    NetListen = 21,
+    /// Take the next connection a listener's clients made. Argument: the address of a
+    /// [`NetAcceptArgs`].
+    NetAccept = 22,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 20] = [
+    pub const ALL: [Hypercall; 22] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -209,6 +215,8 @@ impl Hypercall {
         Hypercall::DlOpen,
         Hypercall::DlClose,
         Hypercall::DlUpdate,
+        Hypercall::NetListen,
+        Hypercall::NetAccept,
     ];
 
     /// Decodes a hypercall number.
@@ -256,6 +264,10 @@ pub mod errno {
     pub const ENOEXEC: i64 = 8;
     /// A library is in use (another library imports from it, or an update is under way).
     pub const EBUSY: i64 = 16;
+    /// The pVM's network backend is gone (or the pVM has no network).
+    pub const ENETDOWN: i64 = 100;
+    /// A listener already exists for that port in this pVM.
+    pub const EADDRINUSE: i64 = 98;
 }
 
 /// Console stream a [`WriteArgs`] targets.
@@ -502,6 +514,57 @@ pub struct DlCloseArgs {
 }
 // SAFETY: repr(C), two 8-byte integers.
 unsafe impl Plain for DlCloseArgs {}
+
+/// Arguments of [`Hypercall::NetListen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetListenArgs {
+    /// IN: the guest port (one the operator published).
+    pub port: u64,
+    /// OUT: the listener's handle (closed with [`Hypercall::IpcClose`]).
+    pub handle: u64,
+    /// OUT: 0 or a negated [`errno`]: `EACCES` (the port is not published), `EADDRINUSE`
+    /// (this pVM listens on it already), `ENETDOWN` (no network), `EAGAIN` (no handle left).
+    pub result: i64,
+}
+// SAFETY: repr(C), three 8-byte integers.
+unsafe impl Plain for NetListenArgs {}
+
+/// Flags of [`NetAcceptArgs::flags`].
+pub mod net_flags {
+    /// Do not wait: `EAGAIN` when no connection is there.
+    pub const NONBLOCK: u64 = 1;
+}
+
+/// Arguments of [`Hypercall::NetAccept`]. A connection is two pipes in one region: the
+/// receive ring (the host writes what the client sent, the guest reads) at `ring`, and the send
+/// ring (the guest writes, the host sends) at `ring + pvm_ipc::net_tx_offset(capacity)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetAcceptArgs {
+    /// IN: the listener's handle.
+    pub listener: u64,
+    /// IN: [`net_flags`].
+    pub flags: u64,
+    /// OUT: handle of the receive ring's read end.
+    pub read_handle: u64,
+    /// OUT: handle of the send ring's write end.
+    pub write_handle: u64,
+    /// OUT: guest address of the receive ring (the send ring follows it).
+    pub ring: u64,
+    /// OUT: capacity of each ring.
+    pub capacity: u64,
+    /// OUT: the client's address, IPv6 (an IPv4 client as `::ffff:a.b.c.d`).
+    pub peer_ip: [u8; 16],
+    /// OUT: the client's port.
+    pub peer_port: u64,
+    /// OUT: 0 or a negated [`errno`]: `EBADF` (not a listener), `EAGAIN` (none yet, with
+    /// `NONBLOCK`; or no handle or region left), `EINTR` (a signal), `ENETDOWN` (the network
+    /// backend is gone).
+    pub result: i64,
+}
+// SAFETY: repr(C), 8-byte integers and a 16-byte array at an 8-byte boundary: no padding.
+unsafe impl Plain for NetAcceptArgs {}
 
 /// Steps of an update, in [`DlUpdateArgs::op`].
 pub mod dl_op {

@@ -141,6 +141,14 @@ impl Monitor {
         drop(std::mem::replace(&mut self.vm, new_vm));
         // A library update under way is the parent's: its new version leaves this VM.
         self.forget_update();
+        // Our own channel to the network backend (the inherited one stays the parent's). Without
+        // one this pVM has no network: its calls get ENETDOWN.
+        if let Some(net) = &mut self.net {
+            if let Err(e) = net.after_fork() {
+                tracing::warn!(error = %e, "the forked child has no network");
+                self.net = None;
+            }
+        }
         signals::arm_kick(&mut self.vcpu);
         // Our own control socket (the parent's stays the parent's).
         self.control =
@@ -177,6 +185,7 @@ impl Monitor {
             state: State::Running,
             exit_status: None,
             outcome: None,
+            ports: Vec::new(),
         });
         let entry = self.family.registry.register(Entry {
             id,

@@ -4,7 +4,7 @@
 use pvm_abi::{errno, layout, DlInfo, ExceptionFrame, GuestStatus};
 
 use crate::family::{Collected, KillTarget};
-use crate::hypercall::{Flow, Host, Reaped, Stream, UpdateStep};
+use crate::hypercall::{Accepted, Flow, Host, Reaped, Stream, UpdateStep};
 use crate::ipc::{Named, Opened, Woken};
 use crate::monitor::{Attention, Monitor};
 use crate::outcome::{report_line, Crash, Exception, Outcome};
@@ -233,5 +233,48 @@ impl Host for Monitor {
 
     fn dl_update(&mut self, step: UpdateStep) -> Result<Option<DlInfo>, i64> {
         self.update_step(step)
+    }
+
+    /// Only a published port: a pVM with no network has none (`EACCES`).
+    fn net_listen(&mut self, port: u16) -> Result<u64, i64> {
+        let net = self.net.as_mut().ok_or(-errno::EACCES)?;
+        let id = net.listen(port)?;
+        Ok(self.ipc.add_listener(id))
+    }
+
+    /// Waits for the backend's answer (a signal interrupts it: one the guest handles makes it
+    /// `EINTR`, one that ends the pVM ends it; the request stays for the next accept).
+    fn net_accept(&mut self, handle: u64, nonblock: bool) -> Flow<Result<Accepted, i64>> {
+        let Some(id) = self.ipc.listener(handle) else {
+            return Flow::Continue(Err(-errno::EBADF));
+        };
+        loop {
+            if !nonblock && self.guest_signals_pending() {
+                return Flow::Continue(Err(-errno::EINTR));
+            }
+            let got = match self.net.as_mut() {
+                Some(n) => n.accept(id, nonblock, signals::attention),
+                None => Err(-errno::ENETDOWN),
+            };
+            match got {
+                Ok(Some(conn)) => {
+                    let (capacity, peer) = (conn.capacity, conn.peer);
+                    let installed = self.ipc.add_connection(&self.vm, &mut self.space, conn);
+                    return Flow::Continue(installed.map(|(read_handle, write_handle, ring)| Accepted {
+                        read_handle,
+                        write_handle,
+                        ring,
+                        capacity,
+                        peer,
+                    }));
+                }
+                Ok(None) => match self.attend() {
+                    Attention::End(outcome) => return Flow::End(outcome),
+                    Attention::Guest => return Flow::Continue(Err(-errno::EINTR)),
+                    Attention::None => {}
+                },
+                Err(e) => return Flow::Continue(Err(e)),
+            }
+        }
     }
 }

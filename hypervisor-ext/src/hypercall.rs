@@ -9,8 +9,8 @@
 //! keys against what they may name; handlers ([`Host`]) get only checked values.
 use pvm_abi::{
     dl_op, errno, fd, layout, mq_side, signal, ClockArgs, DlCloseArgs, DlInfo, DlOpenArgs, DlUpdateArgs,
-    ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, PipeArgs,
-    Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
+    ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, NetAcceptArgs,
+    NetListenArgs, PipeArgs, Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
 };
 
 use crate::family::{KillTarget, OutcomeRecord};
@@ -144,6 +144,21 @@ pub enum UpdateStep {
     },
 }
 
+/// A connection [`Host::net_accept`] installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The receive ring's read end.
+    pub read_handle: u64,
+    /// The send ring's write end.
+    pub write_handle: u64,
+    /// Guest address of the region (the receive ring; the send ring follows).
+    pub ring: u64,
+    /// Each ring's capacity.
+    pub capacity: u64,
+    /// The client.
+    pub peer: std::net::SocketAddr,
+}
+
 /// The monitor side of each hypercall, given checked arguments only. `Monitor` implements it;
 /// the fuzz target implements it with a fake that checks what it is given.
 pub trait Host {
@@ -192,6 +207,10 @@ pub trait Host {
     fn dl_close(&mut self, handle: u64) -> i64;
     /// One step of an update: the new version at `Begin`, nothing after the others.
     fn dl_update(&mut self, step: UpdateStep) -> Result<Option<DlInfo>, i64>;
+    /// Listens on guest port `port` (not 0): the listener's handle, or a negated errno.
+    fn net_listen(&mut self, port: u16) -> Result<u64, i64>;
+    /// The next connection of listener `handle` (at once with `nonblock`).
+    fn net_accept(&mut self, handle: u64, nonblock: bool) -> Flow<Result<Accepted, i64>>;
 }
 
 /// Reads the argument struct (which the guest must be able to write: it has OUT fields), runs
@@ -453,6 +472,47 @@ pub fn dispatch<H: Host>(host: &mut H, call: Call) -> Result<Option<Outcome>, Cr
                     {
                         a.msg_len = len;
                     }
+                }
+            }
+            Continue(())
+        }),
+        Hypercall::NetListen => with_args(host, call, |h, a: &mut NetListenArgs| {
+            a.handle = 0;
+            a.result = match u16::try_from(a.port) {
+                Ok(port) if port != 0 => match h.net_listen(port) {
+                    Ok(handle) => {
+                        a.handle = handle;
+                        0
+                    }
+                    Err(e) => e,
+                },
+                _ => -errno::EINVAL,
+            };
+            Continue(())
+        }),
+        Hypercall::NetAccept => with_args(host, call, |h, a: &mut NetAcceptArgs| {
+            let listener = a.listener;
+            let flags = a.flags;
+            *a = NetAcceptArgs {
+                listener,
+                flags,
+                ..Default::default()
+            };
+            if flags & !pvm_abi::net_flags::NONBLOCK != 0 {
+                a.result = -errno::EINVAL;
+                return Continue(());
+            }
+            match h.net_accept(listener, flags & pvm_abi::net_flags::NONBLOCK != 0) {
+                End(o) => return End(o),
+                Continue(Err(e)) => a.result = e,
+                Continue(Ok(c)) => {
+                    (a.read_handle, a.write_handle, a.ring, a.capacity) =
+                        (c.read_handle, c.write_handle, c.ring, c.capacity);
+                    a.peer_ip = match c.peer.ip() {
+                        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                        std::net::IpAddr::V6(v6) => v6.octets(),
+                    };
+                    a.peer_port = u64::from(c.peer.port());
                 }
             }
             Continue(())

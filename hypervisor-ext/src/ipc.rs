@@ -14,6 +14,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use pvm_abi::{errno, layout};
@@ -47,17 +48,24 @@ enum Handle {
         peer_alive: OwnedFd,
         /// Write end of the host pipe the peer watches the same way (held, never written).
         _alive: OwnedFd,
+        /// Offset of the ring in the region (a connection's send ring is its second).
+        at: usize,
+        /// Rung with every notify when the peer is the network backend (it sleeps in epoll).
+        doorbell: Option<Arc<OwnedFd>>,
     },
     /// A named message queue.
     Queue { region: usize },
     /// A named shared-memory region.
     Shm { region: usize },
+    /// A TCP listener of the network backend.
+    Listener { id: u64 },
 }
 
 impl Handle {
-    fn region(&self) -> usize {
+    fn region(&self) -> Option<usize> {
         match self {
-            Handle::Pipe { region, .. } | Handle::Queue { region } | Handle::Shm { region } => *region,
+            Handle::Pipe { region, .. } | Handle::Queue { region } | Handle::Shm { region } => Some(*region),
+            Handle::Listener { .. } => None,
         }
     }
 }
@@ -357,7 +365,7 @@ impl Ipc {
     }
 
     fn add_handle(&mut self, handle: Handle) -> u64 {
-        if let Some(r) = self.regions[handle.region()].as_mut() {
+        if let Some(r) = handle.region().and_then(|i| self.regions[i].as_mut()) {
             r.refs += 1;
         }
         match self.handles.iter().position(Option::is_none) {
@@ -393,12 +401,65 @@ impl Ipc {
             end: End::Read,
             peer_alive: writer_alive_r,
             _alive: reader_alive_w,
+            at: 0,
+            doorbell: None,
         });
         let w = self.add_handle(Handle::Pipe {
             region: index,
             end: End::Write,
             peer_alive: reader_alive_r,
             _alive: writer_alive_w,
+            at: 0,
+            doorbell: None,
+        });
+        Ok((r, w, space::region_gpa(index)))
+    }
+
+    /// A handle for listener `id` of the network backend.
+    pub fn add_listener(&mut self, id: u64) -> u64 {
+        self.add_handle(Handle::Listener { id })
+    }
+
+    /// The backend's id of listener `handle`.
+    pub fn listener(&self, handle: u64) -> Option<u64> {
+        match self.handle(handle)? {
+            Handle::Listener { id } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Installs a TCP connection the backend handed over: its region, and a pipe end on each
+    /// ring (reading the receive ring, writing the send ring); returns (read handle, write
+    /// handle, guest address of the region).
+    pub fn add_connection(
+        &mut self,
+        vm: &VmFd,
+        space: &mut Space,
+        conn: crate::net::Conn,
+    ) -> Result<(u64, u64, u64), i64> {
+        let capacity = conn.capacity;
+        if capacity != pvm_ipc::NET_RING_CAPACITY {
+            return Err(-errno::EIO);
+        }
+        let fds = conn.fds;
+        let size = pvm_ipc::net_region_size(capacity);
+        let (index, _) = self.map_region(vm, space, fds.region, size)?;
+        let doorbell = Some(Arc::new(fds.doorbell));
+        let r = self.add_handle(Handle::Pipe {
+            region: index,
+            end: End::Read,
+            peer_alive: fds.rx_peer_alive,
+            _alive: fds.rx_alive,
+            at: 0,
+            doorbell: doorbell.clone(),
+        });
+        let w = self.add_handle(Handle::Pipe {
+            region: index,
+            end: End::Write,
+            peer_alive: fds.tx_peer_alive,
+            _alive: fds.tx_alive,
+            at: pvm_ipc::net_tx_offset(capacity) as usize,
+            doorbell,
         });
         Ok((r, w, space::region_gpa(index)))
     }
@@ -420,6 +481,7 @@ impl Ipc {
             region,
             end,
             peer_alive,
+            at,
             ..
         }) = self.handle(handle)
         else {
@@ -431,7 +493,11 @@ impl Ipc {
         } else {
             (space, data)
         };
-        Some((self.word(*region, mine)?, self.word(*region, theirs)?, peer_alive))
+        Some((
+            self.word(*region, at + mine)?,
+            self.word(*region, at + theirs)?,
+            peer_alive,
+        ))
     }
 
     fn handle(&self, handle: u64) -> Option<&Handle> {
@@ -444,6 +510,12 @@ impl Ipc {
             return -errno::EBADF;
         };
         sys::futex_wake(theirs);
+        if let Some(Handle::Pipe {
+            doorbell: Some(bell), ..
+        }) = self.handle(handle)
+        {
+            sys::ring(bell.as_fd());
+        }
         0
     }
 
@@ -475,15 +547,17 @@ impl Ipc {
         else {
             return -errno::EBADF;
         };
-        let index = h.region();
-        let pipe = matches!(h, Handle::Pipe { .. });
+        let Some(index) = h.region() else {
+            return 0;
+        };
+        let pipe_at = match &h {
+            Handle::Pipe { at, .. } => Some(*at),
+            _ => None,
+        };
         drop(h);
         // Sleepers on a pipe look again (and see whether their peer is gone).
-        for offset in [pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET]
-            .into_iter()
-            .filter(|_| pipe)
-        {
-            if let Some(word) = self.word(index, offset) {
+        for offset in [pvm_ipc::PIPE_DATA_SEQ_OFFSET, pvm_ipc::PIPE_SPACE_SEQ_OFFSET] {
+            if let Some(word) = pipe_at.and_then(|at| self.word(index, at + offset)) {
                 sys::futex_wake(word);
             }
         }

@@ -18,6 +18,7 @@ mod ledger;
 mod libstore;
 pub mod loader;
 mod monitor;
+pub mod net;
 pub mod outcome;
 pub mod registry;
 mod rundir;

@@ -111,6 +111,9 @@ pub struct Entry {
     /// How it ended, in words, once exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The family's published ports, `HOST_ADDR:PORT->GUEST_PORT/tcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// The registry in a runtime directory.
@@ -446,6 +449,7 @@ mod tests {
             state: State::Running,
             exit_status: None,
             outcome: None,
+            ports: Vec::new(),
         }
     }
 

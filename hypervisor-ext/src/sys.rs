@@ -615,26 +615,38 @@ pub fn accept(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 
 /// Sends `bytes` on the Unix socket `sock` with the descriptor `fd` attached (`SCM_RIGHTS`).
 pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let fds = [fd];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    let n = sendmsg(
-        sock,
-        &[io::IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    let n = send_with_fds(sock, bytes, &[fd])?;
     // The descriptor went with the first byte; the rest is plain data.
     write_all(sock, &bytes[n..]).map(drop)
+}
+
+/// Sends `bytes` on the Unix socket `sock` with `fds` attached (`SCM_RIGHTS`, at most
+/// [`MAX_NET_FDS`]); returns how many bytes went (all of them on a datagram socket).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_NET_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    loop {
+        match sendmsg(sock, &[io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Receives into `buf` from the Unix socket `sock`, with the descriptors that came with the
 /// bytes (`SCM_RIGHTS`, close-on-exec), at most [`MAX_PASSED_FDS`]: more are closed.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_fds_max(sock, buf, MAX_PASSED_FDS)
+}
+
+/// [`recv_with_fds`], keeping at most `max` descriptors (at most [`MAX_NET_FDS`]).
+pub fn recv_with_fds_max(sock: BorrowedFd<'_>, buf: &mut [u8], max: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PASSED_FDS))];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_NET_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
         match recvmsg(
@@ -653,12 +665,206 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
             fds.extend(passed);
         }
     }
-    fds.truncate(MAX_PASSED_FDS);
+    fds.truncate(max.min(MAX_NET_FDS));
     Ok((msg.bytes, fds))
 }
 
 /// Most descriptors one control message may carry.
 pub const MAX_PASSED_FDS: usize = 1;
+
+/// Most descriptors one message between a monitor and its network backend carries (a
+/// connection: its region, four liveness pipe ends and its doorbell).
+pub const MAX_NET_FDS: usize = 6;
+
+// ---- the network backend ----------------------------------------------------------------------
+
+/// A connected pair of Unix datagram-boundary sockets (`SOCK_SEQPACKET`), close-on-exec: a
+/// monitor's channel to its network backend.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// A non-blocking TCP listener bound to `addr` (address reuse on, as servers do).
+pub fn tcp_listen(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    use rustix::net::{bind, listen, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    bind(&fd, &addr)?;
+    listen(&fd, 1024)?;
+    Ok(fd)
+}
+
+/// The address socket `fd` is bound to.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
+    let addr = rustix::net::getsockname(fd)?;
+    std::net::SocketAddr::try_from(addr).map_err(|_| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// A pending TCP connection on the non-blocking listener `fd`, non-blocking itself, with the
+/// client's address; None when there is none.
+pub fn tcp_accept(fd: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, std::net::SocketAddr)>> {
+    use rustix::net::{acceptfrom_with, sockopt, SocketFlags};
+    loop {
+        match acceptfrom_with(fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok((conn, addr)) => {
+                // Small writes go out at once (request/response traffic).
+                let _ = sockopt::set_tcp_nodelay(&conn, true);
+                let peer = addr
+                    .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Ok(Some((conn, peer)));
+            }
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What a non-blocking socket transfer did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// This many bytes (0 from a receive: the peer closed its side).
+    Bytes(usize),
+    /// Nothing now: try when the socket is ready.
+    WouldBlock,
+}
+
+/// Receives into `buf` from the non-blocking socket `fd`.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Moved> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(Moved::Bytes(n)),
+            Err(rustix::io::Errno::AGAIN) => return Ok(Moved::WouldBlock),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends from `buf` on the non-blocking socket `fd` (no SIGPIPE: a closed peer is an error).
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Moved> {
+    use rustix::net::SendFlags;
+    loop {
+        match rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(n) => return Ok(Moved::Bytes(n)),
+            Err(rustix::io::Errno::AGAIN) => return Ok(Moved::WouldBlock),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Shuts down the sending side of socket `fd` (the peer reads end of file).
+pub fn shutdown_write(fd: BorrowedFd<'_>) {
+    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
+}
+
+/// A non-blocking event counter (`eventfd`): a doorbell one process rings and another polls.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// Rings the doorbell `fd` (an [`eventfd`]).
+pub fn ring(fd: BorrowedFd<'_>) {
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+/// Clears the doorbell `fd` (an [`eventfd`]).
+pub fn clear_doorbell(fd: BorrowedFd<'_>) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+/// An epoll instance (the network backend's one place to wait).
+pub struct Epoll(OwnedFd);
+
+/// What an epoll registration waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interest {
+    /// Readable (or hung up).
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+}
+
+impl Interest {
+    fn flags(self) -> rustix::event::epoll::EventFlags {
+        use rustix::event::epoll::EventFlags;
+        let mut f = EventFlags::RDHUP;
+        if self.read {
+            f |= EventFlags::IN;
+        }
+        if self.write {
+            f |= EventFlags::OUT;
+        }
+        f
+    }
+}
+
+impl Epoll {
+    /// A new instance.
+    pub fn new() -> io::Result<Epoll> {
+        Ok(Epoll(rustix::event::epoll::create(
+            rustix::event::epoll::CreateFlags::CLOEXEC,
+        )?))
+    }
+
+    /// Watches `fd` for `interest`, reporting `token`.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
+        use rustix::event::epoll::{self, EventData};
+        Ok(epoll::add(&self.0, fd, EventData::new_u64(token), interest.flags())?)
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
+        use rustix::event::epoll::{self, EventData};
+        Ok(epoll::modify(&self.0, fd, EventData::new_u64(token), interest.flags())?)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) {
+        let _ = rustix::event::epoll::delete(&self.0, fd);
+    }
+
+    /// Waits at most `timeout_ms` (-1: for ever) and puts the ready tokens into `tokens`.
+    pub fn wait(&self, tokens: &mut Vec<u64>, timeout_ms: i32) -> io::Result<()> {
+        use rustix::event::epoll;
+        tokens.clear();
+        let mut events = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(0),
+        }; 64];
+        let timeout = (timeout_ms >= 0).then(|| rustix::time::Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        });
+        let n = match epoll::wait(&self.0, &mut events, timeout.as_ref()) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        tokens.extend(events[..n].iter().map(|e| e.data.u64()));
+        Ok(())
+    }
+}
 
 /// This thread's id.
 pub fn gettid() -> u32 {

@@ -26,6 +26,19 @@ pub const PIPE_MAX_CAPACITY: u64 = 1 << 20;
 /// Default pipe capacity.
 pub const PIPE_DEFAULT_CAPACITY: u64 = 64 * 1024;
 
+/// Capacity of each ring of a TCP connection (the receive ring and the send ring).
+pub const NET_RING_CAPACITY: u64 = 256 * 1024;
+
+/// Offset of a connection's send ring from its receive ring (the start of its region).
+pub const fn net_tx_offset(capacity: u64) -> u64 {
+    PIPE_DATA_OFFSET as u64 + capacity
+}
+
+/// Size of a connection's region: two rings.
+pub const fn net_region_size(capacity: u64) -> u64 {
+    2 * net_tx_offset(capacity)
+}
+
 /// Whether `capacity` is a valid pipe capacity.
 pub fn valid_pipe_capacity(capacity: u64) -> bool {
     capacity.is_power_of_two() && (PIPE_MIN_CAPACITY..=PIPE_MAX_CAPACITY).contains(&capacity)
@@ -139,10 +152,37 @@ impl Pipe {
 
     /// Copies up to `buf.len()` bytes out of the ring; returns how many (0 when empty).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, RingError> {
+        let (tail, n) = self.copy_out(buf)?;
+        if n > 0 {
+            self.ring()
+                .tail
+                .store(tail.wrapping_add(n as u64), Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+
+    /// Copies up to `buf.len()` bytes out of the ring without taking them (see
+    /// [`Pipe::consume`]); returns how many.
+    pub fn peek(&self, buf: &mut [u8]) -> Result<usize, RingError> {
+        Ok(self.copy_out(buf)?.1)
+    }
+
+    /// Takes `n` bytes a [`Pipe::peek`] saw (no more than are there).
+    pub fn consume(&self, n: u64) -> Result<(), RingError> {
+        let (_, tail, fill) = self.indices()?;
+        if n > fill {
+            return Err(RingError::Corrupted);
+        }
+        self.ring().tail.store(tail.wrapping_add(n), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Copies up to `buf.len()` readable bytes into `buf`: (tail, bytes copied).
+    fn copy_out(&self, buf: &mut [u8]) -> Result<(u64, usize), RingError> {
         let (_, tail, fill) = self.indices()?;
         let n = (fill as usize).min(buf.len());
         if n == 0 {
-            return Ok(0);
+            return Ok((tail, 0));
         }
         let at = (tail % self.capacity) as usize;
         let first = n.min(self.capacity as usize - at);
@@ -152,10 +192,7 @@ impl Pipe {
             core::ptr::copy_nonoverlapping(self.data.add(at), buf.as_mut_ptr(), first);
             core::ptr::copy_nonoverlapping(self.data, buf.as_mut_ptr().add(first), n - first);
         }
-        self.ring()
-            .tail
-            .store(tail.wrapping_add(n as u64), Ordering::SeqCst);
-        Ok(n)
+        Ok((tail, n))
     }
 
     /// Copies up to `buf.len()` bytes into the ring; returns how many (0 when full).

@@ -101,6 +101,40 @@ fn wake(handle: u64, word: &AtomicU32) {
     crate::signal::dispatch();
 }
 
+/// The two pipe ends of a connection the monitor installed: the read end of the ring at `ring`
+/// and the write end of the ring `tx_offset` bytes after it, each of `capacity` bytes.
+///
+/// # Safety
+/// The monitor mapped both rings there and keeps them mapped while the handles are open.
+pub(crate) unsafe fn ends_at(
+    read_handle: u64,
+    write_handle: u64,
+    ring: u64,
+    tx_offset: u64,
+    capacity: u64,
+) -> (Reader, Writer) {
+    let base = ring as *mut u8;
+    // SAFETY: as the caller promised.
+    let (r, w) = unsafe {
+        (
+            Pipe::attach(base, capacity),
+            Pipe::attach(base.add(tx_offset as usize), capacity),
+        )
+    };
+    (
+        Reader {
+            handle: read_handle,
+            ring: r,
+            nonblocking: false,
+        },
+        Writer {
+            handle: write_handle,
+            ring: w,
+            nonblocking: false,
+        },
+    )
+}
+
 /// Creates a pipe with the default capacity (64 KiB).
 pub fn pipe() -> Result<(Reader, Writer), Error> {
     pipe_with_capacity(PIPE_DEFAULT_CAPACITY)

@@ -35,6 +35,7 @@ pub mod ipc;
 pub mod librt;
 #[cfg(not(feature = "library"))]
 mod mem;
+pub mod net;
 #[cfg(not(feature = "library"))]
 pub mod process;
 #[cfg(not(feature = "library"))]

@@ -230,6 +230,7 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         confine: false,
         bench_fd: None,
         libs: Default::default(),
+        net: Default::default(),
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let devnull = File::options()

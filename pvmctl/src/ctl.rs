@@ -79,6 +79,9 @@ struct Row {
     image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_status: Option<i32>,
+    /// The family's published ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<String>,
 }
 
 /// The process state letter of `pid` from /proc.
@@ -136,6 +139,7 @@ fn row(e: Entry) -> Row {
         mem_size: e.mem_size,
         image: e.image,
         exit_status: e.exit_status,
+        ports: e.ports,
     }
 }
 
@@ -183,7 +187,7 @@ fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
         return Ok(ExitCode::SUCCESS);
     }
     let dash = |n: u32| if n == 0 { "-".to_string() } else { n.to_string() };
-    let table: Vec<[String; 9]> = rows
+    let table: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -195,12 +199,17 @@ fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
                 human_ms(r.uptime_ms),
                 human_kib(r.mem_private_kib),
                 human_kib(r.mem_shared_kib),
+                if r.ports.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.ports.join(",")
+                },
                 r.image.clone(),
             ]
         })
         .collect();
     let header = [
-        "ID", "PARENT", "FAMILY", "NAME", "STATE", "UPTIME", "PRIVATE", "SHARED", "IMAGE",
+        "ID", "PARENT", "FAMILY", "NAME", "STATE", "UPTIME", "PRIVATE", "SHARED", "PORTS", "IMAGE",
     ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &table {

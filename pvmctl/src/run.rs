@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use hypervisor_ext::dl::LibConfig;
+use hypervisor_ext::net::{NetConfig, Publish};
 use hypervisor_ext::outcome::report_line;
 use hypervisor_ext::{
     default_mem_total, parse_mem_size, parse_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome,
@@ -47,6 +48,14 @@ pub struct RunArgs {
     /// Allow the pVM to load any library `libNAME.so` of DIR (trusted ones only).
     #[arg(long, value_name = "DIR")]
     lib_dir: Option<PathBuf>,
+    /// Publish a TCP port: the host listens on HOST_IP:PORT (127.0.0.1 unless given; 0.0.0.0
+    /// for every interface; port 0 for any free one, printed) and the family's pVMs accept its
+    /// clients on GUEST_PORT (default: PORT) with `pvm::net::TcpListener`. Repeatable.
+    #[arg(long = "publish", short = 'p', value_name = "[HOST_IP:]PORT[:GUEST_PORT]")]
+    publish: Vec<Publish>,
+    /// Most live connections of the family's published ports; more clients are refused.
+    #[arg(long, value_name = "N", default_value_t = hypervisor_ext::net::DEFAULT_MAX_CONNS)]
+    max_conns: usize,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -134,8 +143,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
             lib_dir: args.lib_dir,
             trust_store: hypervisor_ext::trust::default_path(),
         },
+        net: NetConfig {
+            publish: args.publish.clone(),
+            max_conns: args.max_conns,
+        },
     };
     let mut monitor = Monitor::new(&image, &config)?;
+    // A port the operator left to the host (0) is known only now.
+    for (want, (host, guest)) in args.publish.iter().zip(monitor.published()) {
+        if want.host.port() == 0 {
+            eprintln!("pvmctl: published {host} -> guest port {guest}");
+        }
+    }
     let outcome = monitor.run()?;
     // From here on this may be a forked child's monitor: it reports for its own pVM.
     let ids = monitor.ids();

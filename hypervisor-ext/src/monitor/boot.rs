@@ -101,6 +101,13 @@ impl Monitor {
         let _ = sys::set_name(MONITOR_NAME);
         check_mem_size(config.mem_size)?;
         image.check_fits(config.mem_size)?;
+        // The family's network backend is forked now, while this process is small and
+        // single-threaded, and the published ports are bound before the guest runs.
+        let net = if config.net.publish.is_empty() {
+            None
+        } else {
+            Some(crate::net::start(&config.net)?)
+        };
         let kvm = vstate::open_kvm()?;
         let registry = Registry::open(&config.run_dir)?;
         let id = sys::getpid();
@@ -126,7 +133,7 @@ impl Monitor {
             family.want(config.mem_size),
         )?;
         family.lease = Some(lease);
-        let monitor = Self::build(image, config, kvm, family, libs)?;
+        let monitor = Self::build(image, config, kvm, family, libs, net)?;
         if config.confine {
             // Built: from here on, only the calls a running monitor needs.
             crate::seccomp::install(&crate::seccomp::program()?)?;
@@ -140,6 +147,7 @@ impl Monitor {
         kvm: Kvm,
         mut family: Family,
         mut libs: crate::dl::Libraries,
+        net: Option<crate::net::Network>,
     ) -> Result<Monitor, MonitorError> {
         let ids = family.ids;
         let mut mem = GuestMemory::new(config.mem_size)?;
@@ -197,6 +205,7 @@ impl Monitor {
             state: State::Running,
             exit_status: None,
             outcome: None,
+            ports: net.as_ref().map(|n| n.describe()).unwrap_or_default(),
         })?;
         family.entry = Some(entry);
         sys::raise_fd_limit();
@@ -218,6 +227,7 @@ impl Monitor {
             ipc: Ipc::default(),
             libs,
             update: None,
+            net,
             handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,

@@ -42,6 +42,9 @@ impl Monitor {
     /// forwarding `forward` (the signal that stopped the root, if any) to them first. Returns
     /// what became of the pVMs nobody waited for (orphans, and children the root left).
     pub fn wait_for_family(&mut self, forward: Option<i32>) -> Vec<(u32, String)> {
+        // The network backend (a child of the root) ends once no monitor of the family holds a
+        // channel to it: this one lets go of its own first, or the wait below would not end.
+        self.net = None;
         if let Some(sig) = forward {
             self.family.signal_all(sig);
         }

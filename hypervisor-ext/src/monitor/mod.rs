@@ -69,6 +69,9 @@ pub enum MonitorError {
     /// The guest memory size is unusable.
     #[error(transparent)]
     MemSize(#[from] MemSizeError),
+    /// Networking could not start.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// KVM_RUN failed.
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
@@ -111,6 +114,8 @@ pub struct MonitorConfig {
     pub confine: bool,
     /// The libraries the pVM may load.
     pub libs: crate::dl::LibConfig,
+    /// What the family may do on the network (nothing when no port is published).
+    pub net: crate::net::NetConfig,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -149,6 +154,8 @@ pub struct Monitor {
     pub(crate) libs: crate::dl::Libraries,
     /// A library update under way.
     pub(crate) update: Option<crate::update::Update>,
+    /// Its channel to the family's network backend.
+    pub(crate) net: Option<crate::net::Network>,
     /// Signals the guest handles, one bit per number.
     pub(crate) handled_signals: u64,
     pub(crate) bench_fd: Option<RawFd>,
@@ -173,6 +180,11 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Monitor {
+    /// The family's published ports as bound: (host address, guest port).
+    pub fn published(&self) -> Vec<crate::net::Published> {
+        self.net.as_ref().map(|n| n.published.clone()).unwrap_or_default()
+    }
+
     /// Boot timestamps.
     pub fn boot_times(&self) -> BootTimes {
         self.times

@@ -1,0 +1,95 @@
+//! A TCP echo server: every byte a client sends comes back, until the client closes its side.
+//!
+//! `pvmctl run --publish 7007:7 examples/netecho -- [--port P] [--workers N] [--conns K]`
+//! listens on guest port P (default 7); with `--workers N` it forks N pVMs that all accept from
+//! the one listener (pre-fork, as nginx or Apache do) and waits for them; with `--conns K`
+//! each server exits after K connections (else it serves for ever). Each served connection
+//! prints `served PEER BYTES` from the pVM that served it.
+#![no_std]
+#![no_main]
+
+use pvm::net::{Error, TcpListener, TcpStream};
+use pvm::Fork;
+
+pvm::main!(main);
+
+fn serve(listener: &TcpListener, conns: Option<u64>) -> Result<(), Error> {
+    let mut served = 0;
+    while conns.is_none_or(|k| served < k) {
+        let (mut stream, peer) = listener.accept()?;
+        let bytes = echo(&mut stream)?;
+        pvm::println!("served {peer} {bytes} by pVM {}", pvm::id());
+        served += 1;
+    }
+    Ok(())
+}
+
+/// Echoes until end of file; returns the bytes echoed.
+fn echo(stream: &mut TcpStream) -> Result<u64, Error> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        stream.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+fn main() -> Result<(), Error> {
+    let (mut port, mut workers, mut conns) = (7u16, 0u32, None);
+    let mut args = pvm::args().skip(1);
+    while let Some(a) = args.next() {
+        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        match (a, value) {
+            ("--port", Some(v)) => port = v as u16,
+            ("--workers", Some(v)) => workers = v as u32,
+            ("--conns", Some(v)) => conns = Some(v),
+            _ => {
+                pvm::eprintln!("usage: netecho [--port P] [--workers N] [--conns K]");
+                pvm::exit(2);
+            }
+        }
+    }
+    let listener = match TcpListener::bind(port) {
+        Ok(l) => l,
+        Err(e) => {
+            pvm::eprintln!("netecho: cannot listen on port {port}: {e}");
+            pvm::exit(1);
+        }
+    };
+    pvm::println!("listening on guest port {port}");
+    if workers == 0 {
+        return serve(&listener, conns);
+    }
+    for _ in 0..workers {
+        match pvm::fork() {
+            Ok(Fork::Child) => {
+                let code = match serve(&listener, conns) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        pvm::eprintln!("netecho worker {}: {e}", pvm::id());
+                        1
+                    }
+                };
+                pvm::exit(code);
+            }
+            Ok(Fork::Parent(_)) => {}
+            Err(e) => {
+                pvm::eprintln!("netecho: fork: {e:?}");
+                pvm::exit(1);
+            }
+        }
+    }
+    pvm::println!("{workers} workers");
+    let mut failed = 0;
+    for _ in 0..workers {
+        match pvm::wait_any() {
+            Ok((_, status)) if status.success() => {}
+            _ => failed += 1,
+        }
+    }
+    pvm::exit(if failed == 0 { 0 } else { 1 })
+}

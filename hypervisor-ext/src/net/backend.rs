@@ -1,0 +1,566 @@
+//! The network backend of one family: a host process (forked by the root monitor before it
+//! builds its VM) that owns the family's TCP sockets and moves their bytes through rings in
+//! shared memory, so that a guest's reads and writes make no exits while data flows.
+//!
+//! Each connection is one region (a memfd the backend and the monitors of the pVMs holding the
+//! connection map) with two pipe rings (`pvm_ipc::Pipe`): the receive ring, which the backend
+//! writes with what the client sent, and the send ring, which the backend drains to the client.
+//! The backend keeps the ring protocol of any pipe end: it wakes a guest that sleeps (futex on
+//! the ring's sequence word) and raises its own `*_sleeping` flags before it sleeps, so that the
+//! guest rings its doorbell (an eventfd, through its monitor's notify). Liveness travels as for
+//! pipes: host pipes whose write ends the holders of each end keep, hanging up when an end is
+//! gone everywhere (a guest killed with SIGKILL included).
+//!
+//! The backend waits in epoll for: its monitors' channels, the listeners, the client sockets,
+//! the doorbells and the liveness pipes. Before it sleeps it looks at its rings for a while
+//! (spinning), so that under load neither side sleeps. It ends when no monitor is left.
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
+
+use pvm_abi::errno;
+use pvm_ipc::Pipe;
+
+use super::proto::{self, ConnFds, Received, ToBackend, ToMonitor};
+use crate::sys::{self, Epoll, Interest, Moved};
+
+/// How long the backend keeps looking at its rings after the last byte moved before it sleeps.
+const SPIN_NS: u64 = 50_000;
+/// Bytes moved per socket call.
+const CHUNK: usize = 64 * 1024;
+/// Accepted connections no guest took yet, per listener; more are refused (closed).
+const MAX_QUEUED: usize = 128;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Channel = 1,
+    Listener = 2,
+    Socket = 3,
+    Doorbell = 4,
+    /// The receive ring's guest readers are gone.
+    Readers = 5,
+    /// The send ring's guest writers are gone.
+    Writers = 6,
+}
+
+fn token(kind: Kind, index: usize) -> u64 {
+    (kind as u64) << 32 | index as u64
+}
+
+fn untoken(t: u64) -> (u64, usize) {
+    (t >> 32, (t & 0xffff_ffff) as usize)
+}
+
+/// A published port.
+struct Listener {
+    fd: OwnedFd,
+    guest_port: u16,
+    /// Accept requests waiting: (channel, seq).
+    waiters: VecDeque<(usize, u64)>,
+    /// Accepted connections no guest took yet.
+    queued: VecDeque<(OwnedFd, SocketAddr)>,
+}
+
+/// One client connection.
+struct Conn {
+    sock: OwnedFd,
+    region: NonNull<u8>,
+    region_len: usize,
+    rx: Pipe,
+    tx: Pipe,
+    doorbell: OwnedFd,
+    /// Hangs up when the guest readers of the receive ring are gone.
+    readers: OwnedFd,
+    /// Hangs up when the guest writers of the send ring are gone.
+    writers: OwnedFd,
+    /// Held while the backend writes the receive ring (dropped at the client's end of file).
+    rx_writing: Option<OwnedFd>,
+    /// Held while the backend reads the send ring (dropped when the client is gone).
+    tx_reading: Option<OwnedFd>,
+    readers_gone: bool,
+    writers_gone: bool,
+    /// The client sent its end of file (or failed).
+    client_done: bool,
+    /// The send side was shut down (after the guest's writers left and the ring drained).
+    shut: bool,
+    /// The last send would have blocked.
+    send_blocked: bool,
+    interest: Interest,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: the backend's own mapping of the region; the rings are not used after this.
+        unsafe { sys::unmap(self.region, self.region_len) };
+    }
+}
+
+struct Backend {
+    epoll: Epoll,
+    channels: Vec<Option<OwnedFd>>,
+    listeners: Vec<Listener>,
+    conns: Vec<Option<Conn>>,
+    max_conns: usize,
+    buf: Vec<u8>,
+}
+
+/// Runs the backend on `listeners` (guest port of each) for the monitor at the other end of
+/// `channel`; returns when every monitor is gone.
+pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize) {
+    let Ok(epoll) = Epoll::new() else { return };
+    let mut b = Backend {
+        epoll,
+        channels: Vec::new(),
+        listeners: Vec::new(),
+        conns: Vec::new(),
+        max_conns,
+        buf: vec![0; CHUNK],
+    };
+    for (i, (fd, guest_port)) in listeners.into_iter().enumerate() {
+        let read = Interest {
+            read: true,
+            write: false,
+        };
+        if b.epoll.add(fd.as_fd(), token(Kind::Listener, i), read).is_err() {
+            return;
+        }
+        b.listeners.push(Listener {
+            fd,
+            guest_port,
+            waiters: VecDeque::new(),
+            queued: VecDeque::new(),
+        });
+    }
+    if b.add_channel(channel).is_err() {
+        return;
+    }
+    b.serve();
+}
+
+impl Backend {
+    fn add_channel(&mut self, fd: OwnedFd) -> std::io::Result<()> {
+        let i = self.channels.iter().position(Option::is_none).unwrap_or(self.channels.len());
+        let read = Interest {
+            read: true,
+            write: false,
+        };
+        self.epoll.add(fd.as_fd(), token(Kind::Channel, i), read)?;
+        if i == self.channels.len() {
+            self.channels.push(Some(fd));
+        } else {
+            self.channels[i] = Some(fd);
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self) {
+        let mut tokens = Vec::new();
+        let mut last_progress = sys::monotonic_ns();
+        loop {
+            if self.channels.iter().all(Option::is_none) {
+                return;
+            }
+            let spinning = sys::monotonic_ns().saturating_sub(last_progress) < SPIN_NS;
+            if !spinning {
+                // About to sleep: guests must ring the doorbell from now on.
+                self.set_sleeping(true);
+                fence(Ordering::SeqCst);
+                if self.pump_all() {
+                    last_progress = sys::monotonic_ns();
+                    self.set_sleeping(false);
+                    continue;
+                }
+            }
+            if self.epoll.wait(&mut tokens, if spinning { 0 } else { -1 }).is_err() {
+                return;
+            }
+            if !spinning {
+                self.set_sleeping(false);
+                last_progress = sys::monotonic_ns();
+            }
+            for &t in &tokens {
+                self.event(t);
+            }
+            if self.pump_all() {
+                last_progress = sys::monotonic_ns();
+            }
+        }
+    }
+
+    /// Raises (or lowers) the backend's sleeping flags on every ring it serves.
+    fn set_sleeping(&self, sleeping: bool) {
+        let v = u32::from(sleeping);
+        for c in self.conns.iter().flatten() {
+            c.rx.header().writer_sleeping.store(v, Ordering::SeqCst);
+            c.tx.header().reader_sleeping.store(v, Ordering::SeqCst);
+        }
+    }
+
+    fn event(&mut self, t: u64) {
+        let (kind, i) = untoken(t);
+        match kind {
+            k if k == Kind::Channel as u64 => self.channel(i),
+            k if k == Kind::Listener as u64 => self.accept(i),
+            k if k == Kind::Doorbell as u64 => {
+                if let Some(c) = self.conns.get(i).and_then(Option::as_ref) {
+                    sys::clear_doorbell(c.doorbell.as_fd());
+                }
+            }
+            k if k == Kind::Readers as u64 || k == Kind::Writers as u64 => {
+                if let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) {
+                    let fd = if k == Kind::Readers as u64 {
+                        c.readers_gone = true;
+                        c.readers.as_fd()
+                    } else {
+                        c.writers_gone = true;
+                        c.writers.as_fd()
+                    };
+                    self.epoll.delete(fd);
+                }
+            }
+            // Socket readiness: the pump looks.
+            _ => {}
+        }
+    }
+
+    /// Requests from channel `i`.
+    fn channel(&mut self, i: usize) {
+        loop {
+            let Some(chan) = self.channels.get(i).and_then(Option::as_ref) else {
+                return;
+            };
+            match proto::receive::<ToBackend>(chan.as_fd()) {
+                Ok(Received::Nothing) => return,
+                Ok(Received::Message(m, fds)) => self.request(i, m, fds),
+                Ok(Received::Closed) | Err(_) => {
+                    // The monitor is gone (or spoke nonsense): forget it and its waits.
+                    if let Some(fd) = self.channels[i].take() {
+                        self.epoll.delete(fd.as_fd());
+                    }
+                    for l in &mut self.listeners {
+                        l.waiters.retain(|&(c, _)| c != i);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reply(&self, chan: usize, message: &ToMonitor, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        if let Some(c) = self.channels.get(chan).and_then(Option::as_ref) {
+            let _ = proto::send(c.as_fd(), message, fds);
+        }
+    }
+
+    fn request(&mut self, chan: usize, m: ToBackend, fds: Vec<OwnedFd>) {
+        match m {
+            ToBackend::Join => {
+                if let Some(fd) = fds.into_iter().next() {
+                    let _ = self.add_channel(fd);
+                }
+            }
+            ToBackend::Listen { seq, port } => {
+                let answer = match self.listeners.iter().position(|l| l.guest_port == port) {
+                    Some(l) => ToMonitor::Listening {
+                        seq,
+                        listener: l as u64,
+                    },
+                    None => ToMonitor::Refused {
+                        seq,
+                        errno: -errno::EACCES,
+                    },
+                };
+                self.reply(chan, &answer, &[]);
+            }
+            ToBackend::Accept {
+                seq,
+                listener,
+                nonblock,
+            } => {
+                let Some(l) = usize::try_from(listener).ok().filter(|&l| l < self.listeners.len()) else {
+                    self.reply(chan, &ToMonitor::Refused { seq, errno: -errno::EBADF }, &[]);
+                    return;
+                };
+                self.listeners[l].waiters.push_back((chan, seq));
+                self.accept(l);
+                if nonblock {
+                    let w = &mut self.listeners[l].waiters;
+                    if let Some(p) = w.iter().position(|&(c, s)| c == chan && s == seq) {
+                        w.remove(p);
+                        self.reply(chan, &ToMonitor::Refused { seq, errno: -errno::EAGAIN }, &[]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_conns(&self) -> usize {
+        self.conns.iter().flatten().count()
+    }
+
+    /// Takes the listener's pending connections and hands them to its waiters.
+    fn accept(&mut self, l: usize) {
+        loop {
+            let listener = &mut self.listeners[l];
+            match sys::tcp_accept(listener.fd.as_fd()) {
+                Ok(Some(conn)) => {
+                    if listener.queued.len() >= MAX_QUEUED {
+                        // Past the limit: refused (closed), not queued without end.
+                        drop(conn);
+                    } else {
+                        listener.queued.push_back(conn);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while !self.listeners[l].waiters.is_empty() && !self.listeners[l].queued.is_empty() {
+            if self.live_conns() >= self.max_conns {
+                // At the connection limit: newcomers are refused until one ends.
+                while let Some((sock, peer)) = self.listeners[l].queued.pop_front() {
+                    tracing::debug!(%peer, "connection refused: at the connection limit");
+                    drop(sock);
+                }
+                return;
+            }
+            let (Some((chan, seq)), Some((sock, peer))) = (
+                self.listeners[l].waiters.pop_front(),
+                self.listeners[l].queued.pop_front(),
+            ) else {
+                return;
+            };
+            match self.open_conn(sock) {
+                Ok((index, fds)) => {
+                    let message = ToMonitor::Connection {
+                        seq,
+                        listener: l as u64,
+                        capacity: pvm_ipc::NET_RING_CAPACITY,
+                        peer,
+                    };
+                    self.reply(chan, &message, &fds.borrowed());
+                    // The monitor has its copies now (or is gone: then the pipes hang up).
+                    drop(fds);
+                    let _ = index;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up a connection");
+                    self.listeners[l].waiters.push_front((chan, seq));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sets up the rings of a new connection: its index and the monitor's descriptors.
+    fn open_conn(&mut self, sock: OwnedFd) -> std::io::Result<(usize, ConnFds)> {
+        let cap = pvm_ipc::NET_RING_CAPACITY;
+        let len = pvm_ipc::net_region_size(cap);
+        let region = sys::memfd(len)?;
+        let host = sys::map_file_shared(region.as_fd(), len as usize)?;
+        let tx_at = pvm_ipc::net_tx_offset(cap) as usize;
+        // SAFETY: the fresh memfd is zeroed, page-aligned, and holds both rings.
+        let (rx, tx) = unsafe {
+            Pipe::init(host.as_ptr(), cap);
+            Pipe::init(host.as_ptr().add(tx_at), cap);
+            (
+                Pipe::attach(host.as_ptr(), cap),
+                Pipe::attach(host.as_ptr().add(tx_at), cap),
+            )
+        };
+        let mapped = Mapped(host, len as usize);
+        let (rx_peer_alive, rx_writing) = sys::pipe(true)?;
+        let (readers, rx_alive) = sys::pipe(true)?;
+        let (tx_peer_alive, tx_reading) = sys::pipe(true)?;
+        let (writers, tx_alive) = sys::pipe(true)?;
+        let doorbell = sys::eventfd()?;
+        let monitor_bell = doorbell.try_clone()?;
+        let index = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
+        let read = Interest {
+            read: true,
+            write: false,
+        };
+        self.epoll.add(sock.as_fd(), token(Kind::Socket, index), read)?;
+        self.epoll.add(doorbell.as_fd(), token(Kind::Doorbell, index), read)?;
+        self.epoll.add(readers.as_fd(), token(Kind::Readers, index), read)?;
+        self.epoll.add(writers.as_fd(), token(Kind::Writers, index), read)?;
+        let conn = Conn {
+            sock,
+            region: mapped.take(),
+            region_len: len as usize,
+            rx,
+            tx,
+            doorbell,
+            readers,
+            writers,
+            rx_writing: Some(rx_writing),
+            tx_reading: Some(tx_reading),
+            readers_gone: false,
+            writers_gone: false,
+            client_done: false,
+            shut: false,
+            send_blocked: false,
+            interest: read,
+        };
+        if index == self.conns.len() {
+            self.conns.push(Some(conn));
+        } else {
+            self.conns[index] = Some(conn);
+        }
+        Ok((
+            index,
+            ConnFds {
+                region,
+                rx_peer_alive,
+                rx_alive,
+                tx_peer_alive,
+                tx_alive,
+                doorbell: monitor_bell,
+            },
+        ))
+    }
+
+    /// Moves what can move on every connection; whether anything did.
+    fn pump_all(&mut self) -> bool {
+        let mut progress = false;
+        for i in 0..self.conns.len() {
+            let Some(c) = self.conns[i].as_mut() else { continue };
+            progress |= pump(c, &mut self.buf);
+            if c.finished() {
+                if let Some(c) = self.conns[i].take() {
+                    for fd in [c.sock.as_fd(), c.doorbell.as_fd(), c.readers.as_fd(), c.writers.as_fd()] {
+                        self.epoll.delete(fd);
+                    }
+                }
+                continue;
+            }
+            let want = Interest {
+                read: !c.client_done && !c.readers_gone && c.rx.writable().unwrap_or(0) > 0,
+                write: c.send_blocked,
+            };
+            if want != c.interest
+                && self
+                    .epoll
+                    .modify(c.sock.as_fd(), token(Kind::Socket, i), want)
+                    .is_ok()
+            {
+                c.interest = want;
+            }
+        }
+        progress
+    }
+}
+
+/// A fresh mapping, unmapped unless taken.
+struct Mapped(NonNull<u8>, usize);
+
+impl Mapped {
+    fn take(self) -> NonNull<u8> {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: a mapping this backend made and nothing else uses.
+        unsafe { sys::unmap(self.0, self.1) };
+    }
+}
+
+/// Wakes a guest sleeping on `seq` (its futex word in the ring) after progress.
+fn wake(sleeping: &std::sync::atomic::AtomicU32, seq: &std::sync::atomic::AtomicU32) {
+    if sleeping.load(Ordering::SeqCst) != 0 {
+        seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(seq);
+    }
+}
+
+impl Conn {
+    /// Nothing left to move either way.
+    fn finished(&self) -> bool {
+        let receiving_done = self.client_done || self.readers_gone;
+        let sending_done = self.tx_reading.is_none() || (self.shut && self.writers_gone);
+        receiving_done && sending_done
+    }
+
+    /// The client is gone for sending: the guest's writers get a broken pipe.
+    fn send_failed(&mut self) {
+        self.tx_reading = None;
+        let h = self.tx.header();
+        h.space_seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&h.space_seq);
+    }
+
+    /// The client sent its end of file: the guest's readers get it once the ring is drained.
+    fn client_ended(&mut self) {
+        self.client_done = true;
+        self.rx_writing = None;
+        let h = self.rx.header();
+        h.data_seq.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&h.data_seq);
+    }
+}
+
+/// Moves bytes both ways on `c` until nothing moves; whether anything did.
+fn pump(c: &mut Conn, buf: &mut [u8]) -> bool {
+    let mut progress = false;
+    loop {
+        let mut moved = false;
+        // Client -> receive ring.
+        if !c.client_done && !c.readers_gone {
+            match c.rx.writable() {
+                Ok(0) => {}
+                Ok(room) => {
+                    let want = (room as usize).min(buf.len());
+                    match sys::recv(c.sock.as_fd(), &mut buf[..want]) {
+                        Ok(Moved::Bytes(0)) | Err(_) => c.client_ended(),
+                        Ok(Moved::Bytes(n)) => {
+                            // Only the backend writes this ring, and `n` fits its room.
+                            if c.rx.write(&buf[..n]).is_err() {
+                                c.client_ended();
+                            }
+                            let h = c.rx.header();
+                            wake(&h.reader_sleeping, &h.data_seq);
+                            moved = true;
+                        }
+                        Ok(Moved::WouldBlock) => {}
+                    }
+                }
+                // A guest scribbled over the ring: the connection ends for it.
+                Err(_) => c.client_ended(),
+            }
+        }
+        // Send ring -> client.
+        if c.tx_reading.is_some() {
+            match c.tx.peek(buf) {
+                Ok(0) => {
+                    if c.writers_gone && !c.shut && c.tx.readable().unwrap_or(0) == 0 {
+                        sys::shutdown_write(c.sock.as_fd());
+                        c.shut = true;
+                    }
+                }
+                Ok(n) => match sys::send(c.sock.as_fd(), &buf[..n]) {
+                    Ok(Moved::Bytes(sent)) => {
+                        c.send_blocked = sent < n;
+                        if c.tx.consume(sent as u64).is_err() {
+                            c.send_failed();
+                        }
+                        let h = c.tx.header();
+                        wake(&h.writer_sleeping, &h.space_seq);
+                        moved = sent > 0;
+                    }
+                    Ok(Moved::WouldBlock) => c.send_blocked = true,
+                    Err(_) => c.send_failed(),
+                },
+                Err(_) => c.send_failed(),
+            }
+        }
+        if !moved {
+            return progress;
+        }
+        progress = true;
+    }
+}
