@@ -10,7 +10,9 @@
 //! refused call (a "bad hypercall") writes nothing at all.
 #![no_main]
 
-use hypervisor_ext::hypercall::{self, Call, Flow, Host, Reaped, Stream, UpdateStep, HANDLEABLE, MAX_WRITE};
+use hypervisor_ext::hypercall::{
+    self, Accepted, Call, Flow, Host, Reaped, Stream, UpdateStep, HANDLEABLE, MAX_WRITE,
+};
 use hypervisor_ext::vstate::memory::{Access, GuestMemory, GuestRange, GuestView};
 use hypervisor_ext::{KillTarget, Named, Opened, Outcome, OutcomeRecord};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -237,6 +239,25 @@ impl Host for Fake<'_> {
         }
         Ok(None)
     }
+    fn net_listen(&mut self, port: u16) -> Result<u64, i64> {
+        assert_ne!(port, 0, "listen on port 0");
+        match self.answer() {
+            a if a < 0 => Err(a),
+            a => Ok(a as u64),
+        }
+    }
+    fn net_accept(&mut self, _: u64, _: bool) -> Flow<Result<Accepted, i64>> {
+        Flow::Continue(match self.answer() {
+            a if a < 0 => Err(a),
+            a => Ok(Accepted {
+                read_handle: a as u64,
+                write_handle: a as u64 + 1,
+                ring: layout::IPC_BASE,
+                capacity: pvm_ipc::NET_RING_CAPACITY,
+                peer: std::net::SocketAddr::from(([192, 0, 2, 1], a as u16)),
+            }),
+        })
+    }
 }
 
 /// The guest's view: boot block and text and rodata read-only, status page, heap and stack
@@ -299,6 +320,8 @@ fn struct_size(nr: Hypercall) -> u64 {
         Hypercall::DlOpen => size_of::<DlOpenArgs>(),
         Hypercall::DlClose => size_of::<DlCloseArgs>(),
         Hypercall::DlUpdate => size_of::<DlUpdateArgs>(),
+        Hypercall::NetListen => size_of::<NetListenArgs>(),
+        Hypercall::NetAccept => size_of::<NetAcceptArgs>(),
     }) as u64
 }
 

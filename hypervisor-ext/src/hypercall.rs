@@ -9,8 +9,8 @@
 //! keys against what they may name; handlers ([`Host`]) get only checked values.
 use pvm_abi::{
     dl_op, errno, fd, layout, mq_side, signal, ClockArgs, DlCloseArgs, DlInfo, DlOpenArgs, DlUpdateArgs,
-    ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs, NetAcceptArgs,
-    NetListenArgs, PipeArgs, Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
+    ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs,
+    NetAcceptArgs, NetListenArgs, PipeArgs, Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
 };
 
 use crate::family::{KillTarget, OutcomeRecord};

@@ -247,10 +247,13 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_listen, any());
     r.insert(libc::SYS_accept4, any());
     r.insert(libc::SYS_recvmsg, any()); // a request's passed file (sys::recv_with_fds)
-    // The channel to the family's network backend (net/): requests, a forked child's own
-    // channel (a Unix socket pair) sent with `SCM_RIGHTS`; connections received with theirs.
+                                        // The channel to the family's network backend (net/): requests, a forked child's own
+                                        // channel (a Unix socket pair) sent with `SCM_RIGHTS`; connections received with theirs.
     r.insert(libc::SYS_sendmsg, any());
-    r.insert(libc::SYS_socketpair, one_of(0, Len::Dword, &[libc::AF_UNIX as u64])?);
+    r.insert(
+        libc::SYS_socketpair,
+        one_of(0, Len::Dword, &[libc::AF_UNIX as u64])?,
+    );
     r.insert(
         libc::SYS_getsockopt,
         vec![SeccompRule::new(vec![

@@ -630,7 +630,12 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     loop {
-        match sendmsg(sock, &[io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+        match sendmsg(
+            sock,
+            &[io::IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
             Err(rustix::io::Errno::INTR) => continue,
             other => return Ok(other?),
         }
@@ -644,7 +649,11 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
 }
 
 /// [`recv_with_fds`], keeping at most `max` descriptors (at most [`MAX_NET_FDS`]).
-pub fn recv_with_fds_max(sock: BorrowedFd<'_>, buf: &mut [u8], max: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub fn recv_with_fds_max(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_NET_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -779,7 +788,10 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) {
 /// A non-blocking event counter (`eventfd`): a doorbell one process rings and another polls.
 pub fn eventfd() -> io::Result<OwnedFd> {
     use rustix::event::EventfdFlags;
-    Ok(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
 }
 
 /// Rings the doorbell `fd` (an [`eventfd`]).
@@ -830,13 +842,23 @@ impl Epoll {
     /// Watches `fd` for `interest`, reporting `token`.
     pub fn add(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
         use rustix::event::epoll::{self, EventData};
-        Ok(epoll::add(&self.0, fd, EventData::new_u64(token), interest.flags())?)
+        Ok(epoll::add(
+            &self.0,
+            fd,
+            EventData::new_u64(token),
+            interest.flags(),
+        )?)
     }
 
     /// Changes what `fd` is watched for.
     pub fn modify(&self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
         use rustix::event::epoll::{self, EventData};
-        Ok(epoll::modify(&self.0, fd, EventData::new_u64(token), interest.flags())?)
+        Ok(epoll::modify(
+            &self.0,
+            fd,
+            EventData::new_u64(token),
+            interest.flags(),
+        )?)
     }
 
     /// Stops watching `fd`.

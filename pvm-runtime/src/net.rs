@@ -40,7 +40,9 @@ pub enum Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::PermissionDenied => f.write_str("permission denied: the port is not published (pvmctl run --publish)"),
+            Error::PermissionDenied => {
+                f.write_str("permission denied: the port is not published (pvmctl run --publish)")
+            }
             Error::WouldBlock => f.write_str("operation would block"),
             Error::Interrupted => f.write_str("interrupted by a signal"),
             Error::NetworkDown => f.write_str("the network backend is gone"),

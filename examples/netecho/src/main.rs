@@ -17,8 +17,11 @@ fn serve(listener: &TcpListener, conns: Option<u64>) -> Result<(), Error> {
     let mut served = 0;
     while conns.is_none_or(|k| served < k) {
         let (mut stream, peer) = listener.accept()?;
-        let bytes = echo(&mut stream)?;
-        pvm::println!("served {peer} {bytes} by pVM {}", pvm::id());
+        // A client that resets or vanishes ends its own connection, not the server.
+        match echo(&mut stream) {
+            Ok(bytes) => pvm::println!("served {peer} {bytes} by pVM {}", pvm::id()),
+            Err(e) => pvm::println!("served {peer} until: {e} by pVM {}", pvm::id()),
+        }
         served += 1;
     }
     Ok(())

@@ -141,7 +141,11 @@ pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize) {
 
 impl Backend {
     fn add_channel(&mut self, fd: OwnedFd) -> std::io::Result<()> {
-        let i = self.channels.iter().position(Option::is_none).unwrap_or(self.channels.len());
+        let i = self
+            .channels
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.channels.len());
         let read = Interest {
             read: true,
             write: false,
@@ -173,7 +177,11 @@ impl Backend {
                     continue;
                 }
             }
-            if self.epoll.wait(&mut tokens, if spinning { 0 } else { -1 }).is_err() {
+            if self
+                .epoll
+                .wait(&mut tokens, if spinning { 0 } else { -1 })
+                .is_err()
+            {
                 return;
             }
             if !spinning {
@@ -279,8 +287,18 @@ impl Backend {
                 listener,
                 nonblock,
             } => {
-                let Some(l) = usize::try_from(listener).ok().filter(|&l| l < self.listeners.len()) else {
-                    self.reply(chan, &ToMonitor::Refused { seq, errno: -errno::EBADF }, &[]);
+                let Some(l) = usize::try_from(listener)
+                    .ok()
+                    .filter(|&l| l < self.listeners.len())
+                else {
+                    self.reply(
+                        chan,
+                        &ToMonitor::Refused {
+                            seq,
+                            errno: -errno::EBADF,
+                        },
+                        &[],
+                    );
                     return;
                 };
                 self.listeners[l].waiters.push_back((chan, seq));
@@ -289,7 +307,14 @@ impl Backend {
                     let w = &mut self.listeners[l].waiters;
                     if let Some(p) = w.iter().position(|&(c, s)| c == chan && s == seq) {
                         w.remove(p);
-                        self.reply(chan, &ToMonitor::Refused { seq, errno: -errno::EAGAIN }, &[]);
+                        self.reply(
+                            chan,
+                            &ToMonitor::Refused {
+                                seq,
+                                errno: -errno::EAGAIN,
+                            },
+                            &[],
+                        );
                     }
                 }
             }
@@ -300,31 +325,26 @@ impl Backend {
         self.conns.iter().flatten().count()
     }
 
-    /// Takes the listener's pending connections and hands them to its waiters.
+    /// Takes the listener's pending connections and hands them to its waiters. A client past
+    /// the family's connection limit (live and queued) is refused: closed at once.
     fn accept(&mut self, l: usize) {
         loop {
+            let queued: usize = self.listeners.iter().map(|l| l.queued.len()).sum();
+            let full = self.live_conns() + queued >= self.max_conns;
             let listener = &mut self.listeners[l];
             match sys::tcp_accept(listener.fd.as_fd()) {
-                Ok(Some(conn)) => {
-                    if listener.queued.len() >= MAX_QUEUED {
-                        // Past the limit: refused (closed), not queued without end.
-                        drop(conn);
+                Ok(Some((sock, peer))) => {
+                    if full || listener.queued.len() >= MAX_QUEUED {
+                        tracing::debug!(%peer, "connection refused: at the connection limit");
+                        drop(sock);
                     } else {
-                        listener.queued.push_back(conn);
+                        listener.queued.push_back((sock, peer));
                     }
                 }
                 Ok(None) | Err(_) => break,
             }
         }
         while !self.listeners[l].waiters.is_empty() && !self.listeners[l].queued.is_empty() {
-            if self.live_conns() >= self.max_conns {
-                // At the connection limit: newcomers are refused until one ends.
-                while let Some((sock, peer)) = self.listeners[l].queued.pop_front() {
-                    tracing::debug!(%peer, "connection refused: at the connection limit");
-                    drop(sock);
-                }
-                return;
-            }
             let (Some((chan, seq)), Some((sock, peer))) = (
                 self.listeners[l].waiters.pop_front(),
                 self.listeners[l].queued.pop_front(),
@@ -376,15 +396,22 @@ impl Backend {
         let (writers, tx_alive) = sys::pipe(true)?;
         let doorbell = sys::eventfd()?;
         let monitor_bell = doorbell.try_clone()?;
-        let index = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
+        let index = self
+            .conns
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.conns.len());
         let read = Interest {
             read: true,
             write: false,
         };
         self.epoll.add(sock.as_fd(), token(Kind::Socket, index), read)?;
-        self.epoll.add(doorbell.as_fd(), token(Kind::Doorbell, index), read)?;
-        self.epoll.add(readers.as_fd(), token(Kind::Readers, index), read)?;
-        self.epoll.add(writers.as_fd(), token(Kind::Writers, index), read)?;
+        self.epoll
+            .add(doorbell.as_fd(), token(Kind::Doorbell, index), read)?;
+        self.epoll
+            .add(readers.as_fd(), token(Kind::Readers, index), read)?;
+        self.epoll
+            .add(writers.as_fd(), token(Kind::Writers, index), read)?;
         let conn = Conn {
             sock,
             region: mapped.take(),
@@ -429,7 +456,12 @@ impl Backend {
             progress |= pump(c, &mut self.buf);
             if c.finished() {
                 if let Some(c) = self.conns[i].take() {
-                    for fd in [c.sock.as_fd(), c.doorbell.as_fd(), c.readers.as_fd(), c.writers.as_fd()] {
+                    for fd in [
+                        c.sock.as_fd(),
+                        c.doorbell.as_fd(),
+                        c.readers.as_fd(),
+                        c.writers.as_fd(),
+                    ] {
                         self.epoll.delete(fd);
                     }
                 }

@@ -231,7 +231,8 @@ impl Network {
     /// Listens on guest port `port`: the listener's id, or a negated errno.
     pub fn listen(&mut self, port: u16) -> Result<u64, i64> {
         let seq = self.next_seq();
-        proto::send(self.channel.as_fd(), &ToBackend::Listen { seq, port }, &[]).map_err(|_| -errno::ENETDOWN)?;
+        proto::send(self.channel.as_fd(), &ToBackend::Listen { seq, port }, &[])
+            .map_err(|_| -errno::ENETDOWN)?;
         match self.answer(seq, &|| false)? {
             Some(ToMonitor::Listening { listener, .. }) => Ok(listener),
             Some(ToMonitor::Refused { errno, .. }) => Err(errno),

@@ -1,0 +1,258 @@
+//! TCP through published ports on real KVM: clients on the host talk to `examples/netecho` in
+//! pVMs; pre-forked workers share a listener; refusals; limits; a killed family leaves nothing.
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+/// Publishes guest port 7 on a free host port of 127.0.0.1.
+const PUBLISH: &str = "--publish=127.0.0.1:0:7";
+
+/// Starts netecho with `opts` and `args`; returns it once it listens, with its host port.
+fn start_echo(test: &str, opts: &[&str], args: &[&str]) -> (Running, u16) {
+    let mut pvm = Running::start(test, opts, "netecho", args);
+    pvm.expect("listening on guest port 7");
+    let rows = ps_json(test, false);
+    let root = rows
+        .iter()
+        .find(|r| r["id"] == pvm.id())
+        .unwrap_or_else(|| panic!("the root is listed: {rows:#?}"));
+    let port = root["ports"][0]
+        .as_str()
+        .and_then(|p| p.split_once("->"))
+        .and_then(|(host, _)| host.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("ps shows the published port: {root:#?}"));
+    (pvm, port)
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the published port");
+    s.set_read_timeout(Some(TIME_LIMIT)).unwrap();
+    s
+}
+
+/// Sends `data`, half-closes, and reads the echo to its end.
+fn echo(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = connect(port);
+    let mut reader = s.try_clone().unwrap();
+    // Read while writing: a payload larger than the rings and socket buffers must not deadlock.
+    let got = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).expect("read the echo");
+        got
+    });
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    got.join().unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The family's network backend (a child of the root monitor named `pvm-net`).
+fn backend_of(root: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (name.ends_with("(pvm-net") && ppid == root).then_some(pid)
+    })
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_client_gets_its_bytes_back_through_a_published_port() {
+    require_kvm();
+    let t = "net-echo";
+    let (pvm, port) = start_echo(t, &[PUBLISH], &["--conns", "3"]);
+    // Small, then larger than a ring (256 KiB): the rings wrap and both sides wait for room.
+    for (i, len) in [1usize, 100_000, 3 << 20].into_iter().enumerate() {
+        let data = pattern(len, i as u8);
+        let got = echo(port, &data);
+        assert!(got == data, "{len} bytes echoed intact (got {})", got.len());
+    }
+    let out = pvm.finish();
+    out.expect_status(0);
+    assert_eq!(out.stdout.matches("served 127.0.0.1:").count(), 3, "{out:#?}");
+    assert!(out.stdout.contains(&format!(" {} by pVM", 3 << 20)), "{out:#?}");
+    assert_no_leaks(t);
+}
+
+#[test]
+fn pre_forked_workers_share_one_listener() {
+    require_kvm();
+    let t = "net-prefork";
+    let (pvm, port) = start_echo(t, &[PUBLISH], &["--workers", "3", "--conns", "2"]);
+    // Six clients at once: three workers, each serving one connection at a time.
+    let clients: Vec<_> = (0..6u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let data = pattern(50_000, i);
+                assert!(echo(port, &data) == data, "client {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let out = pvm.finish();
+    out.expect_status(0);
+    let servers: std::collections::BTreeSet<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("served ").and_then(|l| l.split(" by pVM ").nth(1)))
+        .collect();
+    assert_eq!(servers.len(), 3, "every worker served (pre-fork): {out:#?}");
+    assert_no_leaks(t);
+}
+
+#[test]
+fn only_published_ports_can_be_listened_on() {
+    require_kvm();
+    let t = "net-refused";
+    // Guest port 8 is not published (7 is); with no --publish at all, nothing is.
+    let out = run_guest(t, &[PUBLISH], "netecho", &["--port", "8"]);
+    out.expect_status(1);
+    assert!(
+        out.stderr.contains("cannot listen on port 8: permission denied"),
+        "{out:#?}"
+    );
+    let out = run_guest(t, &[], "netecho", &[]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("permission denied"), "{out:#?}");
+    assert_no_leaks(t);
+}
+
+#[test]
+fn bad_publish_values_and_taken_ports_are_clear_errors() {
+    require_kvm();
+    let t = "net-publish-errors";
+    for bad in ["70000", "7:0", "x:7", "1.2.3:7", "7:8:9:10", ""] {
+        let out = pvmctl_run(
+            t,
+            &[
+                "run",
+                &format!("--publish={bad}"),
+                &guest("netecho").display().to_string(),
+            ],
+        );
+        out.expect_status(2).expect_no_host_panic();
+        assert!(out.stderr.contains("invalid --publish"), "{bad:?}: {out:#?}");
+    }
+    // A port some other program holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = run_guest(t, &[&format!("--publish=127.0.0.1:{port}:7")], "netecho", &[]);
+    out.expect_no_host_panic();
+    assert_ne!(out.status, Some(0));
+    assert!(
+        out.stderr.contains(&format!("cannot publish 127.0.0.1:{port}")) && out.stderr.contains("in use"),
+        "{out:#?}"
+    );
+    assert_no_leaks(t);
+}
+
+#[test]
+fn a_client_that_resets_mid_stream_does_not_disturb_the_next() {
+    require_kvm();
+    let t = "net-reset";
+    let (pvm, port) = start_echo(t, &[PUBLISH], &["--conns", "2"]);
+    {
+        let mut s = connect(port);
+        s.write_all(&pattern(200_000, 1)).unwrap();
+        // SO_LINGER 0: closing sends a reset, not an end of file.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a pointer to a `linger` of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+    }
+    let data = pattern(10_000, 2);
+    assert!(echo(port, &data) == data);
+    let out = pvm.finish();
+    out.expect_status(0);
+    assert_eq!(out.stdout.matches("served ").count(), 2, "{out:#?}");
+    assert_no_leaks(t);
+}
+
+#[test]
+fn past_the_connection_limit_clients_are_refused_not_queued_for_ever() {
+    require_kvm();
+    let t = "net-limit";
+    let (pvm, port) = start_echo(t, &[PUBLISH, "--max-conns=1"], &["--conns", "2"]);
+    // The first client holds the only connection (its echo works).
+    let mut first = connect(port);
+    first.write_all(b"hold").unwrap();
+    let mut buf = [0u8; 4];
+    first.read_exact(&mut buf).unwrap();
+    // The second is closed at once: it reads end of file (or a reset), no echo.
+    let mut second = connect(port);
+    let _ = second.write_all(b"x");
+    let mut rest = Vec::new();
+    match second.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "no echo past the limit"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+    }
+    // Once the first ends, a new client is served.
+    first.shutdown(Shutdown::Write).unwrap();
+    let mut tail = Vec::new();
+    first.read_to_end(&mut tail).unwrap();
+    assert!(echo(port, b"again") == b"again");
+    pvm.finish().expect_status(0);
+    assert_no_leaks(t);
+}
+
+#[test]
+fn a_killed_family_closes_its_connections_and_its_backend_ends() {
+    require_kvm();
+    let t = "net-kill";
+    let (mut pvm, port) = start_echo(t, &[PUBLISH], &["--workers", "2"]);
+    pvm.expect("2 workers");
+    let backend = backend_of(pvm.id()).expect("the family's network backend runs");
+    let mut s = connect(port);
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    ctl(t, &["kill", "-s", "KILL", "--family", &pvm.id().to_string()]).expect_status(0);
+    // The client sees its connection end: end of file or a reset, never a hang.
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+    }
+    let _ = pvm.finish();
+    let deadline = std::time::Instant::now() + TIME_LIMIT;
+    while !gone(backend) {
+        assert!(std::time::Instant::now() < deadline, "the backend ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The port is free again.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the published port was released");
+    // What SIGKILLed monitors could not remove, the next `ps` does.
+    ctl(t, &["ps"]).expect_status(0);
+    assert_no_leaks(t);
+}
