@@ -190,11 +190,14 @@ pub enum Hypercall {
     /// Take the next connection a listener's clients made. Argument: the address of a
     /// [`NetAcceptArgs`].
     NetAccept = 22,
+    /// Wait until one of a set of network handles (listeners, connection ends; pipe ends too) is
+    /// ready, or a timeout. Argument: the address of a [`NetPollArgs`].
+    NetPoll = 23,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 22] = [
+    pub const ALL: [Hypercall; 23] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -217,6 +220,7 @@ impl Hypercall {
         Hypercall::DlUpdate,
         Hypercall::NetListen,
         Hypercall::NetAccept,
+        Hypercall::NetPoll,
     ];
 
     /// Decodes a hypercall number.
@@ -565,6 +569,57 @@ pub struct NetAcceptArgs {
 }
 // SAFETY: repr(C), 8-byte integers and a 16-byte array at an 8-byte boundary: no padding.
 unsafe impl Plain for NetAcceptArgs {}
+
+/// Readiness bits of a [`PollItem`].
+pub mod poll_events {
+    /// A listener has a connection; a read end has bytes (or its writers are gone).
+    pub const READ: u64 = 1;
+    /// A write end has room (or its readers are gone).
+    pub const WRITE: u64 = 2;
+    /// The peer end is gone (with READ or WRITE).
+    pub const HUP: u64 = 4;
+    /// Not a handle this pVM has (in `revents`).
+    pub const INVALID: u64 = 8;
+}
+
+/// One handle of a [`NetPollArgs`] set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollItem {
+    /// IN: a listener, or a pipe or connection end.
+    pub handle: u64,
+    /// IN: [`poll_events`] bits wanted (READ, WRITE).
+    pub events: u64,
+    /// OUT: [`poll_events`] bits ready.
+    pub revents: u64,
+}
+// SAFETY: repr(C), three 8-byte integers.
+unsafe impl Plain for PollItem {}
+
+/// Most items one [`Hypercall::NetPoll`] takes.
+pub const MAX_POLL_ITEMS: u64 = 4096;
+
+/// Wait for ever in [`NetPollArgs::timeout_ns`].
+pub const POLL_FOREVER: u64 = u64::MAX;
+
+/// Arguments of [`Hypercall::NetPoll`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetPollArgs {
+    /// IN: guest address of `count` [`PollItem`]s (their `revents` are written).
+    pub items: u64,
+    /// IN: how many, at most [`MAX_POLL_ITEMS`].
+    pub count: u64,
+    /// IN: how long to wait at most, in nanoseconds ([`POLL_FOREVER`]; 0: do not wait).
+    pub timeout_ns: u64,
+    /// OUT: how many items are ready.
+    pub ready: u64,
+    /// OUT: 0 or a negated [`errno`]: `EINVAL` (too many items), `EFAULT` (items outside
+    /// memory the guest may write), `EINTR` (a signal).
+    pub result: i64,
+}
+// SAFETY: repr(C), five 8-byte integers.
+unsafe impl Plain for NetPollArgs {}
 
 /// Steps of an update, in [`DlUpdateArgs::op`].
 pub mod dl_op {

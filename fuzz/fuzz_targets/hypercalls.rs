@@ -246,6 +246,16 @@ impl Host for Fake<'_> {
             a => Ok(a as u64),
         }
     }
+    fn net_poll(&mut self, items: &mut [pvm_abi::PollItem], _: Option<u64>) -> Flow<Result<u64, i64>> {
+        assert!(items.len() as u64 <= pvm_abi::MAX_POLL_ITEMS);
+        let mut ready = 0;
+        for it in items.iter_mut() {
+            assert_eq!(it.events & !3, 0, "only READ and WRITE reach the host");
+            it.revents = it.events & self.answer() as u64;
+            ready += u64::from(it.revents != 0);
+        }
+        Flow::Continue(Ok(ready))
+    }
     fn net_accept(&mut self, _: u64, _: bool) -> Flow<Result<Accepted, i64>> {
         Flow::Continue(match self.answer() {
             a if a < 0 => Err(a),
@@ -322,6 +332,7 @@ fn struct_size(nr: Hypercall) -> u64 {
         Hypercall::DlUpdate => size_of::<DlUpdateArgs>(),
         Hypercall::NetListen => size_of::<NetListenArgs>(),
         Hypercall::NetAccept => size_of::<NetAcceptArgs>(),
+        Hypercall::NetPoll => size_of::<NetPollArgs>(),
     }) as u64
 }
 

@@ -1,6 +1,8 @@
 //! The monitor's side of each hypercall ([`Host`]), grouped by concern: console and clock,
 //! processes (fork in `fork.rs`, wait, pause, exceptions), signals, IPC. Arguments arrive
 //! checked by the dispatcher (`hypercall.rs`).
+use std::os::fd::AsFd;
+
 use pvm_abi::{errno, layout, DlInfo, ExceptionFrame, GuestStatus};
 
 use crate::family::{Collected, KillTarget};
@@ -240,6 +242,93 @@ impl Host for Monitor {
         let net = self.net.as_mut().ok_or(-errno::EACCES)?;
         let id = net.listen(port)?;
         Ok(self.ipc.add_listener(id))
+    }
+
+    /// Readiness from the rings themselves (the monitor maps them) and, for listeners, from the
+    /// connections the backend handed over; sleeps on the backend's channel (a connection
+    /// comes) and the connections' wakeup eventfds (the backend woke this side), in slices
+    /// that look at signals (and, for pipes between pVMs, which ring no eventfd, at the rings).
+    fn net_poll(
+        &mut self,
+        items: &mut [pvm_abi::PollItem],
+        timeout_ns: Option<u64>,
+    ) -> Flow<Result<u64, i64>> {
+        use pvm_abi::poll_events::{HUP, READ};
+        /// Longest sleep between looks at signals.
+        const SLICE_NS: u64 = 10_000_000;
+        /// Longest sleep when a pipe between pVMs is polled (its peer rings no eventfd).
+        const PIPE_SLICE_NS: u64 = 1_000_000;
+        let deadline = timeout_ns.map(|t| sys::monotonic_ns().saturating_add(t));
+        let mut watched = false;
+        loop {
+            if let Some(n) = self.net.as_mut() {
+                if n.drain().is_err() {
+                    self.net = None;
+                }
+            }
+            let mut ready = 0;
+            for it in items.iter_mut() {
+                it.revents = match self.ipc.listener(it.handle) {
+                    Some(_) if it.events & READ == 0 => 0,
+                    Some(id) => match &self.net {
+                        Some(n) if n.has_ready(id) => READ,
+                        Some(_) => 0,
+                        // The backend is gone: an accept reports it.
+                        None => READ | HUP,
+                    },
+                    None => self.ipc.readiness(it.handle, it.events),
+                };
+                if it.revents != 0 {
+                    ready += 1;
+                }
+            }
+            let now = sys::monotonic_ns();
+            if ready > 0 || deadline.is_some_and(|d| now >= d) {
+                return Flow::Continue(Ok(ready));
+            }
+            if self.guest_signals_pending() {
+                return Flow::Continue(Err(-errno::EINTR));
+            }
+            if !watched {
+                watched = true;
+                for it in items.iter().filter(|it| it.events & READ != 0) {
+                    if let (Some(id), Some(n)) = (self.ipc.listener(it.handle), self.net.as_mut()) {
+                        if n.watch(id).is_err() {
+                            self.net = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut pipes = false;
+            let slept = {
+                let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = Vec::new();
+                if let Some(n) = &self.net {
+                    fds.push(n.channel());
+                }
+                for it in items.iter() {
+                    match self.ipc.wakeup(it.handle) {
+                        Some(fd) => fds.push(fd.as_fd()),
+                        None if self.ipc.listener(it.handle).is_none() => pipes = true,
+                        None => {}
+                    }
+                }
+                let slice = if pipes { PIPE_SLICE_NS } else { SLICE_NS };
+                let left = deadline.map_or(slice, |d| d.saturating_sub(now).min(slice));
+                let slept = sys::wait_any_readable(&fds, left);
+                for fd in fds.iter().skip(usize::from(self.net.is_some())) {
+                    sys::clear_doorbell(*fd);
+                }
+                slept
+            };
+            if slept.is_err() {
+                match self.attend() {
+                    Attention::End(outcome) => return Flow::End(outcome),
+                    Attention::Guest => return Flow::Continue(Err(-errno::EINTR)),
+                    Attention::None => {}
+                }
+            }
+        }
     }
 
     /// Waits for the backend's answer (a signal interrupts it: one the guest handles makes it

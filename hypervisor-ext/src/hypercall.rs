@@ -10,7 +10,8 @@
 use pvm_abi::{
     dl_op, errno, fd, layout, mq_side, signal, ClockArgs, DlCloseArgs, DlInfo, DlOpenArgs, DlUpdateArgs,
     ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs,
-    NetAcceptArgs, NetListenArgs, PipeArgs, Plain, SigActionArgs, WaitArgs, WriteArgs, WAIT_NOHANG,
+    NetAcceptArgs, NetListenArgs, NetPollArgs, PipeArgs, Plain, PollItem, SigActionArgs, WaitArgs, WriteArgs,
+    WAIT_NOHANG,
 };
 
 use crate::family::{KillTarget, OutcomeRecord};
@@ -211,6 +212,9 @@ pub trait Host {
     fn net_listen(&mut self, port: u16) -> Result<u64, i64>;
     /// The next connection of listener `handle` (at once with `nonblock`).
     fn net_accept(&mut self, handle: u64, nonblock: bool) -> Flow<Result<Accepted, i64>>;
+    /// Fills each item's `revents` (only READ, WRITE, HUP and INVALID bits), waiting at most
+    /// `timeout_ns` (None: for ever) until one is ready: how many are.
+    fn net_poll(&mut self, items: &mut [PollItem], timeout_ns: Option<u64>) -> Flow<Result<u64, i64>>;
 }
 
 /// Reads the argument struct (which the guest must be able to write: it has OUT fields), runs
@@ -513,6 +517,55 @@ pub fn dispatch<H: Host>(host: &mut H, call: Call) -> Result<Option<Outcome>, Cr
                         std::net::IpAddr::V6(v6) => v6.octets(),
                     };
                     a.peer_port = u64::from(c.peer.port());
+                }
+            }
+            Continue(())
+        }),
+        Hypercall::NetPoll => with_args(host, call, |h, a: &mut NetPollArgs| {
+            a.ready = 0;
+            if a.count > pvm_abi::MAX_POLL_ITEMS {
+                a.result = -errno::EINVAL;
+                return Continue(());
+            }
+            let item = size_of::<PollItem>() as u64;
+            let len = a.count * item;
+            // The items are read and written back where the guest may write.
+            let mut items: Vec<PollItem> = match h.memory().slice(a.items, len, Access::GuestWrite) {
+                Ok(bytes) => bytes
+                    .chunks_exact(item as usize)
+                    .map(|c| {
+                        let word =
+                            |i: usize| u64::from_le_bytes(c[8 * i..8 * i + 8].try_into().unwrap_or_default());
+                        PollItem {
+                            handle: word(0),
+                            events: word(1) & (pvm_abi::poll_events::READ | pvm_abi::poll_events::WRITE),
+                            revents: 0,
+                        }
+                    })
+                    .collect(),
+                Err(_) => {
+                    a.result = -errno::EFAULT;
+                    return Continue(());
+                }
+            };
+            let timeout = (a.timeout_ns != pvm_abi::POLL_FOREVER).then_some(a.timeout_ns);
+            match h.net_poll(&mut items, timeout) {
+                End(o) => return End(o),
+                Continue(Err(e)) => a.result = e,
+                Continue(Ok(n)) => {
+                    let mut bytes = Vec::with_capacity(len as usize);
+                    for it in &items {
+                        for w in [it.handle, it.events, it.revents] {
+                            bytes.extend_from_slice(&w.to_le_bytes());
+                        }
+                    }
+                    a.result = match h.memory().write_bytes(a.items, &bytes, Access::GuestWrite) {
+                        Ok(()) => {
+                            a.ready = n;
+                            0
+                        }
+                        Err(_) => -errno::EFAULT,
+                    };
                 }
             }
             Continue(())

@@ -52,6 +52,10 @@ enum Handle {
         at: usize,
         /// Rung with every notify when the peer is the network backend (it sleeps in epoll).
         doorbell: Option<Arc<OwnedFd>>,
+        /// Rung by the network backend when it wakes this side (what `NetPoll` sleeps on).
+        wakeup: Option<Arc<OwnedFd>>,
+        /// The ring's capacity.
+        capacity: u64,
     },
     /// A named message queue.
     Queue { region: usize },
@@ -403,6 +407,8 @@ impl Ipc {
             _alive: reader_alive_w,
             at: 0,
             doorbell: None,
+            wakeup: None,
+            capacity,
         });
         let w = self.add_handle(Handle::Pipe {
             region: index,
@@ -411,6 +417,8 @@ impl Ipc {
             _alive: writer_alive_w,
             at: 0,
             doorbell: None,
+            wakeup: None,
+            capacity,
         });
         Ok((r, w, space::region_gpa(index)))
     }
@@ -445,6 +453,7 @@ impl Ipc {
         let size = pvm_ipc::net_region_size(capacity);
         let (index, _) = self.map_region(vm, space, fds.region, size)?;
         let doorbell = Some(Arc::new(fds.doorbell));
+        let wakeup = Some(Arc::new(fds.wakeup));
         let r = self.add_handle(Handle::Pipe {
             region: index,
             end: End::Read,
@@ -452,6 +461,8 @@ impl Ipc {
             _alive: fds.rx_alive,
             at: 0,
             doorbell: doorbell.clone(),
+            wakeup: wakeup.clone(),
+            capacity,
         });
         let w = self.add_handle(Handle::Pipe {
             region: index,
@@ -460,8 +471,59 @@ impl Ipc {
             _alive: fds.tx_alive,
             at: pvm_ipc::net_tx_offset(capacity) as usize,
             doorbell,
+            wakeup,
+            capacity,
         });
         Ok((r, w, space::region_gpa(index)))
+    }
+
+    /// Which of `events` (`pvm_abi::poll_events`) pipe or connection end `handle` is ready
+    /// for: READ (bytes, or no writer left), WRITE (room, or no reader left), HUP (the peer
+    /// end is gone); INVALID if it is no such end (listeners are the network's to answer).
+    pub fn readiness(&self, handle: u64, events: u64) -> u64 {
+        use pvm_abi::poll_events::{HUP, INVALID, READ, WRITE};
+        let Some(Handle::Pipe {
+            region,
+            end,
+            at,
+            capacity,
+            peer_alive,
+            ..
+        }) = self.handle(handle)
+        else {
+            return INVALID;
+        };
+        let Some(r) = self.regions.get(*region).and_then(Option::as_ref) else {
+            return INVALID;
+        };
+        if *at as u64 + pvm_ipc::PIPE_DATA_OFFSET as u64 + capacity > r.size {
+            return INVALID;
+        }
+        // SAFETY: the ring lies inside the region's live shared mapping (checked above); every
+        // value read from it is checked (`Pipe` reports a corrupt ring, never reads outside).
+        let ring = unsafe { pvm_ipc::Pipe::attach(r.host.as_ptr().add(*at), *capacity) };
+        let (want, level) = match end {
+            End::Read => (READ, ring.readable()),
+            End::Write => (WRITE, ring.writable()),
+        };
+        if events & want == 0 {
+            return 0;
+        }
+        match level {
+            Ok(0) if sys::hung_up(peer_alive.as_fd()) => want | HUP,
+            Ok(0) => 0,
+            Ok(_) => want,
+            // A scribbled ring: the guest's own operation reports it.
+            Err(_) => want | HUP,
+        }
+    }
+
+    /// The descriptors the network backend rings for `handle`'s side (what a poll sleeps on).
+    pub fn wakeup(&self, handle: u64) -> Option<&OwnedFd> {
+        match self.handle(handle)? {
+            Handle::Pipe { wakeup, .. } => wakeup.as_deref(),
+            _ => None,
+        }
     }
 
     /// The futex word at `offset` in region `index`.

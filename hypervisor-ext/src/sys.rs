@@ -682,8 +682,8 @@ pub fn recv_with_fds_max(
 pub const MAX_PASSED_FDS: usize = 1;
 
 /// Most descriptors one message between a monitor and its network backend carries (a
-/// connection: its region, four liveness pipe ends and its doorbell).
-pub const MAX_NET_FDS: usize = 6;
+/// connection: its region, four liveness pipe ends and its two eventfds).
+pub const MAX_NET_FDS: usize = 7;
 
 // ---- the network backend ----------------------------------------------------------------------
 
@@ -975,6 +975,19 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ns: i64) -> io::Result<bool> {
         // A signal: the caller decides (io::ErrorKind::Interrupted).
         Err(e) => Err(e.into()),
     }
+}
+
+/// Waits at most `timeout_ns` for any of `fds` to be readable (or hung up); a signal ends the
+/// wait early (`Interrupted`).
+pub fn wait_any_readable(fds: &[BorrowedFd<'_>], timeout_ns: u64) -> io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut set: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let timeout = rustix::time::Timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as i64,
+        tv_nsec: (timeout_ns % 1_000_000_000) as i64,
+    };
+    poll(&mut set, Some(&timeout))?;
+    Ok(())
 }
 
 /// Reads what is there (0: end of file), retrying after signals.

@@ -66,6 +66,11 @@ pub struct PipeRing {
     pub data_seq: AtomicU32,
     /// Bumped by a reader that saw the writer sleeping (the writer's futex word).
     pub space_seq: AtomicU32,
+    /// Set by a writer that will write no more (a network connection whose client sent its
+    /// end of file): a non-blocking read of an empty ring is then end of file, with no exit.
+    pub writer_closed: AtomicU32,
+    /// Set by a reader that will read no more (a client that is gone): writes fail.
+    pub reader_closed: AtomicU32,
 }
 
 /// Byte offset of [`PipeRing::data_seq`] in the region (the reader's monitor sleeps on it).

@@ -63,6 +63,11 @@ impl From<RingError> for Error {
     }
 }
 
+/// The spin budget in TSC cycles ([`set_spin`]).
+pub(crate) fn spin_cycles() -> u64 {
+    SPIN_CYCLES.load(Ordering::Relaxed)
+}
+
 /// TSC cycles a waiter spins before it sleeps in the monitor.
 static SPIN_CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_SPIN_CYCLES);
 /// Default spin: about 100 us on a 2-3 GHz machine, far above a peer's response time when it
@@ -290,6 +295,11 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The monitor's handle and the ring (for polls).
+    pub(crate) fn parts(&self) -> (u64, &Pipe) {
+        (self.handle, &self.ring)
+    }
+
     /// With `true`, reads on an empty pipe fail with [`Error::WouldBlock`] instead of waiting.
     pub fn set_nonblocking(&mut self, nonblocking: bool) {
         self.nonblocking = nonblocking;
@@ -309,14 +319,19 @@ impl Reader {
             sleeping: &h.writer_sleeping,
             seq: &h.space_seq,
         };
-        let moved = transfer(
+        let moved = match transfer(
             self.handle,
             self.nonblocking,
             me,
             peer,
             || self.ring.read(buf),
             || Ok(self.ring.readable()? > 0),
-        )?;
+        ) {
+            // A writer that said it is done (the network backend at a client's end of file):
+            // end of file without asking the monitor.
+            Err(Error::WouldBlock) if h.writer_closed.load(Ordering::SeqCst) != 0 => None,
+            other => other?,
+        };
         match moved {
             Some(n) => Ok(n),
             // Every writer is gone: what they wrote before is still there.
@@ -350,6 +365,11 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// The monitor's handle and the ring (for polls).
+    pub(crate) fn parts(&self) -> (u64, &Pipe) {
+        (self.handle, &self.ring)
+    }
+
     /// With `true`, writes to a full pipe fail with [`Error::WouldBlock`] instead of waiting.
     pub fn set_nonblocking(&mut self, nonblocking: bool) {
         self.nonblocking = nonblocking;
@@ -361,6 +381,9 @@ impl Writer {
             return Ok(0);
         }
         let h = self.ring.header();
+        if h.reader_closed.load(Ordering::SeqCst) != 0 {
+            return Err(Error::BrokenPipe);
+        }
         let me = End {
             sleeping: &h.writer_sleeping,
             seq: &h.space_seq,

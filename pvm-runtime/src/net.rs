@@ -178,7 +178,7 @@ pub enum Shutdown {
 /// A TCP connection: what the client sends arrives in [`TcpStream::read`], what the guest
 /// writes goes to the client.
 pub struct TcpStream {
-    reader: Option<Reader>,
+    pub(crate) reader: Option<Reader>,
     writer: Option<Writer>,
     peer: SocketAddr,
 }
@@ -234,4 +234,209 @@ impl TcpStream {
             self.writer = None;
         }
     }
+}
+
+/// Readiness bits of [`PollEntry`]: bytes to read (or end of file), a new client.
+pub const READABLE: u32 = 1;
+/// Readiness bits of [`PollEntry`]: room to write (or the client is gone).
+pub const WRITABLE: u32 = 2;
+
+/// What [`poll`] watches.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A listener: readable when a client waits to be accepted.
+    Listener(&'a TcpListener),
+    /// A stream: readable, writable.
+    Stream(&'a TcpStream),
+}
+
+/// One source of a [`poll`] and what it is ready for.
+pub struct PollEntry<'a> {
+    /// The source.
+    pub source: Source<'a>,
+    /// [`READABLE`] and/or [`WRITABLE`].
+    pub interest: u32,
+    /// What it is ready for (set by [`poll`]).
+    pub ready: u32,
+}
+
+impl<'a> PollEntry<'a> {
+    /// Watches a listener for clients.
+    pub fn listener(l: &'a TcpListener) -> PollEntry<'a> {
+        PollEntry {
+            source: Source::Listener(l),
+            interest: READABLE,
+            ready: 0,
+        }
+    }
+
+    /// Watches a stream for `interest`.
+    pub fn stream(s: &'a TcpStream, interest: u32) -> PollEntry<'a> {
+        PollEntry {
+            source: Source::Stream(s),
+            interest,
+            ready: 0,
+        }
+    }
+}
+
+/// When a poll last asked the monitor (TSC cycles): listeners get a look at least every
+/// [`LISTENER_LOOK_CYCLES`] even while streams keep a poll busy without exits.
+static LAST_HOST_POLL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// About a millisecond.
+const LISTENER_LOOK_CYCLES: u64 = 2_500_000;
+
+/// Marks each stream entry ready from its rings (no exit); how many are.
+fn look_at_streams(entries: &mut [PollEntry<'_>]) -> usize {
+    let mut n = 0;
+    for e in entries.iter_mut() {
+        let Source::Stream(s) = e.source else { continue };
+        let mut ready = 0;
+        if e.interest & READABLE != 0 {
+            match &s.reader {
+                Some(r) if r.parts().1.readable().map_or(true, |b| b > 0) => ready |= READABLE,
+                Some(_) => {}
+                // Shut down for reading: reads return end of file at once.
+                None => ready |= READABLE,
+            }
+        }
+        if e.interest & WRITABLE != 0 {
+            match &s.writer {
+                Some(w) if w.parts().1.writable().map_or(true, |b| b > 0) => ready |= WRITABLE,
+                Some(_) => {}
+                None => ready |= WRITABLE,
+            }
+        }
+        e.ready = ready;
+        n += usize::from(ready != 0);
+    }
+    n
+}
+
+/// Raises (or lowers) this side's sleeping flags on the streams' rings: the backend then wakes
+/// the monitor's poll when it moves bytes.
+fn flag_sleeping(entries: &[PollEntry<'_>], on: bool) {
+    use core::sync::atomic::Ordering;
+    let v = u32::from(on);
+    for e in entries {
+        let Source::Stream(s) = e.source else { continue };
+        if e.interest & READABLE != 0 {
+            if let Some(r) = &s.reader {
+                r.parts().1.header().reader_sleeping.store(v, Ordering::SeqCst);
+            }
+        }
+        if e.interest & WRITABLE != 0 {
+            if let Some(w) = &s.writer {
+                w.parts().1.header().writer_sleeping.store(v, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Asks the monitor (one exit), waiting at most `timeout_ns` (None: for ever); merges what it
+/// found into `entries`; how many are ready.
+fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<usize, Error> {
+    use alloc::vec::Vec;
+    use pvm_abi::{poll_events, NetPollArgs, PollItem, POLL_FOREVER};
+    let mut items = Vec::with_capacity(entries.len() * 2);
+    let mut owner = Vec::with_capacity(entries.len() * 2);
+    for (i, e) in entries.iter().enumerate() {
+        match e.source {
+            Source::Listener(l) => {
+                items.push(PollItem {
+                    handle: l.handle,
+                    events: poll_events::READ,
+                    revents: 0,
+                });
+                owner.push((i, READABLE));
+            }
+            Source::Stream(s) => {
+                if let (true, Some(r)) = (e.interest & READABLE != 0, &s.reader) {
+                    items.push(PollItem {
+                        handle: r.parts().0,
+                        events: poll_events::READ,
+                        revents: 0,
+                    });
+                    owner.push((i, READABLE));
+                }
+                if let (true, Some(w)) = (e.interest & WRITABLE != 0, &s.writer) {
+                    items.push(PollItem {
+                        handle: w.parts().0,
+                        events: poll_events::WRITE,
+                        revents: 0,
+                    });
+                    owner.push((i, WRITABLE));
+                }
+            }
+        }
+    }
+    loop {
+        let mut args = NetPollArgs {
+            items: items.as_mut_ptr() as u64,
+            count: items.len() as u64,
+            timeout_ns: timeout_ns.unwrap_or(POLL_FOREVER),
+            ..Default::default()
+        };
+        raw(Hypercall::NetPoll, &mut args as *mut NetPollArgs as u64);
+        LAST_HOST_POLL.store(crate::time::cycles(), core::sync::atomic::Ordering::Relaxed);
+        if args.result == -errno::EINTR && !crate::signal::poll() {
+            // Only a library update interrupted the wait.
+            continue;
+        }
+        if args.result < 0 {
+            return Err(from_errno(args.result));
+        }
+        break;
+    }
+    for (it, &(i, bit)) in items.iter().zip(&owner) {
+        if it.revents & (poll_events::READ | poll_events::WRITE) != 0 {
+            entries[i].ready |= bit;
+        }
+    }
+    Ok(entries.iter().filter(|e| e.ready != 0).count())
+}
+
+/// Waits until at least one entry is ready, or `timeout_ns` passed (None: for ever; Some(0):
+/// do not wait); sets each entry's `ready`; returns how many are. Streams are looked at in
+/// their rings first, spinning a while ([`crate::ipc::set_spin`]) before sleeping in the
+/// monitor: a busy server makes no exits for its streams (listeners are looked at through the
+/// monitor, at least every millisecond). A signal whose handler runs makes it
+/// [`Error::Interrupted`].
+pub fn poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<usize, Error> {
+    use core::sync::atomic::{fence, Ordering};
+    for e in entries.iter_mut() {
+        e.ready = 0;
+    }
+    let listeners = entries.iter().any(|e| matches!(e.source, Source::Listener(_)));
+    let streams = entries.iter().any(|e| matches!(e.source, Source::Stream(_)));
+    let start = crate::time::cycles();
+    let budget = if timeout_ns == Some(0) {
+        0
+    } else {
+        crate::ipc::spin_cycles()
+    };
+    while streams {
+        let n = look_at_streams(entries);
+        let since = crate::time::cycles().wrapping_sub(LAST_HOST_POLL.load(Ordering::Relaxed));
+        if n > 0 {
+            if listeners && since > LISTENER_LOOK_CYCLES {
+                return host_poll(entries, Some(0));
+            }
+            return Ok(n);
+        }
+        if crate::time::cycles().wrapping_sub(start) >= budget {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    // Nothing yet: flags up, one more look, then the monitor waits.
+    flag_sleeping(entries, true);
+    fence(Ordering::SeqCst);
+    if streams && look_at_streams(entries) > 0 {
+        flag_sleeping(entries, false);
+        return Ok(entries.iter().filter(|e| e.ready != 0).count());
+    }
+    let polled = host_poll(entries, timeout_ns);
+    flag_sleeping(entries, false);
+    polled
 }

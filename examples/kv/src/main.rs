@@ -5,6 +5,11 @@
 //! pvmctl run --lib kv=examples/libs/kv-v1 examples/kv -- [--clients N] [--requests N]
 //! ```
 //!
+//! With `--port P` (and `pvmctl run --publish HOST_PORT:P`) the server speaks the Redis
+//! protocol on TCP instead (see `tcp.rs`): `redis-cli -p HOST_PORT`, `redis-benchmark -p
+//! HOST_PORT` work against it; commands run in libkv's `kv_exec` (version 2 adds `INCR` and
+//! `STATS`). It serves until SIGUSR1.
+//!
 //! The root pVM is the server: it loads `kv`, forks N client pVMs (its family), and answers
 //! their requests, which travel over message queues (`kv.req`, and one `kv.reply.I` per client).
 //! Each client writes keys and reads them back, checking every answer, and asks `STATS` (a
@@ -17,6 +22,8 @@
 #![no_main]
 
 extern crate alloc;
+
+mod tcp;
 
 use alloc::format;
 use alloc::string::String;
@@ -48,12 +55,14 @@ fn on_usr1(_: Signal) {
 struct Options {
     clients: u16,
     requests: u64,
+    port: Option<u16>,
 }
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
         clients: 2,
         requests: 0,
+        port: None,
     };
     let mut args = pvm::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,7 +74,19 @@ fn options() -> Result<Options, String> {
         match a {
             "--clients" => o.clients = value(a)?.clamp(1, 64) as u16,
             "--requests" => o.requests = value(a)?,
-            other => return Err(format!("unknown argument {other:?} (--clients N, --requests N)")),
+            "--port" => {
+                o.port = Some(
+                    u16::try_from(value(a)?)
+                        .ok()
+                        .filter(|&p| p != 0)
+                        .ok_or("--port needs a port number")?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?} (--clients N, --requests N, --port P)"
+                ))
+            }
         }
     }
     Ok(o)
@@ -86,6 +107,18 @@ fn main() -> i32 {
             return 1;
         }
     };
+    if let Some(port) = o.port {
+        // SAFETY: libkv exports kv_exec with this signature.
+        let exec = match unsafe { lib.sym::<tcp::Exec>("kv_exec") } {
+            Ok(h) => h,
+            Err(e) => {
+                pvm::eprintln!("kv: libkv has no kv_exec: {e}");
+                return 1;
+            }
+        };
+        let _ = signal::on(Signal::Usr1, on_usr1);
+        return tcp::serve(port, &lib, exec);
+    }
     // SAFETY: libkv exports kv_handle with this signature.
     let handle = match unsafe { lib.sym::<Handle>("kv_handle") } {
         Ok(h) => h,

@@ -71,6 +71,8 @@ struct Conn {
     rx: Pipe,
     tx: Pipe,
     doorbell: OwnedFd,
+    /// Rung when the backend wakes the guest side (a guest polling sleeps on it).
+    wakeup: OwnedFd,
     /// Hangs up when the guest readers of the receive ring are gone.
     readers: OwnedFd,
     /// Hangs up when the guest writers of the send ring are gone.
@@ -396,6 +398,8 @@ impl Backend {
         let (writers, tx_alive) = sys::pipe(true)?;
         let doorbell = sys::eventfd()?;
         let monitor_bell = doorbell.try_clone()?;
+        let wakeup = sys::eventfd()?;
+        let monitor_wakeup = wakeup.try_clone()?;
         let index = self
             .conns
             .iter()
@@ -419,6 +423,7 @@ impl Backend {
             rx,
             tx,
             doorbell,
+            wakeup,
             readers,
             writers,
             rx_writing: Some(rx_writing),
@@ -444,6 +449,7 @@ impl Backend {
                 tx_peer_alive,
                 tx_alive,
                 doorbell: monitor_bell,
+                wakeup: monitor_wakeup,
             },
         ))
     }
@@ -502,11 +508,13 @@ impl Drop for Mapped {
     }
 }
 
-/// Wakes a guest sleeping on `seq` (its futex word in the ring) after progress.
-fn wake(sleeping: &std::sync::atomic::AtomicU32, seq: &std::sync::atomic::AtomicU32) {
+/// Wakes a guest sleeping on `seq` (its futex word in the ring, or a poll on `wakeup`) after
+/// progress.
+fn wake(sleeping: &std::sync::atomic::AtomicU32, seq: &std::sync::atomic::AtomicU32, wakeup: &OwnedFd) {
     if sleeping.load(Ordering::SeqCst) != 0 {
         seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(seq);
+        sys::ring(wakeup.as_fd());
     }
 }
 
@@ -522,8 +530,10 @@ impl Conn {
     fn send_failed(&mut self) {
         self.tx_reading = None;
         let h = self.tx.header();
+        h.reader_closed.store(1, Ordering::SeqCst);
         h.space_seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&h.space_seq);
+        sys::ring(self.wakeup.as_fd());
     }
 
     /// The client sent its end of file: the guest's readers get it once the ring is drained.
@@ -531,8 +541,10 @@ impl Conn {
         self.client_done = true;
         self.rx_writing = None;
         let h = self.rx.header();
+        h.writer_closed.store(1, Ordering::SeqCst);
         h.data_seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&h.data_seq);
+        sys::ring(self.wakeup.as_fd());
     }
 }
 
@@ -555,7 +567,7 @@ fn pump(c: &mut Conn, buf: &mut [u8]) -> bool {
                                 c.client_ended();
                             }
                             let h = c.rx.header();
-                            wake(&h.reader_sleeping, &h.data_seq);
+                            wake(&h.reader_sleeping, &h.data_seq, &c.wakeup);
                             moved = true;
                         }
                         Ok(Moved::WouldBlock) => {}
@@ -581,7 +593,7 @@ fn pump(c: &mut Conn, buf: &mut [u8]) -> bool {
                             c.send_failed();
                         }
                         let h = c.tx.header();
-                        wake(&h.writer_sleeping, &h.space_seq);
+                        wake(&h.writer_sleeping, &h.space_seq, &c.wakeup);
                         moved = sent > 0;
                     }
                     Ok(Moved::WouldBlock) => c.send_blocked = true,

@@ -283,6 +283,38 @@ impl Network {
         }
     }
 
+    /// Whether a connection of `listener` waits for an accept.
+    pub fn has_ready(&self, listener: u64) -> bool {
+        self.ready.iter().any(|(l, _)| *l == listener)
+    }
+
+    /// Takes what the backend already answered, without waiting.
+    pub fn drain(&mut self) -> Result<(), i64> {
+        self.answer(0, &|| true).map(drop)
+    }
+
+    /// Makes sure the backend tells this monitor of `listener`'s next connection (an accept
+    /// request out, unless one is, or a connection is here already).
+    pub fn watch(&mut self, listener: u64) -> Result<(), i64> {
+        if self.has_ready(listener) || self.waiting.iter().any(|&(_, l)| l == listener) {
+            return Ok(());
+        }
+        let seq = self.next_seq();
+        let request = ToBackend::Accept {
+            seq,
+            listener,
+            nonblock: false,
+        };
+        proto::send(self.channel.as_fd(), &request, &[]).map_err(|_| -errno::ENETDOWN)?;
+        self.waiting.push((seq, listener));
+        Ok(())
+    }
+
+    /// The channel (readable when the backend answered).
+    pub fn channel(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+
     /// In a forked child's monitor: a channel of its own (the parent keeps the one both
     /// inherited); requests of the parent's are the parent's.
     pub fn after_fork(&mut self) -> std::io::Result<()> {

@@ -46,7 +46,7 @@ pub enum ToMonitor {
         /// The backend's listener.
         listener: u64,
     },
-    /// A client connected; its six descriptors come with the message, in [`ConnFds`] order.
+    /// A client connected; its seven descriptors come with the message, in [`ConnFds`] order.
     Connection {
         /// The request's.
         seq: u64,
@@ -81,11 +81,13 @@ pub struct ConnFds {
     pub tx_alive: OwnedFd,
     /// Rung to wake the backend (an eventfd).
     pub doorbell: OwnedFd,
+    /// Rung by the backend when it wakes the guest side (an eventfd a poll sleeps on).
+    pub wakeup: OwnedFd,
 }
 
 impl ConnFds {
     /// The descriptors in the order they travel.
-    pub fn borrowed(&self) -> [BorrowedFd<'_>; 6] {
+    pub fn borrowed(&self) -> [BorrowedFd<'_>; 7] {
         [
             self.region.as_fd(),
             self.rx_peer_alive.as_fd(),
@@ -93,11 +95,12 @@ impl ConnFds {
             self.tx_peer_alive.as_fd(),
             self.tx_alive.as_fd(),
             self.doorbell.as_fd(),
+            self.wakeup.as_fd(),
         ]
     }
 
     fn from_vec(fds: Vec<OwnedFd>) -> Option<ConnFds> {
-        let [region, rx_peer_alive, rx_alive, tx_peer_alive, tx_alive, doorbell]: [OwnedFd; 6] =
+        let [region, rx_peer_alive, rx_alive, tx_peer_alive, tx_alive, doorbell, wakeup]: [OwnedFd; 7] =
             fds.try_into().ok()?;
         Some(ConnFds {
             region,
@@ -106,6 +109,7 @@ impl ConnFds {
             tx_peer_alive,
             tx_alive,
             doorbell,
+            wakeup,
         })
     }
 }

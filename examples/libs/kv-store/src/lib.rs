@@ -37,6 +37,8 @@ pub struct Store {
     pub handled: u64,
 }
 
+pub mod resp;
+
 static STORE: AtomicPtr<Store> = AtomicPtr::new(core::ptr::null_mut());
 
 fn store() -> &'static mut Store {
@@ -164,6 +166,117 @@ pub fn handle(req: &[u8], out: &mut [u8], v2: bool, version: &str) -> usize {
     o.len
 }
 
+/// Runs one Redis command (`req`: its arguments, as `resp::encode_args` wrote them), writing
+/// the RESP reply into `out`; returns its length. `v2`: version 2's commands too (`INCR`,
+/// `STATS`); `version`: the library's version.
+pub fn exec(req: &[u8], out: &mut [u8], v2: bool, version: &str) -> usize {
+    use resp::Reply;
+    let s = store();
+    s.handled += 1;
+    let mut r = Reply::new(out);
+    let Some(args) = resp::decode_args(req) else {
+        r.error(b"ERR malformed request");
+        return r.len();
+    };
+    let Some((cmd, rest)) = args.split_first() else {
+        r.error(b"ERR empty request");
+        return r.len();
+    };
+    let mut name = [0u8; 16];
+    let n = cmd.len().min(name.len());
+    name[..n].copy_from_slice(&cmd[..n]);
+    name[..n].make_ascii_uppercase();
+    let wrong = |r: &mut Reply<'_>| {
+        r.raw(b"-ERR wrong number of arguments for '");
+        r.raw(cmd);
+        r.raw(b"' command\r\n");
+    };
+    match (&name[..n], rest) {
+        (b"PING", []) => r.simple(b"PONG"),
+        (b"PING", [m]) | (b"ECHO", [m]) => r.bulk(Some(m)),
+        (b"SET", [k, v]) => {
+            s.map.insert(k.to_vec(), v.to_vec());
+            r.simple(b"OK");
+        }
+        (b"GET", [k]) => r.bulk(s.map.get(*k).map(Vec::as_slice)),
+        (b"DEL", keys) if !keys.is_empty() => {
+            let n = keys.iter().filter(|k| s.map.remove(**k).is_some()).count();
+            r.integer(n as i64);
+        }
+        (b"EXISTS", keys) if !keys.is_empty() => {
+            let n = keys.iter().filter(|k| s.map.contains_key(**k)).count();
+            r.integer(n as i64);
+        }
+        (b"MGET", keys) if !keys.is_empty() => {
+            r.array(keys.len());
+            for k in keys {
+                r.bulk(s.map.get(*k).map(Vec::as_slice));
+            }
+        }
+        (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => {
+            for pair in kv.chunks_exact(2) {
+                s.map.insert(pair[0].to_vec(), pair[1].to_vec());
+            }
+            r.simple(b"OK");
+        }
+        (b"DBSIZE", []) => r.integer(s.map.len() as i64),
+        (b"INCR", [k]) if v2 => {
+            let cur = match s.map.get(*k) {
+                None => Some(0),
+                Some(v) => core::str::from_utf8(v).ok().and_then(|t| t.parse::<i64>().ok()),
+            };
+            match cur.and_then(|c| c.checked_add(1)) {
+                None => r.error(b"ERR value is not an integer or out of range"),
+                Some(n) => {
+                    let mut text = Out {
+                        buf: &mut [0u8; 24],
+                        len: 0,
+                    };
+                    let _ = write!(text, "{n}");
+                    let len = text.len;
+                    s.map.insert(k.to_vec(), text.buf[..len].to_vec());
+                    r.integer(n);
+                }
+            }
+        }
+        (b"STATS", []) if v2 => {
+            let mut text = Out {
+                buf: &mut [0u8; 128],
+                len: 0,
+            };
+            let _ = write!(text, "keys={} handled={} libkv={version}", s.map.len(), s.handled);
+            let len = text.len;
+            r.bulk(Some(&text.buf[..len]));
+        }
+        // What redis-benchmark and redis-cli ask about the server: no persistence here.
+        (b"CONFIG", [sub, param]) if sub.eq_ignore_ascii_case(b"GET") => {
+            r.array(2);
+            r.bulk(Some(param));
+            r.bulk(Some(if param.eq_ignore_ascii_case(b"appendonly") {
+                b"no"
+            } else {
+                b""
+            }));
+        }
+        (b"COMMAND", _) => r.array(0),
+        (b"PING" | b"ECHO" | b"SET" | b"GET" | b"DEL" | b"EXISTS" | b"MGET" | b"MSET" | b"DBSIZE", _) => {
+            wrong(&mut r)
+        }
+        (b"INCR" | b"STATS", _) if v2 => wrong(&mut r),
+        _ => {
+            r.raw(b"-ERR unknown command '");
+            r.raw(cmd);
+            r.raw(b"'\r\n");
+        }
+    }
+    if r.overflowed() {
+        let mut r = Reply::new(out);
+        r.error(b"ERR reply too large");
+        return r.len();
+    }
+    r.len()
+}
+
 /// Defines libkv's exports: `kv_handle` and the state hooks (`v2`: version 2's commands).
 #[macro_export]
 macro_rules! exports {
@@ -183,6 +296,23 @@ macro_rules! exports {
                 )
             };
             $crate::handle(req, out, $v2, env!("CARGO_PKG_VERSION"))
+        }
+
+        /// Runs one Redis command (`len` bytes at `req`, as `resp::encode_args` writes them),
+        /// writes the RESP reply (at most `cap` bytes) at `out`; returns its length.
+        ///
+        /// # Safety
+        /// `req` valid for `len` bytes, `out` for `cap`.
+        #[no_mangle]
+        pub unsafe extern "C" fn kv_exec(req: *const u8, len: usize, out: *mut u8, cap: usize) -> usize {
+            // SAFETY: as the caller promised.
+            let (req, out) = unsafe {
+                (
+                    core::slice::from_raw_parts(req, len),
+                    core::slice::from_raw_parts_mut(out, cap),
+                )
+            };
+            $crate::exec(req, out, $v2, env!("CARGO_PKG_VERSION"))
         }
 
         /// Hands the store to the next version.
