@@ -15,18 +15,23 @@ const PUBLISH: &str = "--publish=127.0.0.1:0:7";
 fn start_echo(test: &str, opts: &[&str], args: &[&str]) -> (Running, u16) {
     let mut pvm = Running::start(test, opts, "netecho", args);
     pvm.expect("listening on guest port 7");
+    let port = host_port(test, &pvm);
+    (pvm, port)
+}
+
+/// The host port `ps` shows for the root pVM of `pvm`.
+fn host_port(test: &str, pvm: &Running) -> u16 {
     let rows = ps_json(test, false);
     let root = rows
         .iter()
         .find(|r| r["id"] == pvm.id())
         .unwrap_or_else(|| panic!("the root is listed: {rows:#?}"));
-    let port = root["ports"][0]
+    root["ports"][0]
         .as_str()
         .and_then(|p| p.split_once("->"))
         .and_then(|(host, _)| host.rsplit_once(':'))
         .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or_else(|| panic!("ps shows the published port: {root:#?}"));
-    (pvm, port)
+        .unwrap_or_else(|| panic!("ps shows the published port: {root:#?}"))
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -254,5 +259,170 @@ fn a_killed_family_closes_its_connections_and_its_backend_ends() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("the published port was released");
     // What SIGKILLed monitors could not remove, the next `ps` does.
     ctl(t, &["ps"]).expect_status(0);
+    assert_no_leaks(t);
+}
+
+/// Runs `redis-cli -p PORT ARGS...`; its output, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools; .ci/run installs it)");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// Starts the kv example serving the Redis protocol with libkv `lib`; returns it with its
+/// host port.
+fn start_kv(test: &str, lib: &str) -> (Running, u16) {
+    let (v1, v2) = (guest_lib("kv_v1"), guest_lib("kv_v2"));
+    ctl(
+        test,
+        &[
+            "lib",
+            "trust",
+            &v1.display().to_string(),
+            &v2.display().to_string(),
+        ],
+    )
+    .expect_status(0);
+    let lib_opt = format!("--lib=kv={}", guest_lib(lib).display());
+    let publish = "--publish=127.0.0.1:0:6379";
+    let mut pvm = Running::start(test, &[publish, &lib_opt], "kv", &["--port", "6379"]);
+    pvm.expect("kv: serving the Redis protocol on guest port 6379");
+    let port = host_port(test, &pvm);
+    (pvm, port)
+}
+
+#[test]
+fn redis_cli_talks_to_the_kv_example() {
+    require_kvm();
+    let t = "net-redis-cli";
+    let (mut pvm, port) = start_kv(t, "kv_v1");
+    assert_eq!(redis_cli(port, &["PING"]), "PONG");
+    assert_eq!(redis_cli(port, &["ECHO", "hello world"]), "hello world");
+    assert_eq!(redis_cli(port, &["SET", "greeting", "bonjour à tous"]), "OK");
+    assert_eq!(redis_cli(port, &["GET", "greeting"]), "bonjour à tous");
+    assert_eq!(redis_cli(port, &["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(redis_cli(port, &["MGET", "a", "b", "nope"]), "1\n2");
+    assert_eq!(redis_cli(port, &["EXISTS", "a", "b", "nope"]), "2");
+    assert_eq!(redis_cli(port, &["DEL", "a", "nope"]), "1");
+    assert_eq!(redis_cli(port, &["GET", "a"]), "");
+    assert_eq!(redis_cli(port, &["INCR", "n"]), "ERR unknown command 'INCR'");
+    // Pipelined: many requests in one write, the answers in order.
+    let mut s = connect(port);
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        batch.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$4\r\nk{i:03}\r\n$3\r\n{i:03}\r\n").as_bytes());
+        batch.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n$4\r\nk{i:03}\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"PING\r\n*1\r\n$4\r\nQUIT\r\n");
+    s.write_all(&batch).unwrap();
+    let mut answers = String::new();
+    s.read_to_string(&mut answers).unwrap();
+    let mut want = String::new();
+    for i in 0..200 {
+        want.push_str(&format!("+OK\r\n$3\r\n{i:03}\r\n"));
+    }
+    want.push_str("+PONG\r\n+OK\r\n");
+    assert_eq!(answers, want);
+    // A request that is not the protocol gets an error, and the connection closes.
+    let mut s = connect(port);
+    s.write_all(b"*2\r\n$x\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("-ERR Protocol error"), "{answer:?}");
+    ctl(t, &["kill", "-s", "USR1", &pvm.id().to_string()]).expect_status(0);
+    pvm.expect("kv: served ");
+    pvm.finish().expect_status(0);
+    assert_no_leaks(t);
+}
+
+#[test]
+fn a_hot_swap_during_redis_benchmark_loses_no_request() {
+    require_kvm();
+    let t = "net-redis-swap";
+    let (mut pvm, port) = start_kv(t, "kv_v1");
+    assert_eq!(redis_cli(port, &["SET", "kept", "across swaps"]), "OK");
+    let bench = std::process::Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "20",
+            "-n",
+            "60000",
+            "-t",
+            "set,get",
+            "-q",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-benchmark (Debian package redis-tools; .ci/run installs it)");
+    // A checking client: every answer is the one it expects, across the swaps.
+    let checker = std::thread::spawn(move || {
+        let mut s = connect(port);
+        let mut failures = 0;
+        let mut buf = vec![0u8; 256];
+        for i in 0..3000 {
+            let set = format!(
+                "*3\r\n$3\r\nSET\r\n$6\r\nc{i:05}\r\n$6\r\nv{i:05}\r\n*2\r\n$3\r\nGET\r\n$6\r\nc{i:05}\r\n"
+            );
+            s.write_all(set.as_bytes()).unwrap();
+            let want = format!("+OK\r\n$6\r\nv{i:05}\r\n");
+            let got = &mut buf[..want.len()];
+            s.read_exact(got).unwrap();
+            if got != want.as_bytes() {
+                failures += 1;
+            }
+        }
+        failures
+    });
+    let (v1, v2) = (guest_lib("kv_v1"), guest_lib("kv_v2"));
+    let id = pvm.id().to_string();
+    let mut swaps = 0;
+    while swaps < 6 {
+        let file = if swaps % 2 == 0 { &v2 } else { &v1 };
+        let out = ctl(
+            t,
+            &[
+                "lib",
+                "update",
+                "--allow-downgrade",
+                &id,
+                "kv",
+                &file.display().to_string(),
+            ],
+        );
+        out.expect_status(0);
+        swaps += 1;
+    }
+    assert_eq!(
+        checker.join().unwrap(),
+        0,
+        "every checked answer right across {swaps} swaps"
+    );
+    let out = finish(bench);
+    out.expect_status(0);
+    assert!(
+        !out.stdout.contains("rror") && !out.stderr.contains("rror"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("SET: ") && out.stdout.contains("GET: "),
+        "{out:#?}"
+    );
+    // Back on version 2 (an even number of swaps from 1 ends on 1: one more), data intact.
+    ctl(t, &["lib", "update", &id, "kv", &v2.display().to_string()]).expect_status(0);
+    assert_eq!(redis_cli(port, &["GET", "kept"]), "across swaps");
+    assert_eq!(redis_cli(port, &["INCR", "counter"]), "1");
+    assert!(redis_cli(port, &["STATS"]).contains("libkv=2.0.0"));
+    ctl(t, &["kill", "-s", "USR1", &id]).expect_status(0);
+    pvm.expect("kv: served ");
+    pvm.finish().expect_status(0);
     assert_no_leaks(t);
 }

@@ -128,7 +128,9 @@ impl TcpListener {
             };
             raw(Hypercall::NetAccept, &mut args as *mut NetAcceptArgs as u64);
             if args.result == -errno::EINTR && !crate::signal::poll() {
-                // Only a library update interrupted the wait: wait on.
+                // Only a library update interrupted the wait: a safe point for it; wait on.
+                #[cfg(not(feature = "library"))]
+                crate::dl::poll_if_pending();
                 continue;
             }
             if args.result < 0 {
@@ -380,7 +382,9 @@ fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<u
         raw(Hypercall::NetPoll, &mut args as *mut NetPollArgs as u64);
         LAST_HOST_POLL.store(crate::time::cycles(), core::sync::atomic::Ordering::Relaxed);
         if args.result == -errno::EINTR && !crate::signal::poll() {
-            // Only a library update interrupted the wait.
+            // Only a library update interrupted the wait: this is a safe point for it.
+            #[cfg(not(feature = "library"))]
+            crate::dl::poll_if_pending();
             continue;
         }
         if args.result < 0 {
@@ -404,6 +408,10 @@ fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<u
 /// [`Error::Interrupted`].
 pub fn poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<usize, Error> {
     use core::sync::atomic::{fence, Ordering};
+    // A server that only polls and moves bytes is at a good point for a library update the
+    // operator asked for.
+    #[cfg(not(feature = "library"))]
+    crate::dl::poll_if_pending();
     for e in entries.iter_mut() {
         e.ready = 0;
     }
@@ -415,19 +423,21 @@ pub fn poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<us
     } else {
         crate::ipc::spin_cycles()
     };
-    while streams {
-        let n = look_at_streams(entries);
-        let since = crate::time::cycles().wrapping_sub(LAST_HOST_POLL.load(Ordering::Relaxed));
-        if n > 0 {
-            if listeners && since > LISTENER_LOOK_CYCLES {
-                return host_poll(entries, Some(0));
+    if streams {
+        loop {
+            let n = look_at_streams(entries);
+            let since = crate::time::cycles().wrapping_sub(LAST_HOST_POLL.load(Ordering::Relaxed));
+            if n > 0 {
+                if listeners && since > LISTENER_LOOK_CYCLES {
+                    return host_poll(entries, Some(0));
+                }
+                return Ok(n);
             }
-            return Ok(n);
+            if crate::time::cycles().wrapping_sub(start) >= budget {
+                break;
+            }
+            core::hint::spin_loop();
         }
-        if crate::time::cycles().wrapping_sub(start) >= budget {
-            break;
-        }
-        core::hint::spin_loop();
     }
     // Nothing yet: flags up, one more look, then the monitor waits.
     flag_sleeping(entries, true);
