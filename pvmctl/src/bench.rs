@@ -39,6 +39,9 @@ pub enum BenchCommand {
     /// Libraries: load + link into a live pVM (cold and warm) against Linux's dlopen, the pause
     /// of an online update, and a call through a handle against a direct call.
     Dynlink(crate::bench_ipc::RoundsArgs),
+    /// Network: redis-benchmark against the kv example and against redis-server, a bulk
+    /// stream and a 1-byte round trip against Linux loopback, measured in the same run.
+    Net(crate::bench_ipc::RoundsArgs),
 }
 
 /// Arguments of `pvmctl bench boot`.
@@ -144,6 +147,9 @@ pub enum BenchError {
     /// `bench dynlink` failed.
     #[error(transparent)]
     DynlinkBench(#[from] crate::bench_dynlink::DynlinkBenchError),
+    /// `bench net` failed.
+    #[error(transparent)]
+    NetBench(#[from] crate::bench_net::NetBenchError),
 }
 
 /// How a child process ended (a decoded `waitpid` status).
@@ -189,6 +195,7 @@ pub fn bench(cmd: BenchCommand) -> Result<ExitCode, BenchError> {
         BenchCommand::Ipc(args) => crate::bench_ipc::ipc(args),
         BenchCommand::Security(args) => crate::bench_security::security(args),
         BenchCommand::Dynlink(args) => crate::bench_dynlink::dynlink(args),
+        BenchCommand::Net(args) => crate::bench_net::net(args),
     }
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod bench_dynlink;
 mod bench_fork;
 mod bench_ipc;
+mod bench_net;
 mod bench_security;
 mod ctl;
 mod guest_build;

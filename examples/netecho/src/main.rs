@@ -4,27 +4,52 @@
 //! listens on guest port P (default 7); with `--workers N` it forks N pVMs that all accept from
 //! the one listener (pre-fork, as nginx or Apache do) and waits for them; with `--conns K`
 //! each server exits after K connections (else it serves for ever). Each served connection
-//! prints `served PEER BYTES` from the pVM that served it.
+//! prints `served PEER BYTES` from the pVM that served it. With `--sink` a server reads what a
+//! client sends without echoing it and, at its end of file, answers the byte count in decimal
+//! (a throughput sink for `pvmctl bench net`).
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use pvm::net::{Error, TcpListener, TcpStream};
 use pvm::Fork;
 
 pvm::main!(main);
 
-fn serve(listener: &TcpListener, conns: Option<u64>) -> Result<(), Error> {
+fn serve(listener: &TcpListener, conns: Option<u64>, sink: bool) -> Result<(), Error> {
     let mut served = 0;
     while conns.is_none_or(|k| served < k) {
         let (mut stream, peer) = listener.accept()?;
         // A client that resets or vanishes ends its own connection, not the server.
-        match echo(&mut stream) {
+        let done = if sink {
+            drain(&mut stream)
+        } else {
+            echo(&mut stream)
+        };
+        match done {
             Ok(bytes) => pvm::println!("served {peer} {bytes} by pVM {}", pvm::id()),
             Err(e) => pvm::println!("served {peer} until: {e} by pVM {}", pvm::id()),
         }
         served += 1;
     }
     Ok(())
+}
+
+/// Reads until end of file, then answers the count; returns it.
+fn drain(stream: &mut TcpStream) -> Result<u64, Error> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let text = alloc::format!("{total}");
+    stream.write_all(text.as_bytes())?;
+    Ok(total)
 }
 
 /// Echoes until end of file; returns the bytes echoed.
@@ -42,16 +67,20 @@ fn echo(stream: &mut TcpStream) -> Result<u64, Error> {
 }
 
 fn main() -> Result<(), Error> {
-    let (mut port, mut workers, mut conns) = (7u16, 0u32, None);
+    let (mut port, mut workers, mut conns, mut sink) = (7u16, 0u32, None, false);
     let mut args = pvm::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--sink" {
+            sink = true;
+            continue;
+        }
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (a, value) {
             ("--port", Some(v)) => port = v as u16,
             ("--workers", Some(v)) => workers = v as u32,
             ("--conns", Some(v)) => conns = Some(v),
             _ => {
-                pvm::eprintln!("usage: netecho [--port P] [--workers N] [--conns K]");
+                pvm::eprintln!("usage: netecho [--port P] [--workers N] [--conns K] [--sink]");
                 pvm::exit(2);
             }
         }
@@ -65,12 +94,12 @@ fn main() -> Result<(), Error> {
     };
     pvm::println!("listening on guest port {port}");
     if workers == 0 {
-        return serve(&listener, conns);
+        return serve(&listener, conns, sink);
     }
     for _ in 0..workers {
         match pvm::fork() {
             Ok(Fork::Child) => {
-                let code = match serve(&listener, conns) {
+                let code = match serve(&listener, conns, sink) {
                     Ok(()) => 0,
                     Err(e) => {
                         pvm::eprintln!("netecho worker {}: {e}", pvm::id());

@@ -1,0 +1,491 @@
+//! `pvmctl bench net`: pVMs serving TCP clients through published ports, against Linux.
+//!
+//! In the same run, each round:
+//! - `redis-benchmark -c 50 -n 200000 -t set,get` without and with pipelining (`-P 16`) against
+//!   the kv example (one pVM, commands in libkv 2) and against `redis-server` (persistence off):
+//!   throughput and p50/p99 latency as redis-benchmark reports them (`--csv`);
+//! - a bulk stream (64 KiB writes, 256 MiB) into a pVM (`netecho --sink`) against a Linux
+//!   thread reading a loopback socket;
+//! - a 1-byte request/response round trip with a pVM (`netecho`) against a Linux thread
+//!   echoing on loopback.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use hypervisor_ext::trust::{self, TrustRef};
+
+use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
+use crate::bench_ipc::RoundsArgs;
+
+/// Errors of `bench net` (wrapped in [`BenchError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NetBenchError {
+    /// An example guest is missing.
+    #[error(transparent)]
+    GuestMissing(#[from] crate::bench::GuestMissing),
+    /// A tool the baseline needs is missing.
+    #[error("{0} is missing: install the Debian packages redis-tools and redis-server")]
+    Tool(&'static str),
+    /// A step failed.
+    #[error("{what}: {detail}")]
+    Step {
+        /// What was being done.
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+fn step(what: &'static str) -> impl FnOnce(String) -> BenchError {
+    move |detail| NetBenchError::Step { what, detail }.into()
+}
+
+/// redis-benchmark's parameters (the issue's).
+const CLIENTS: &str = "50";
+const REQUESTS: &str = "200000";
+const PIPELINE: &str = "16";
+/// Bulk stream: bytes per write, bytes in all.
+const CHUNK: usize = 64 * 1024;
+const STREAM_BYTES: usize = 256 << 20;
+/// Round trips per measurement.
+const ROUND_TRIPS: usize = 20_000;
+
+/// Targets (network issue).
+const THROUGHPUT_TARGET: f64 = 0.5;
+const LATENCY_TARGET: f64 = 2.0;
+const STREAM_TARGET: f64 = 0.5;
+const RTT_TARGET: f64 = 1.5;
+
+/// A port nobody listens on now.
+fn free_port() -> Result<u16, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| step("find a free port")(e.to_string()))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| step("find a free port")(e.to_string()))
+}
+
+fn connect(port: u16) -> Result<TcpStream, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) if Instant::now() > deadline => return Err(step("connect")(e.to_string())),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// A background process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The private places of one run.
+struct Env {
+    dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl Env {
+    fn pvmctl(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.env("PVM_RUN_DIR", self.dir.join("run"))
+            .env("PVM_TRUST_STORE", self.dir.join("trust").join("trusted"))
+            .env_remove("PVM_LOG");
+        cmd
+    }
+
+    /// `pvmctl run --publish PORT:GUEST_PORT OPTS GUEST -- ARGS` in the background, once it
+    /// printed a line starting with `ready`.
+    fn start(
+        &self,
+        port: u16,
+        guest_port: u16,
+        opts: &[String],
+        guest: &Path,
+        args: &[&str],
+        ready: &str,
+    ) -> Result<Server, BenchError> {
+        let mut child = self
+            .pvmctl()
+            .arg("run")
+            .arg(format!("--publish=127.0.0.1:{port}:{guest_port}"))
+            .args(opts)
+            .arg(guest)
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| step("pvmctl run")(e.to_string()))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut r = BufReader::new(out);
+            let _ = r.read_line(&mut line);
+            // The rest of its output is not read: drain it in the background.
+            std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+        }
+        let server = Server(child);
+        if !line.starts_with(ready) {
+            return Err(step("pvmctl run")(format!("printed {line:?}")));
+        }
+        Ok(server)
+    }
+}
+
+/// One redis-benchmark test's figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct Redis {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `redis-benchmark` against `port`: SET and GET figures.
+fn redis_benchmark(port: u16, pipeline: Option<&str>) -> Result<[Redis; 2], BenchError> {
+    let mut cmd = Command::new("redis-benchmark");
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-c",
+        CLIENTS,
+        "-n",
+        REQUESTS,
+        "-t",
+        "set,get",
+        "--csv",
+    ]);
+    if let Some(p) = pipeline {
+        cmd.args(["-P", p]);
+    }
+    let out = cmd.output().map_err(|_| NetBenchError::Tool("redis-benchmark"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = [None, None];
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+        let slot = match cells.first() {
+            Some(&"SET") => 0,
+            Some(&"GET") => 1,
+            _ => continue,
+        };
+        let num = |i: usize| cells.get(i).and_then(|c| c.parse::<f64>().ok());
+        if let (Some(rps), Some(p50), Some(p99)) = (num(1), num(4), num(6)) {
+            found[slot] = Some(Redis {
+                rps,
+                p50_ms: p50,
+                p99_ms: p99,
+            });
+        }
+    }
+    match found {
+        [Some(set), Some(get)] if out.status.success() => Ok([set, get]),
+        _ => Err(step("redis-benchmark")(format!(
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))),
+    }
+}
+
+/// Streams [`STREAM_BYTES`] in [`CHUNK`] writes to a sink at `port`; bytes per second.
+fn stream(port: u16) -> Result<f64, BenchError> {
+    let mut s = connect(port)?;
+    let chunk = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    for _ in 0..STREAM_BYTES / CHUNK {
+        s.write_all(&chunk).map_err(|e| step("stream")(e.to_string()))?;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| step("stream")(e.to_string()))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| step("stream")(e.to_string()))?;
+    let secs = start.elapsed().as_secs_f64();
+    if answer.trim() != STREAM_BYTES.to_string() {
+        return Err(step("stream")(format!("the sink counted {answer:?}")));
+    }
+    Ok(STREAM_BYTES as f64 / secs)
+}
+
+/// [`ROUND_TRIPS`] 1-byte round trips with an echo server at `port`.
+fn round_trips(port: u16) -> Result<Vec<Duration>, BenchError> {
+    let mut s = connect(port)?;
+    let mut byte = [7u8];
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS + ROUND_TRIPS / 10 {
+        let t = Instant::now();
+        s.write_all(&byte)
+            .map_err(|e| step("round trip")(e.to_string()))?;
+        s.read_exact(&mut byte)
+            .map_err(|e| step("round trip")(e.to_string()))?;
+        if i >= ROUND_TRIPS / 10 {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// A Linux loopback server thread: echo (`sink` false) or count (`sink` true), one client at
+/// a time, for ever (the process ends it).
+fn linux_server(sink: bool) -> Result<u16, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| step("loopback server")(e.to_string()))?;
+    let port = l
+        .local_addr()
+        .map_err(|e| step("loopback server")(e.to_string()))?
+        .port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0usize;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if sink => total += n,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if sink {
+                let _ = s.write_all(total.to_string().as_bytes());
+            }
+        }
+    });
+    Ok(port)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `pvmctl bench net`.
+pub fn net(args: RoundsArgs) -> Result<ExitCode, BenchError> {
+    for tool in ["redis-benchmark", "redis-server"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(NetBenchError::Tool(tool).into());
+        }
+    }
+    let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("pvm-bench-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["run", "trust"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| step("make the run directory")(e.to_string()))?;
+    }
+    // Private directories, as the runtime requires (mode 0700).
+    let _ = Command::new("chmod").args(["-R", "700"]).arg(&dir).status();
+    let env = Env {
+        dir: dir.clone(),
+        exe,
+    };
+    let result = run(&env, &args);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
+    let kv = guest_path("kv").map_err(NetBenchError::from)?;
+    let netecho = guest_path("netecho").map_err(NetBenchError::from)?;
+    let libkv = Path::new(env!("PVM_GUEST_LIB_DIR")).join("libkv_v2.so");
+    let bytes = std::fs::read(&libkv).map_err(|e| step("read libkv")(e.to_string()))?;
+    TrustRef::open(&env.dir.join("trust").join("trusted"))
+        .and_then(|t| t.add(&trust::digest(&bytes), "libkv_v2.so"))
+        .map_err(|e| step("trust libkv")(e.to_string()))?;
+    let linux_echo = linux_server(false)?;
+    let linux_sink = linux_server(true)?;
+    eprintln!("pvmctl bench net: {} rounds...", args.rounds);
+    // [SET, GET] x [plain, pipelined] x [pvm, redis].
+    let mut redis: Vec<[[[Redis; 2]; 2]; 2]> = Vec::new();
+    let (mut streams, mut linux_streams) = (Vec::new(), Vec::new());
+    let (mut rtt, mut linux_rtt) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let kv_port = free_port()?;
+        let kv_server = env.start(
+            kv_port,
+            6379,
+            &[format!("--lib=kv={}", libkv.display())],
+            &kv,
+            &["--port", "6379"],
+            "kv: serving",
+        )?;
+        let redis_port = free_port()?;
+        let _redis_server = Server(
+            Command::new("redis-server")
+                .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|_| NetBenchError::Tool("redis-server"))?,
+        );
+        drop(connect(redis_port)?);
+        let mut round = [[[Redis::default(); 2]; 2]; 2];
+        for (p, pipeline) in [None, Some(PIPELINE)].into_iter().enumerate() {
+            round[p][0] = redis_benchmark(kv_port, pipeline)?;
+            round[p][1] = redis_benchmark(redis_port, pipeline)?;
+        }
+        redis.push(round);
+        drop(kv_server);
+
+        let sink_port = free_port()?;
+        let sink = env.start(
+            sink_port,
+            9,
+            &[],
+            &netecho,
+            &["--port", "9", "--sink"],
+            "listening",
+        )?;
+        streams.push(stream(sink_port)?);
+        linux_streams.push(stream(linux_sink)?);
+        drop(sink);
+
+        let echo_port = free_port()?;
+        let echo = env.start(echo_port, 7, &[], &netecho, &["--port", "7"], "listening")?;
+        rtt.push(Stats::new(&round_trips(echo_port)?));
+        linux_rtt.push(Stats::new(&round_trips(linux_echo)?));
+        drop(echo);
+    }
+    report(args, &redis, &streams, &linux_streams, &rtt, &linux_rtt)
+}
+
+fn report(
+    args: &RoundsArgs,
+    redis: &[[[[Redis; 2]; 2]; 2]],
+    streams: &[f64],
+    linux_streams: &[f64],
+    rtt: &[Stats],
+    linux_rtt: &[Stats],
+) -> Result<ExitCode, BenchError> {
+    use std::fmt::Write as _;
+    let h = HostInfo::get();
+    // Median over rounds of each figure.
+    let fig = |p: usize, who: usize, test: usize, f: fn(&Redis) -> f64| {
+        let mut v: Vec<f64> = redis.iter().map(|r| f(&r[p][who][test])).collect();
+        median(&mut v)
+    };
+    let stream_pvm = median(&mut streams.to_vec()) / 1e6;
+    let stream_linux = median(&mut linux_streams.to_vec()) / 1e6;
+    let rtt_med = median(&mut rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
+    let rtt_p99 = median(&mut rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
+    let lrtt_med = median(&mut linux_rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
+    let lrtt_p99 = median(&mut linux_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
+    let mut targets = Vec::new();
+    let mut rows = Vec::new();
+    for (p, label) in [(0, ""), (1, " -P 16")] {
+        for (t, name) in [(0, "SET"), (1, "GET")] {
+            let row = (
+                format!("{name}{label}"),
+                fig(p, 0, t, |r| r.rps),
+                fig(p, 0, t, |r| r.p50_ms),
+                fig(p, 0, t, |r| r.p99_ms),
+                fig(p, 1, t, |r| r.rps),
+                fig(p, 1, t, |r| r.p50_ms),
+                fig(p, 1, t, |r| r.p99_ms),
+            );
+            let thr = row.1 / row.4;
+            let lat = row.3 / row.6;
+            targets.push((
+                format!("{} throughput >= {THROUGHPUT_TARGET}x redis-server", row.0),
+                format!("{thr:.2}x"),
+                thr >= THROUGHPUT_TARGET,
+            ));
+            targets.push((
+                format!("{} p99 latency <= {LATENCY_TARGET}x redis-server", row.0),
+                format!("{lat:.2}x"),
+                lat <= LATENCY_TARGET,
+            ));
+            rows.push(row);
+        }
+    }
+    let stream_ratio = stream_pvm / stream_linux;
+    targets.push((
+        format!("stream >= {STREAM_TARGET}x Linux loopback"),
+        format!("{stream_ratio:.2}x"),
+        stream_ratio >= STREAM_TARGET,
+    ));
+    let rtt_ratio = rtt_med / lrtt_med;
+    targets.push((
+        format!("1-byte round trip <= {RTT_TARGET}x Linux loopback"),
+        format!("{rtt_ratio:.2}x"),
+        rtt_ratio <= RTT_TARGET,
+    ));
+    if args.json {
+        let json = serde_json::json!({
+            "date": h.date, "unix_time": h.unix_time, "rounds": args.rounds,
+            "redis": rows.iter().map(|r| serde_json::json!({
+                "test": r.0, "pvm_rps": r.1, "pvm_p50_ms": r.2, "pvm_p99_ms": r.3,
+                "redis_rps": r.4, "redis_p50_ms": r.5, "redis_p99_ms": r.6,
+            })).collect::<Vec<_>>(),
+            "stream_pvm_mb_s": stream_pvm, "stream_linux_mb_s": stream_linux,
+            "rtt_pvm_median_us": rtt_med, "rtt_pvm_p99_us": rtt_p99,
+            "rtt_linux_median_us": lrtt_med, "rtt_linux_p99_us": lrtt_p99,
+        });
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!(
+        "pvmctl bench net, {} (unix time {}), host {}: Linux {}, {}\n\
+         {} rounds (medians of the rounds' figures); redis-benchmark -c {CLIENTS} -n {REQUESTS} -t set,get \
+         [-P {PIPELINE}] --csv\n\n",
+        h.date, h.unix_time, h.hostname, h.kernel, h.cpu, args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>12} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>9} {:>9}",
+        "", "kv pVM rps", "p50 ms", "p99 ms", "redis rps", "p50 ms", "p99 ms", "rps ratio", "p99 ratio"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>12.0} {:>9.3} {:>9.3}   {:>12.0} {:>9.3} {:>9.3}   {:>9.2} {:>9.2}",
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            r.4,
+            r.5,
+            r.6,
+            r.1 / r.4,
+            r.3 / r.6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n  stream (64 KiB writes, {} MiB): pVM {stream_pvm:.0} MB/s, Linux loopback {stream_linux:.0} MB/s, ratio {stream_ratio:.2}",
+        STREAM_BYTES >> 20
+    );
+    let _ = writeln!(
+        out,
+        "  1-byte round trip: pVM {} median, {} p99; Linux loopback {} median, {} p99; ratio {rtt_ratio:.2}",
+        format_us(rtt_med),
+        format_us(rtt_p99),
+        format_us(lrtt_med),
+        format_us(lrtt_p99)
+    );
+    write_targets(&mut out, &targets, 7);
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
