@@ -195,6 +195,9 @@ impl Backend {
             }
             if self.pump_all() {
                 last_progress = sys::monotonic_ns();
+            } else if spinning {
+                // Nothing moved: let the clients (and the guests) have the CPU first.
+                sys::yield_now();
             }
         }
     }
