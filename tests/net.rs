@@ -426,3 +426,73 @@ fn a_hot_swap_during_redis_benchmark_loses_no_request() {
     pvm.finish().expect_status(0);
     assert_no_leaks(t);
 }
+
+#[test]
+fn the_backend_dying_gives_the_guest_errors_not_hangs() {
+    require_kvm();
+    let t = "net-backend-dies";
+    let (pvm, port) = start_echo(t, &[PUBLISH], &[]);
+    let backend = backend_of(pvm.id()).expect("the family's network backend runs");
+    let mut s = connect(port);
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `backend` is the family's backend.
+    assert_eq!(unsafe { libc::kill(backend as i32, libc::SIGKILL) }, 0);
+    // The client's connection ends (its socket was the backend's).
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+    }
+    // The guest's stream ends, and its next accept fails: the pVM ends with the error.
+    let out = pvm.finish();
+    out.expect_status(1);
+    assert!(out.stderr.contains("NetworkDown"), "{out:#?}");
+    assert!(out.stdout.contains("served 127.0.0.1:"), "{out:#?}");
+    assert_no_leaks(t);
+}
+
+/// A RESP request.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[test]
+fn a_client_that_never_reads_or_sends_slowly_does_not_stall_the_others() {
+    require_kvm();
+    let t = "net-slow-clients";
+    let (mut pvm, port) = start_kv(t, "kv_v1");
+    let big = vec![b'x'; 1 << 20];
+    let mut hog = connect(port);
+    hog.write_all(&resp(&[b"SET", b"big", &big])).unwrap();
+    let mut ok = [0u8; 5];
+    hog.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    // 64 MiB of answers asked for and never read: the server stops reading this client once
+    // its answers pile up, and serves the others.
+    let gets: Vec<u8> = (0..64).flat_map(|_| resp(&[b"GET", b"big"])).collect();
+    hog.write_all(&gets).unwrap();
+    assert_eq!(redis_cli(port, &["PING"]), "PONG");
+    // A request that arrives a byte at a time is answered once whole.
+    let mut slow = connect(port);
+    for b in resp(&[b"SET", b"slow", b"value"]) {
+        slow.write_all(&[b]).unwrap();
+        slow.flush().unwrap();
+    }
+    slow.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    assert_eq!(redis_cli(port, &["GET", "slow"]), "value");
+    drop(hog);
+    assert_eq!(redis_cli(port, &["DBSIZE"]), "2");
+    ctl(t, &["kill", "-s", "USR1", &pvm.id().to_string()]).expect_status(0);
+    pvm.expect("kv: served ");
+    pvm.finish().expect_status(0);
+    assert_no_leaks(t);
+}

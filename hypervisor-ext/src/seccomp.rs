@@ -302,6 +302,100 @@ pub fn program() -> Result<Filters, SeccompError> {
     })
 }
 
+/// The network backend's allow-list (`net/backend.rs`): its epoll loop over the family's TCP
+/// sockets, the monitors' channels (Unix sockets, descriptors passed both ways), the rings'
+/// memory files and mappings, liveness pipes and eventfds, futex wakes. Not on it: opening
+/// files, `socket`, `bind`, `listen`, `connect` (the published ports were bound before),
+/// `execve`, `kill`, `ptrace`, executable mappings, any ioctl.
+fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let any = Vec::new;
+    let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Memory: the allocator, the rings' mappings (never executable).
+    let prot_exec = libc::PROT_EXEC as u64;
+    r.insert(libc::SYS_mmap, without_bits(2, prot_exec)?);
+    r.insert(libc::SYS_mprotect, without_bits(2, prot_exec)?);
+    r.insert(libc::SYS_munmap, any());
+    r.insert(libc::SYS_mremap, any());
+    r.insert(libc::SYS_madvise, any());
+    r.insert(libc::SYS_brk, any());
+    r.insert(libc::SYS_memfd_create, any()); // a connection's region (sys::memfd)
+    r.insert(libc::SYS_ftruncate, any());
+    // The loop: epoll, eventfds (doorbells, wakeups), liveness pipes, futex wakes of guests.
+    r.insert(libc::SYS_epoll_create1, any());
+    r.insert(libc::SYS_epoll_ctl, any());
+    r.insert(libc::SYS_epoll_wait, any());
+    r.insert(libc::SYS_epoll_pwait, any());
+    r.insert(libc::SYS_eventfd2, any());
+    r.insert(libc::SYS_pipe2, any());
+    r.insert(libc::SYS_futex, any());
+    r.insert(libc::SYS_sched_yield, any());
+    r.insert(libc::SYS_clock_gettime, any());
+    r.insert(libc::SYS_read, any());
+    r.insert(libc::SYS_write, any()); // eventfds, stderr (tracing)
+    r.insert(libc::SYS_close, any());
+    r.insert(
+        libc::SYS_fcntl,
+        one_of(
+            1,
+            Len::Dword,
+            &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
+        )?,
+    );
+    // Sockets: accepting clients, moving bytes, the monitors' channels.
+    r.insert(libc::SYS_accept4, any());
+    r.insert(libc::SYS_recvfrom, any());
+    r.insert(libc::SYS_sendto, any());
+    r.insert(libc::SYS_recvmsg, any());
+    r.insert(libc::SYS_sendmsg, any());
+    r.insert(libc::SYS_shutdown, any());
+    r.insert(
+        libc::SYS_setsockopt,
+        vec![SeccompRule::new(vec![
+            cond(1, Len::Dword, Op::Eq, libc::IPPROTO_TCP as u64)?,
+            cond(2, Len::Dword, Op::Eq, libc::TCP_NODELAY as u64)?,
+        ])
+        .map_err(|e| SeccompError::Build(e.to_string()))?],
+    );
+    // The end, signals std may handle, and what std's panic report reads.
+    r.insert(libc::SYS_exit, any());
+    r.insert(libc::SYS_exit_group, any());
+    r.insert(libc::SYS_rt_sigreturn, any());
+    r.insert(libc::SYS_rt_sigprocmask, any());
+    r.insert(libc::SYS_sigaltstack, any());
+    r.insert(libc::SYS_getpid, any());
+    r.insert(libc::SYS_gettid, any());
+    r.insert(libc::SYS_getrandom, any());
+    r.insert(libc::SYS_getcwd, any());
+    Ok(r)
+}
+
+/// The network backend's filters (its allow-list, and `clone3` answered with ENOSYS).
+pub fn backend_program() -> Result<Filters, SeccompError> {
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
+    let compile =
+        |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, SeccompError> {
+            filter
+                .and_then(TryInto::try_into)
+                .map_err(|e| SeccompError::Build(e.to_string()))
+        };
+    Ok(Filters {
+        allow_list: compile(SeccompFilter::new(
+            backend_rules()?,
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            arch,
+        ))?,
+        no_clone3: compile(SeccompFilter::new(
+            [(libc::SYS_clone3, vec![])].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        ))?,
+    })
+}
+
 /// Confines this process: `no_new_privs`, then the filters. Threads started later (a library
 /// update's helper) and forked children inherit them.
 pub fn install(filters: &Filters) -> Result<(), SeccompError> {
@@ -327,7 +421,11 @@ mod tests {
 
     /// Runs `body` in a forked child under the filter; returns how the child ended.
     fn confined(body: fn()) -> sys::WaitStatus {
-        let program = program().unwrap();
+        confined_by(program().unwrap(), body)
+    }
+
+    /// Runs `body` in a forked child under `program`.
+    fn confined_by(program: Filters, body: fn()) -> sys::WaitStatus {
         // SAFETY: the child makes raw system calls only (no allocation, no locks) and exits.
         match unsafe { sys::fork() }.unwrap() {
             sys::Forked::Child => {
@@ -414,5 +512,59 @@ mod tests {
             );
         });
         assert_eq!(stop.signal(), Some(libc::SIGSYS), "SIGSTOP was not refused");
+    }
+
+    #[test]
+    fn the_network_backend_moves_bytes_and_nothing_else() {
+        let ok = confined_by(backend_program().unwrap(), || {
+            let mut fds = [0i32; 2];
+            let fds_at = fds.as_mut_ptr() as i64;
+            if raw(libc::SYS_pipe2, [fds_at, libc::O_CLOEXEC as i64, 0, 0, 0, 0]) != 0
+                || raw(libc::SYS_eventfd2, [0, libc::EFD_CLOEXEC as i64, 0, 0, 0, 0]) < 0
+                || raw(
+                    libc::SYS_epoll_create1,
+                    [libc::EPOLL_CLOEXEC as i64, 0, 0, 0, 0, 0],
+                ) < 0
+            {
+                sys::exit_now(1);
+            }
+        });
+        assert_eq!((ok.signal(), ok.code()), (None, 0));
+        let cases: [(&str, fn()); 6] = [
+            ("socket", || {
+                raw(
+                    libc::SYS_socket,
+                    [libc::AF_INET as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
+                );
+            }),
+            ("connect", || {
+                raw(libc::SYS_connect, [0, 0, 0, 0, 0, 0]);
+            }),
+            ("openat", || {
+                raw(
+                    libc::SYS_openat,
+                    [libc::AT_FDCWD as i64, c"/etc/passwd".as_ptr() as i64, 0, 0, 0, 0],
+                );
+            }),
+            ("execve", || {
+                raw(libc::SYS_execve, [c"/bin/sh".as_ptr() as i64, 0, 0, 0, 0, 0]);
+            }),
+            ("kill", || {
+                raw(libc::SYS_kill, [1, 0, 0, 0, 0, 0]);
+            }),
+            ("setsockopt SO_REUSEPORT", || {
+                raw(
+                    libc::SYS_setsockopt,
+                    [0, libc::SOL_SOCKET as i64, libc::SO_REUSEPORT as i64, 0, 0, 0],
+                );
+            }),
+        ];
+        for (what, body) in cases {
+            assert_eq!(
+                confined_by(backend_program().unwrap(), body).signal(),
+                Some(libc::SIGSYS),
+                "{what} was not refused"
+            );
+        }
     }
 }

@@ -785,6 +785,19 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) {
     let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
 }
 
+/// Points standard input and output at `/dev/null` (a helper process that must not hold the
+/// console open). Best effort.
+pub fn detach_stdin_stdout() {
+    if let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
 /// A non-blocking event counter (`eventfd`): a doorbell one process rings and another polls.
 pub fn eventfd() -> io::Result<OwnedFd> {
     use rustix::event::EventfdFlags;

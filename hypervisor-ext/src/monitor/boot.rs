@@ -106,7 +106,7 @@ impl Monitor {
         let net = if config.net.publish.is_empty() {
             None
         } else {
-            Some(crate::net::start(&config.net)?)
+            Some(crate::net::start(&config.net, config.confine)?)
         };
         let kvm = vstate::open_kvm()?;
         let registry = Registry::open(&config.run_dir)?;

@@ -130,8 +130,8 @@ pub struct Network {
 }
 
 /// Binds the published ports and starts the family's backend (a child process of this one,
-/// which must be single-threaded).
-pub fn start(config: &NetConfig) -> Result<Network, NetError> {
+/// which must be single-threaded), confined by its own seccomp allow-list with `confine`.
+pub fn start(config: &NetConfig, confine: bool) -> Result<Network, NetError> {
     let mut listeners = Vec::new();
     let mut published = Vec::new();
     for p in &config.publish {
@@ -146,6 +146,18 @@ pub fn start(config: &NetConfig) -> Result<Network, NetError> {
         Forked::Child => {
             drop(mine);
             let _ = sys::set_name(BACKEND_NAME);
+            // Not the console's: a family's output ends with its pVMs, not with the backend.
+            sys::detach_stdin_stdout();
+            if confine {
+                // rustix reads the auxiliary vector (a prctl) when it first reads the clock:
+                // before the filter, which has no prctl.
+                let _ = sys::monotonic_ns();
+                let confined = crate::seccomp::backend_program().and_then(|f| crate::seccomp::install(&f));
+                if let Err(e) = confined {
+                    tracing::error!(error = %e, "network backend");
+                    sys::exit_now(1);
+                }
+            }
             let max = if config.max_conns == 0 {
                 DEFAULT_MAX_CONNS
             } else {
