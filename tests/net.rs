@@ -496,3 +496,38 @@ fn a_client_that_never_reads_or_sends_slowly_does_not_stall_the_others() {
     pvm.finish().expect_status(0);
     assert_no_leaks(t);
 }
+
+#[test]
+fn a_pvm_connects_only_where_the_operator_allows() {
+    require_kvm();
+    let t = "net-connect";
+    // A server pVM, and client pVMs of other families connecting to its published port.
+    let (server, port) = start_echo(t, &[PUBLISH], &["--conns", "1"]);
+    let target = format!("127.0.0.1:{port}");
+    let allow = format!("--connect={target}");
+    let out = run_guest(t, &[&allow], "netecho", &["--client", &target, "bonjour"]);
+    out.expect_status(0);
+    assert!(out.stdout.contains("got bonjour"), "{out:#?}");
+    assert!(server.finish().stdout.contains("served 127.0.0.1:"));
+    // Not on the list: refused before any packet leaves.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let out = run_guest(t, &[&allow], "netecho", &["--client", &other_addr, "x"]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("permission denied"), "{out:#?}");
+    // No --connect at all: nothing is allowed.
+    let out = run_guest(t, &[], "netecho", &["--client", &other_addr, "x"]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("permission denied"), "{out:#?}");
+    // Allowed, but nothing listens there any more.
+    drop(other);
+    let out = run_guest(
+        t,
+        &[&format!("--connect={other_addr}")],
+        "netecho",
+        &["--client", &other_addr, "x"],
+    );
+    out.expect_status(1);
+    assert!(out.stderr.contains("connection refused"), "{out:#?}");
+    assert_no_leaks(t);
+}

@@ -193,11 +193,14 @@ pub enum Hypercall {
     /// Wait until one of a set of network handles (listeners, connection ends; pipe ends too) is
     /// ready, or a timeout. Argument: the address of a [`NetPollArgs`].
     NetPoll = 23,
+    /// Connect to a TCP server the operator allows (`pvmctl run --connect`). Argument: the
+    /// address of a [`NetConnectArgs`].
+    NetConnect = 24,
 }
 
 impl Hypercall {
     /// All hypercalls, for decoding.
-    pub const ALL: [Hypercall; 23] = [
+    pub const ALL: [Hypercall; 24] = [
         Hypercall::Write,
         Hypercall::Exit,
         Hypercall::Exception,
@@ -221,6 +224,7 @@ impl Hypercall {
         Hypercall::NetListen,
         Hypercall::NetAccept,
         Hypercall::NetPoll,
+        Hypercall::NetConnect,
     ];
 
     /// Decodes a hypercall number.
@@ -272,6 +276,12 @@ pub mod errno {
     pub const ENETDOWN: i64 = 100;
     /// A listener already exists for that port in this pVM.
     pub const EADDRINUSE: i64 = 98;
+    /// Nothing listens at the address connected to.
+    pub const ECONNREFUSED: i64 = 111;
+    /// The connection attempt timed out.
+    pub const ETIMEDOUT: i64 = 110;
+    /// No route to the address.
+    pub const ENETUNREACH: i64 = 101;
 }
 
 /// Console stream a [`WriteArgs`] targets.
@@ -569,6 +579,31 @@ pub struct NetAcceptArgs {
 }
 // SAFETY: repr(C), 8-byte integers and a 16-byte array at an 8-byte boundary: no padding.
 unsafe impl Plain for NetAcceptArgs {}
+
+/// Arguments of [`Hypercall::NetConnect`]. The connection's rings are as
+/// [`NetAcceptArgs`]'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetConnectArgs {
+    /// IN: the server's address, IPv6 (IPv4 as `::ffff:a.b.c.d`).
+    pub ip: [u8; 16],
+    /// IN: its port.
+    pub port: u64,
+    /// OUT: handle of the receive ring's read end.
+    pub read_handle: u64,
+    /// OUT: handle of the send ring's write end.
+    pub write_handle: u64,
+    /// OUT: guest address of the receive ring (the send ring follows it).
+    pub ring: u64,
+    /// OUT: capacity of each ring.
+    pub capacity: u64,
+    /// OUT: 0 or a negated [`errno`]: `EACCES` (not an address the operator allows),
+    /// `ECONNREFUSED`, `ETIMEDOUT`, `ENETUNREACH`, `EINTR` (a signal), `ENETDOWN` (no network
+    /// backend), `EAGAIN` (no handle or region left).
+    pub result: i64,
+}
+// SAFETY: repr(C), a 16-byte array then 8-byte integers: no padding.
+unsafe impl Plain for NetConnectArgs {}
 
 /// Readiness bits of a [`PollItem`].
 pub mod poll_events {

@@ -256,6 +256,10 @@ impl Host for Fake<'_> {
         }
         Flow::Continue(Ok(ready))
     }
+    fn net_connect(&mut self, addr: std::net::SocketAddr) -> Flow<Result<Accepted, i64>> {
+        assert_ne!(addr.port(), 0, "connect to port 0");
+        self.net_accept(0, false)
+    }
     fn net_accept(&mut self, _: u64, _: bool) -> Flow<Result<Accepted, i64>> {
         Flow::Continue(match self.answer() {
             a if a < 0 => Err(a),
@@ -333,6 +337,7 @@ fn struct_size(nr: Hypercall) -> u64 {
         Hypercall::NetListen => size_of::<NetListenArgs>(),
         Hypercall::NetAccept => size_of::<NetAcceptArgs>(),
         Hypercall::NetPoll => size_of::<NetPollArgs>(),
+        Hypercall::NetConnect => size_of::<NetConnectArgs>(),
     }) as u64
 }
 

@@ -244,6 +244,37 @@ impl Host for Monitor {
         Ok(self.ipc.add_listener(id))
     }
 
+    /// Waits for the backend's answer (a signal interrupts it: one the guest handles makes it
+    /// `EINTR`, one that ends the pVM ends it; the attempt's connection is then dropped).
+    fn net_connect(&mut self, addr: std::net::SocketAddr) -> Flow<Result<Accepted, i64>> {
+        if self.guest_signals_pending() {
+            return Flow::Continue(Err(-errno::EINTR));
+        }
+        let got = match self.net.as_mut() {
+            Some(n) => n.connect(addr, signals::attention),
+            // No network: nothing is allowed.
+            None => Err(-errno::EACCES),
+        };
+        match got {
+            Ok(Some(conn)) => {
+                let capacity = conn.capacity;
+                let installed = self.ipc.add_connection(&self.vm, &mut self.space, conn);
+                Flow::Continue(installed.map(|(read_handle, write_handle, ring)| Accepted {
+                    read_handle,
+                    write_handle,
+                    ring,
+                    capacity,
+                    peer: addr,
+                }))
+            }
+            Ok(None) => match self.attend() {
+                Attention::End(outcome) => Flow::End(outcome),
+                _ => Flow::Continue(Err(-errno::EINTR)),
+            },
+            Err(e) => Flow::Continue(Err(e)),
+        }
+    }
+
     /// Readiness from the rings themselves (the monitor maps them) and, for listeners, from the
     /// connections the backend handed over; sleeps on the backend's channel (a connection
     /// comes) and the connections' wakeup eventfds (the backend woke this side), in slices

@@ -10,8 +10,8 @@
 use pvm_abi::{
     dl_op, errno, fd, layout, mq_side, signal, ClockArgs, DlCloseArgs, DlInfo, DlOpenArgs, DlUpdateArgs,
     ExceptionFrame, ExitArgs, ForkArgs, Hypercall, IpcWaitArgs, KillArgs, MqWaitArgs, NamedArgs,
-    NetAcceptArgs, NetListenArgs, NetPollArgs, PipeArgs, Plain, PollItem, SigActionArgs, WaitArgs, WriteArgs,
-    WAIT_NOHANG,
+    NetAcceptArgs, NetConnectArgs, NetListenArgs, NetPollArgs, PipeArgs, Plain, PollItem, SigActionArgs,
+    WaitArgs, WriteArgs, WAIT_NOHANG,
 };
 
 use crate::family::{KillTarget, OutcomeRecord};
@@ -212,6 +212,8 @@ pub trait Host {
     fn net_listen(&mut self, port: u16) -> Result<u64, i64>;
     /// The next connection of listener `handle` (at once with `nonblock`).
     fn net_accept(&mut self, handle: u64, nonblock: bool) -> Flow<Result<Accepted, i64>>;
+    /// Connects to `addr` (a valid address and port): the connection, or a negated errno.
+    fn net_connect(&mut self, addr: std::net::SocketAddr) -> Flow<Result<Accepted, i64>>;
     /// Fills each item's `revents` (only READ, WRITE, HUP and INVALID bits), waiting at most
     /// `timeout_ns` (None: for ever) until one is ready: how many are.
     fn net_poll(&mut self, items: &mut [PollItem], timeout_ns: Option<u64>) -> Flow<Result<u64, i64>>;
@@ -517,6 +519,34 @@ pub fn dispatch<H: Host>(host: &mut H, call: Call) -> Result<Option<Outcome>, Cr
                         std::net::IpAddr::V6(v6) => v6.octets(),
                     };
                     a.peer_port = u64::from(c.peer.port());
+                }
+            }
+            Continue(())
+        }),
+        Hypercall::NetConnect => with_args(host, call, |h, a: &mut NetConnectArgs| {
+            let (ip, port) = (a.ip, a.port);
+            *a = NetConnectArgs {
+                ip,
+                port,
+                ..Default::default()
+            };
+            let port = match u16::try_from(port) {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    a.result = -errno::EINVAL;
+                    return Continue(());
+                }
+            };
+            let ip = std::net::Ipv6Addr::from(ip);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+            match h.net_connect(std::net::SocketAddr::new(ip, port)) {
+                End(o) => return End(o),
+                Continue(Err(e)) => a.result = e,
+                Continue(Ok(c)) => {
+                    (a.read_handle, a.write_handle, a.ring, a.capacity) =
+                        (c.read_handle, c.write_handle, c.ring, c.capacity);
                 }
             }
             Continue(())

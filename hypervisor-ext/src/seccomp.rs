@@ -304,9 +304,10 @@ pub fn program() -> Result<Filters, SeccompError> {
 
 /// The network backend's allow-list (`net/backend.rs`): its epoll loop over the family's TCP
 /// sockets, the monitors' channels (Unix sockets, descriptors passed both ways), the rings'
-/// memory files and mappings, liveness pipes and eventfds, futex wakes. Not on it: opening
-/// files, `socket`, `bind`, `listen`, `connect` (the published ports were bound before),
-/// `execve`, `kill`, `ptrace`, executable mappings, any ioctl.
+/// memory files and mappings, liveness pipes and eventfds, futex wakes, TCP connects (to
+/// addresses the operator allows: the backend checks). Not on it: opening files, sockets but
+/// TCP ones, `bind`, `listen` (the published ports were bound before), `execve`, `kill`,
+/// `ptrace`, executable mappings, any ioctl.
 fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let any = Vec::new;
     let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -348,6 +349,31 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_recvmsg, any());
     r.insert(libc::SYS_sendmsg, any());
     r.insert(libc::SYS_shutdown, any());
+    // Connections the operator allows (`--connect`): TCP sockets only, and how they ended.
+    r.insert(
+        libc::SYS_socket,
+        vec![
+            SeccompRule::new(vec![
+                cond(0, Len::Dword, Op::Eq, libc::AF_INET as u64)?,
+                cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
+            ])
+            .map_err(|e| SeccompError::Build(e.to_string()))?,
+            SeccompRule::new(vec![
+                cond(0, Len::Dword, Op::Eq, libc::AF_INET6 as u64)?,
+                cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
+            ])
+            .map_err(|e| SeccompError::Build(e.to_string()))?,
+        ],
+    );
+    r.insert(libc::SYS_connect, any());
+    r.insert(
+        libc::SYS_getsockopt,
+        vec![SeccompRule::new(vec![
+            cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?,
+            cond(2, Len::Dword, Op::Eq, libc::SO_ERROR as u64)?,
+        ])
+        .map_err(|e| SeccompError::Build(e.to_string()))?],
+    );
     r.insert(
         libc::SYS_setsockopt,
         vec![SeccompRule::new(vec![
@@ -531,14 +557,17 @@ mod tests {
         });
         assert_eq!((ok.signal(), ok.code()), (None, 0));
         let cases: [(&str, fn()); 6] = [
-            ("socket", || {
+            ("socket AF_UNIX", || {
                 raw(
                     libc::SYS_socket,
-                    [libc::AF_INET as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
+                    [libc::AF_UNIX as i64, libc::SOCK_STREAM as i64, 0, 0, 0, 0],
                 );
             }),
-            ("connect", || {
-                raw(libc::SYS_connect, [0, 0, 0, 0, 0, 0]);
+            ("socket SOCK_RAW", || {
+                raw(
+                    libc::SYS_socket,
+                    [libc::AF_INET as i64, libc::SOCK_RAW as i64, 0, 0, 0, 0],
+                );
             }),
             ("openat", || {
                 raw(

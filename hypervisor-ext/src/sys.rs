@@ -719,6 +719,34 @@ pub fn tcp_listen(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A non-blocking TCP socket connecting to `addr`: (socket, connected already); when not yet,
+/// it becomes writable once it is, and [`socket_error`] tells how it went.
+pub fn tcp_connect(addr: std::net::SocketAddr) -> io::Result<(OwnedFd, bool)> {
+    use rustix::net::{connect, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let _ = sockopt::set_tcp_nodelay(&fd, true);
+    match connect(&fd, &addr) {
+        Ok(()) => Ok((fd, true)),
+        Err(rustix::io::Errno::INPROGRESS) => Ok((fd, false)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pending error of socket `fd` (`SO_ERROR`): how a non-blocking connect ended.
+pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    Ok(rustix::net::sockopt::socket_error(fd)?.err().map(io::Error::from))
+}
+
 /// The address socket `fd` is bound to.
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
     let addr = rustix::net::getsockname(fd)?;

@@ -9,7 +9,7 @@
 //! inherited across `fork`, as on Unix: pre-forked workers accept from one listener.
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use pvm_abi::{errno, net_flags, Hypercall, NetAcceptArgs, NetListenArgs};
+use pvm_abi::{errno, net_flags, Hypercall, NetAcceptArgs, NetConnectArgs, NetListenArgs};
 
 use crate::hypercall::raw;
 use crate::ipc::{self, Reader, Writer};
@@ -33,6 +33,12 @@ pub enum Error {
     Invalid,
     /// The rings hold values no correct peer writes.
     Corrupted,
+    /// Nothing listens at the address connected to.
+    ConnectionRefused,
+    /// The connection attempt timed out.
+    TimedOut,
+    /// No route to the address.
+    Unreachable,
     /// The monitor refused the call (a negated errno).
     Host(i64),
 }
@@ -50,6 +56,9 @@ impl core::fmt::Display for Error {
             Error::Unavailable => f.write_str("no room for another connection"),
             Error::Invalid => f.write_str("not a listener, or an invalid port"),
             Error::Corrupted => f.write_str("connection rings corrupted"),
+            Error::ConnectionRefused => f.write_str("connection refused"),
+            Error::TimedOut => f.write_str("connection timed out"),
+            Error::Unreachable => f.write_str("network unreachable"),
             Error::Host(e) => write!(f, "monitor error {e}"),
         }
     }
@@ -78,6 +87,9 @@ fn from_errno(result: i64) -> Error {
         errno::EINTR => Error::Interrupted,
         errno::ENETDOWN => Error::NetworkDown,
         errno::EBADF | errno::EINVAL => Error::Invalid,
+        errno::ECONNREFUSED => Error::ConnectionRefused,
+        errno::ETIMEDOUT => Error::TimedOut,
+        errno::ENETUNREACH => Error::Unreachable,
         _ => Error::Host(result),
     }
 }
@@ -186,7 +198,49 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
-    /// The client's address.
+    /// Connects to `addr`, which the operator must allow (`pvmctl run --connect ADDR:PORT`;
+    /// anything else is [`Error::PermissionDenied`]).
+    pub fn connect(addr: SocketAddr) -> Result<TcpStream, Error> {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        loop {
+            let mut args = NetConnectArgs {
+                ip: ip.octets(),
+                port: u64::from(addr.port()),
+                ..Default::default()
+            };
+            raw(Hypercall::NetConnect, &mut args as *mut NetConnectArgs as u64);
+            if args.result == -errno::EINTR && !crate::signal::poll() {
+                // Only a library update interrupted it: a safe point; try again.
+                #[cfg(not(feature = "library"))]
+                crate::dl::poll_if_pending();
+                continue;
+            }
+            if args.result < 0 {
+                return Err(from_errno(args.result));
+            }
+            // SAFETY: the monitor mapped the connection's region (both rings) at `ring` and
+            // keeps it while the two handles are open.
+            let (reader, writer) = unsafe {
+                ipc::ends_at(
+                    args.read_handle,
+                    args.write_handle,
+                    args.ring,
+                    pvm_ipc::net_tx_offset(args.capacity),
+                    args.capacity,
+                )
+            };
+            return Ok(TcpStream {
+                reader: Some(reader),
+                writer: Some(writer),
+                peer: addr,
+            });
+        }
+    }
+
+    /// The address of the other end (the client, or the server connected to).
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
     }

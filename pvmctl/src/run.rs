@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// clients on GUEST_PORT (default: PORT) with `pvm::net::TcpListener`. Repeatable.
     #[arg(long = "publish", short = 'p', value_name = "[HOST_IP:]PORT[:GUEST_PORT]")]
     publish: Vec<Publish>,
+    /// Allow the family's pVMs to connect to ADDR:PORT (`pvm::net::TcpStream::connect`; an
+    /// IPv6 address in brackets). Nothing else is allowed. Repeatable.
+    #[arg(long = "connect", value_name = "ADDR:PORT")]
+    connect: Vec<std::net::SocketAddr>,
     /// Most live connections of the family's published ports; more clients are refused.
     #[arg(long, value_name = "N", default_value_t = hypervisor_ext::net::DEFAULT_MAX_CONNS)]
     max_conns: usize,
@@ -145,6 +149,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
         },
         net: NetConfig {
             publish: args.publish.clone(),
+            connect: args.connect.clone(),
             max_conns: args.max_conns,
         },
     };

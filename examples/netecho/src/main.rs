@@ -6,7 +6,9 @@
 //! each server exits after K connections (else it serves for ever). Each served connection
 //! prints `served PEER BYTES` from the pVM that served it. With `--sink` a server reads what a
 //! client sends without echoing it and, at its end of file, answers the byte count in decimal
-//! (a throughput sink for `pvmctl bench net`).
+//! (a throughput sink for `pvmctl bench net`). `--client ADDR:PORT MESSAGE` is the other side:
+//! it connects (the operator must allow it: `pvmctl run --connect ADDR:PORT`), sends MESSAGE
+//! and prints `got ECHO`.
 #![no_std]
 #![no_main]
 
@@ -66,6 +68,36 @@ fn echo(stream: &mut TcpStream) -> Result<u64, Error> {
     }
 }
 
+/// `--client ADDR:PORT MESSAGE`: sends MESSAGE to an echo server, half-closes, prints what
+/// came back.
+fn client(addr: &str) -> Result<(), Error> {
+    let message = pvm::args().nth(3).unwrap_or("hello");
+    let Ok(addr) = addr.parse() else {
+        pvm::eprintln!("netecho: {addr:?} is not ADDR:PORT");
+        pvm::exit(2);
+    };
+    let mut stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            pvm::eprintln!("netecho: cannot connect to {addr}: {e}");
+            pvm::exit(1);
+        }
+    };
+    stream.write_all(message.as_bytes())?;
+    stream.shutdown(pvm::net::Shutdown::Write);
+    let mut got = alloc::vec::Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    pvm::println!("got {}", core::str::from_utf8(&got).unwrap_or("?"));
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let (mut port, mut workers, mut conns, mut sink) = (7u16, 0u32, None, false);
     let mut args = pvm::args().skip(1);
@@ -73,6 +105,9 @@ fn main() -> Result<(), Error> {
         if a == "--sink" {
             sink = true;
             continue;
+        }
+        if a == "--client" {
+            return client(args.next().unwrap_or(""));
         }
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (a, value) {

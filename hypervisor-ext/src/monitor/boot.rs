@@ -103,7 +103,7 @@ impl Monitor {
         image.check_fits(config.mem_size)?;
         // The family's network backend is forked now, while this process is small and
         // single-threaded, and the published ports are bound before the guest runs.
-        let net = if config.net.publish.is_empty() {
+        let net = if config.net.publish.is_empty() && config.net.connect.is_empty() {
             None
         } else {
             Some(crate::net::start(&config.net, config.confine)?)

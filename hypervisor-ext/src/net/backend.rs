@@ -43,6 +43,8 @@ enum Kind {
     Readers = 5,
     /// The send ring's guest writers are gone.
     Writers = 6,
+    /// A connect in progress.
+    Connecting = 7,
 }
 
 fn token(kind: Kind, index: usize) -> u64 {
@@ -99,8 +101,19 @@ impl Drop for Conn {
     }
 }
 
+/// A connect a monitor asked for, in progress.
+struct Connecting {
+    sock: OwnedFd,
+    chan: usize,
+    seq: u64,
+    addr: SocketAddr,
+}
+
 struct Backend {
     epoll: Epoll,
+    /// Servers the family may connect to.
+    allowed: Vec<SocketAddr>,
+    connecting: Vec<Option<Connecting>>,
     channels: Vec<Option<OwnedFd>>,
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
@@ -110,10 +123,12 @@ struct Backend {
 
 /// Runs the backend on `listeners` (guest port of each) for the monitor at the other end of
 /// `channel`; returns when every monitor is gone.
-pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize) {
+pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize, allowed: Vec<SocketAddr>) {
     let Ok(epoll) = Epoll::new() else { return };
     let mut b = Backend {
         epoll,
+        allowed,
+        connecting: Vec::new(),
         channels: Vec::new(),
         listeners: Vec::new(),
         conns: Vec::new(),
@@ -216,6 +231,7 @@ impl Backend {
         match kind {
             k if k == Kind::Channel as u64 => self.channel(i),
             k if k == Kind::Listener as u64 => self.accept(i),
+            k if k == Kind::Connecting as u64 => self.connected(i),
             k if k == Kind::Doorbell as u64 => {
                 if let Some(c) = self.conns.get(i).and_then(Option::as_ref) {
                     sys::clear_doorbell(c.doorbell.as_fd());
@@ -255,6 +271,13 @@ impl Backend {
                     for l in &mut self.listeners {
                         l.waiters.retain(|&(c, _)| c != i);
                     }
+                    for slot in &mut self.connecting {
+                        if slot.as_ref().is_some_and(|c| c.chan == i) {
+                            if let Some(c) = slot.take() {
+                                self.epoll.delete(c.sock.as_fd());
+                            }
+                        }
+                    }
                     return;
                 }
             }
@@ -287,6 +310,7 @@ impl Backend {
                 };
                 self.reply(chan, &answer, &[]);
             }
+            ToBackend::Connect { seq, addr } => self.connect(chan, seq, addr),
             ToBackend::Accept {
                 seq,
                 listener,
@@ -323,6 +347,126 @@ impl Backend {
                     }
                 }
             }
+        }
+    }
+
+    /// Starts connecting to `addr` for channel `chan`, if the operator allows it.
+    fn connect(&mut self, chan: usize, seq: u64, addr: SocketAddr) {
+        let allowed = self
+            .allowed
+            .iter()
+            .any(|a| *a == addr || (a.port() == addr.port() && unmapped(a) == unmapped(&addr)));
+        if !allowed {
+            self.reply(
+                chan,
+                &ToMonitor::Refused {
+                    seq,
+                    errno: -errno::EACCES,
+                },
+                &[],
+            );
+            return;
+        }
+        if self.live_conns() >= self.max_conns {
+            self.reply(
+                chan,
+                &ToMonitor::Refused {
+                    seq,
+                    errno: -errno::EAGAIN,
+                },
+                &[],
+            );
+            return;
+        }
+        match sys::tcp_connect(unmapped_addr(addr)) {
+            Ok((sock, true)) => self.finish_connect(chan, seq, sock, addr),
+            Ok((sock, false)) => {
+                let i = self
+                    .connecting
+                    .iter()
+                    .position(Option::is_none)
+                    .unwrap_or(self.connecting.len());
+                let write = Interest {
+                    read: false,
+                    write: true,
+                };
+                if self
+                    .epoll
+                    .add(sock.as_fd(), token(Kind::Connecting, i), write)
+                    .is_err()
+                {
+                    self.reply(
+                        chan,
+                        &ToMonitor::Refused {
+                            seq,
+                            errno: -errno::EAGAIN,
+                        },
+                        &[],
+                    );
+                    return;
+                }
+                let c = Some(Connecting {
+                    sock,
+                    chan,
+                    seq,
+                    addr,
+                });
+                if i == self.connecting.len() {
+                    self.connecting.push(c);
+                } else {
+                    self.connecting[i] = c;
+                }
+            }
+            Err(e) => self.reply(
+                chan,
+                &ToMonitor::Refused {
+                    seq,
+                    errno: connect_errno(&e),
+                },
+                &[],
+            ),
+        }
+    }
+
+    /// A connect in progress ended one way or the other.
+    fn connected(&mut self, i: usize) {
+        let Some(c) = self.connecting.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        self.epoll.delete(c.sock.as_fd());
+        match sys::socket_error(c.sock.as_fd()) {
+            Ok(None) => self.finish_connect(c.chan, c.seq, c.sock, c.addr),
+            Ok(Some(e)) | Err(e) => self.reply(
+                c.chan,
+                &ToMonitor::Refused {
+                    seq: c.seq,
+                    errno: connect_errno(&e),
+                },
+                &[],
+            ),
+        }
+    }
+
+    /// Hands a connected socket to the monitor that asked.
+    fn finish_connect(&mut self, chan: usize, seq: u64, sock: OwnedFd, addr: SocketAddr) {
+        match self.open_conn(sock) {
+            Ok((_, fds)) => {
+                let message = ToMonitor::Connection {
+                    seq,
+                    listener: proto::CONNECTED,
+                    capacity: pvm_ipc::NET_RING_CAPACITY,
+                    peer: addr,
+                };
+                self.reply(chan, &message, &fds.borrowed());
+            }
+            Err(_) => self.reply(
+                chan,
+                &ToMonitor::Refused {
+                    seq,
+                    errno: -errno::EAGAIN,
+                },
+                &[],
+            ),
         }
     }
 
@@ -491,6 +635,30 @@ impl Backend {
         }
         progress
     }
+}
+
+/// The guest's error for a failed connect.
+fn connect_errno(e: &std::io::Error) -> i64 {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => -errno::ECONNREFUSED,
+        Some(libc::ETIMEDOUT) => -errno::ETIMEDOUT,
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => -errno::ENETUNREACH,
+        _ => -errno::ECONNREFUSED,
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn unmapped(a: &SocketAddr) -> std::net::IpAddr {
+    match a.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        ip => ip,
+    }
+}
+
+fn unmapped_addr(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(unmapped(&a), a.port())
 }
 
 /// A fresh mapping, unmapped unless taken.

@@ -82,6 +82,8 @@ impl FromStr for Publish {
 pub struct NetConfig {
     /// Published ports.
     pub publish: Vec<Publish>,
+    /// Servers the family may connect to.
+    pub connect: Vec<SocketAddr>,
     /// Live connections of the family at most (more clients are refused).
     pub max_conns: usize,
 }
@@ -163,7 +165,7 @@ pub fn start(config: &NetConfig, confine: bool) -> Result<Network, NetError> {
             } else {
                 config.max_conns
             };
-            backend::run(listeners, theirs, max);
+            backend::run(listeners, theirs, max, config.connect.clone());
             sys::exit_now(0);
         }
         Forked::Parent(_) => {}
@@ -213,6 +215,11 @@ impl Network {
                     } = &m
                     {
                         let fds = proto::connection_fds(fds).ok_or(-errno::ENETDOWN)?;
+                        if *listener == proto::CONNECTED && s != seq {
+                            // A connect a signal gave up on: nobody takes it.
+                            self.waiting.retain(|&(w, _)| w != s);
+                            continue;
+                        }
                         let conn = Conn {
                             fds,
                             capacity: *capacity,
@@ -290,6 +297,26 @@ impl Network {
         match self.answer(seq, &interrupted)? {
             None => Ok(None),
             Some(ToMonitor::Connection { .. }) => take(&mut self.ready).map(Some).ok_or(-errno::ENETDOWN),
+            Some(ToMonitor::Refused { errno, .. }) => Err(errno),
+            Some(ToMonitor::Listening { .. }) => Err(-errno::ENETDOWN),
+        }
+    }
+
+    /// Connects to `addr` (the backend checks the operator allows it): `Ok(None)` when
+    /// `interrupted()` ended the wait (the attempt is dropped when it answers).
+    pub fn connect(&mut self, addr: SocketAddr, interrupted: impl Fn() -> bool) -> Result<Option<Conn>, i64> {
+        let seq = self.next_seq();
+        proto::send(self.channel.as_fd(), &ToBackend::Connect { seq, addr }, &[])
+            .map_err(|_| -errno::ENETDOWN)?;
+        self.waiting.push((seq, proto::CONNECTED));
+        match self.answer(seq, &interrupted)? {
+            None => Ok(None),
+            Some(ToMonitor::Connection { .. }) => {
+                let i = self.ready.iter().position(|(l, _)| *l == proto::CONNECTED);
+                i.and_then(|i| self.ready.remove(i))
+                    .map(|(_, c)| Some(c))
+                    .ok_or(-errno::ENETDOWN)
+            }
             Some(ToMonitor::Refused { errno, .. }) => Err(errno),
             Some(ToMonitor::Listening { .. }) => Err(-errno::ENETDOWN),
         }

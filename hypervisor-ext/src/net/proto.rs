@@ -24,6 +24,14 @@ pub enum ToBackend {
         /// The guest port.
         port: u16,
     },
+    /// Connect to `addr`: answered [`ToMonitor::Connection`] (its `listener`
+    /// [`CONNECTED`]) or [`ToMonitor::Refused`].
+    Connect {
+        /// Matches the answer.
+        seq: u64,
+        /// The server.
+        addr: SocketAddr,
+    },
     /// The next connection of `listener`: answered [`ToMonitor::Connection`] when one comes
     /// (at once with `nonblock`: or [`ToMonitor::Refused`] with `EAGAIN`).
     Accept {
@@ -65,6 +73,9 @@ pub enum ToMonitor {
         errno: i64,
     },
 }
+
+/// The `listener` of a [`ToMonitor::Connection`] a connect made.
+pub const CONNECTED: u64 = u64::MAX;
 
 /// A connection's descriptors as a monitor gets them.
 #[derive(Debug)]
