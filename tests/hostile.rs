@@ -34,8 +34,8 @@ fn argument_structs_the_guest_cannot_access_crash_only_that_guest() {
     let out = hostile(test, &[], &["args"]);
     out.expect_status(0);
     let cases = results(&out, "args ");
-    // 15 hypercalls x 13 places: the reserved area, outside RAM, the windows, the guard page.
-    assert_eq!(cases.len(), 195, "{out:#?}");
+    // 19 hypercalls x 13 places: the reserved area, outside RAM, the windows, the guard page.
+    assert_eq!(cases.len(), 19 * 13, "{out:#?}");
     for (case, status) in cases {
         assert_eq!(status, BAD_HYPERCALL, "args {case}");
     }
@@ -51,7 +51,7 @@ fn out_fields_never_write_the_guests_code_rodata_or_boot_block() {
     out.expect_status(0);
     assert!(!out.stdout.contains("WRITTEN"), "{out:#?}");
     let cases = results(&out, "readonly ");
-    assert_eq!(cases.len(), 3 * 9 + 1, "{out:#?}");
+    assert_eq!(cases.len(), 3 * 13 + 1, "{out:#?}");
     for (case, status) in cases {
         if case == "Exit rodata" {
             assert_eq!(status, "Exited(42)", "an IN-only struct may be read-only");
@@ -672,5 +672,37 @@ fn a_runtime_that_gives_a_bad_hook_escape_gets_no_update() {
     assert_eq!(pvm.expect("dl-escape begin: "), "-22");
     assert_eq!(pvm.expect("dl-escape version: "), "1.0.0");
     pvm.finish().expect_status(0);
+    assert_no_leaks(test);
+}
+
+#[test]
+fn hostile_network_calls_get_errors_and_the_network_goes_on() {
+    let test = "hostile-net";
+    let out = hostile(test, &["--publish=127.0.0.1:0:7"], &["net"]);
+    out.expect_status(0);
+    let want = |case: &str| -> &str {
+        match case {
+            "listen 0" | "listen 65536" | "listen max" => "-22",
+            "listen 8" => "-13",
+            "listen 7" => "0",
+            "accept max" | "accept 2^32" | "accept closed" => "-9",
+            "accept flags" => "-22",
+            "accept none yet" => "-11",
+            "poll too many" => "-22",
+            "poll beyond memory" | "poll read-only items" | "poll wrap" => "-14",
+            // The bad handle is INVALID; the listener has no client (and is never writable);
+            // bits beyond READ and WRITE are ignored; old revents are overwritten.
+            "poll garbage" => "0 ready=1 revents=0x8,0x0",
+            "connect port 0" | "connect port max" => "-22",
+            "connect not allowed" => "-13",
+            other => panic!("unexpected case {other:?}"),
+        }
+    };
+    let cases = results(&out, "net ");
+    assert_eq!(cases.len(), 18, "{out:#?}");
+    for (case, result) in cases {
+        assert_eq!(result, want(case), "net {case}");
+    }
+    assert!(out.stdout.contains("net: alive 0"), "{out:#?}");
     assert_no_leaks(test);
 }

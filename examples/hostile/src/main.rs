@@ -48,9 +48,10 @@ fn main() -> i32 {
         "oom-on-signal" => oom_on_signal(arg.parse().unwrap_or(256)),
         "dl" => dl(arg),
         "dl-escape" => dl_escape(arg),
+        "net" => net(),
         _ => {
             pvm::eprintln!(
-                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB|dl LIB|dl-escape LIB"
+                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB|dl LIB|dl-escape LIB|net"
             );
             return 2;
         }
@@ -107,6 +108,10 @@ fn bad_arg_structs() {
         Hypercall::DlOpen,
         Hypercall::DlClose,
         Hypercall::DlUpdate,
+        Hypercall::NetListen,
+        Hypercall::NetAccept,
+        Hypercall::NetPoll,
+        Hypercall::NetConnect,
     ];
     let places = [
         ("null", 0),
@@ -148,6 +153,10 @@ fn readonly_out_fields() {
             Hypercall::DlOpen,
             Hypercall::DlClose,
             Hypercall::DlUpdate,
+            Hypercall::NetListen,
+            Hypercall::NetAccept,
+            Hypercall::NetPoll,
+            Hypercall::NetConnect,
         ] {
             let status = in_child(|| {
                 let before = first_word(text);
@@ -623,4 +632,99 @@ fn dl_escape(lib: &str) {
     call(Hypercall::DlUpdate, &mut u as *mut DlUpdateArgs as u64);
     pvm::println!("dl-escape begin: {}", u.result);
     pvm::println!("dl-escape version: {}", l.version().unwrap_or_default());
+}
+
+/// Network calls with hostile arguments (run with guest port 7 published): each gets an error
+/// (`net CASE: RESULT`), the pVM and its network go on (`net: alive`).
+fn net() {
+    use pvm_abi::{
+        net_flags, poll_events, NetAcceptArgs, NetConnectArgs, NetListenArgs, NetPollArgs, PollItem,
+    };
+    let listen = |port: u64| {
+        let mut a = NetListenArgs {
+            port,
+            ..Default::default()
+        };
+        call(Hypercall::NetListen, &mut a as *mut NetListenArgs as u64);
+        (a.result, a.handle)
+    };
+    for (case, port) in [
+        ("listen 0", 0),
+        ("listen 65536", 65536),
+        ("listen max", u64::MAX),
+        ("listen 8", 8),
+    ] {
+        pvm::println!("net {case}: {}", listen(port).0);
+    }
+    let (r, listener) = listen(7);
+    pvm::println!("net listen 7: {r}");
+    let (pipe_r, pipe_w) = pvm::ipc::pipe().expect("a pipe");
+    drop(pipe_w);
+    let accept = |handle: u64, flags: u64| {
+        let mut a = NetAcceptArgs {
+            listener: handle,
+            flags,
+            ..Default::default()
+        };
+        call(Hypercall::NetAccept, &mut a as *mut NetAcceptArgs as u64);
+        a.result
+    };
+    for (case, handle, flags) in [
+        ("accept max", u64::MAX, net_flags::NONBLOCK),
+        ("accept 2^32", 1 << 32, net_flags::NONBLOCK),
+        ("accept closed", 12345, net_flags::NONBLOCK),
+        ("accept flags", listener, 0xfe),
+        ("accept none yet", listener, net_flags::NONBLOCK),
+    ] {
+        pvm::println!("net {case}: {}", accept(handle, flags));
+    }
+    drop(pipe_r);
+    let poll = |items: u64, count: u64| {
+        let mut a = NetPollArgs {
+            items,
+            count,
+            timeout_ns: 0,
+            ..Default::default()
+        };
+        call(Hypercall::NetPoll, &mut a as *mut NetPollArgs as u64);
+        (a.result, a.ready)
+    };
+    let mut items = [
+        PollItem {
+            handle: u64::MAX,
+            events: poll_events::READ,
+            revents: 0,
+        },
+        PollItem {
+            handle: listener,
+            events: poll_events::READ | poll_events::WRITE | 0xff00,
+            revents: 0xdead,
+        },
+    ];
+    let at = items.as_mut_ptr() as u64;
+    pvm::println!("net poll too many: {}", poll(at, pvm_abi::MAX_POLL_ITEMS + 1).0);
+    pvm::println!("net poll beyond memory: {}", poll(pvm::mem_size() - 8, 2).0);
+    pvm::println!("net poll read-only items: {}", poll(RODATA.as_ptr() as u64, 2).0);
+    pvm::println!("net poll wrap: {}", poll(u64::MAX - 8, 2).0);
+    let (r, ready) = poll(at, 2);
+    pvm::println!(
+        "net poll garbage: {r} ready={ready} revents={:#x},{:#x}",
+        items[0].revents,
+        items[1].revents
+    );
+    let connect = |port: u64| {
+        let mut a = NetConnectArgs {
+            ip: core::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
+            port,
+            ..Default::default()
+        };
+        call(Hypercall::NetConnect, &mut a as *mut NetConnectArgs as u64);
+        a.result
+    };
+    pvm::println!("net connect port 0: {}", connect(0));
+    pvm::println!("net connect port max: {}", connect(u64::MAX));
+    pvm::println!("net connect not allowed: {}", connect(22));
+    // Still serving: another listen works.
+    let (r, _) = listen(7);
+    pvm::println!("net: alive {r}");
 }
