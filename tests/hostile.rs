@@ -706,3 +706,37 @@ fn hostile_network_calls_get_errors_and_the_network_goes_on() {
     assert!(out.stdout.contains("net: alive 0"), "{out:#?}");
     assert_no_leaks(test);
 }
+
+#[test]
+fn a_guest_scribbling_over_its_connection_rings_ends_only_that_connection() {
+    use std::io::{Read, Write};
+    let test = "hostile-net-scribble";
+    let mut pvm = Running::start(test, &["--publish=127.0.0.1:0:7"], "hostile", &["net-scribble"]);
+    let rows = ps_until(test, false, |rows| !rows.is_empty());
+    let port: u16 = rows[0]["ports"][0]
+        .as_str()
+        .and_then(|p| p.split_once("->"))
+        .and_then(|(h, _)| h.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the published port");
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    first.set_read_timeout(Some(TIME_LIMIT)).unwrap();
+    pvm.expect("net-scribble: scribbled");
+    // The backend reads the corrupt indices, ends that connection: end of file, or a reset.
+    let _ = first.write_all(b"anyone?");
+    let mut rest = Vec::new();
+    match first.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing came from a scribbled ring: {rest:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    // And serves the next client of the family.
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second.set_read_timeout(Some(TIME_LIMIT)).unwrap();
+    second.write_all(b"still here").unwrap();
+    let mut echo = [0u8; 10];
+    second.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still here");
+    pvm.expect("net-scribble: child Exited(0)");
+    pvm.finish().expect_status(0);
+    assert_no_leaks(test);
+}

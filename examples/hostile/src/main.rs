@@ -49,9 +49,10 @@ fn main() -> i32 {
         "dl" => dl(arg),
         "dl-escape" => dl_escape(arg),
         "net" => net(),
+        "net-scribble" => net_scribble(),
         _ => {
             pvm::eprintln!(
-                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB|dl LIB|dl-escape LIB|net"
+                "usage: hostile args|readonly|boot-buffers ARG|buffers|ids SENTINEL_PID|handles|window|forkbomb|exhaust|shm-on-signal KEY|oom-on-signal MIB|dl LIB|dl-escape LIB|net|net-scribble"
             );
             return 2;
         }
@@ -727,4 +728,41 @@ fn net() {
     // Still serving: another listen works.
     let (r, _) = listen(7);
     pvm::println!("net: alive {r}");
+}
+
+/// Takes a client of guest port 7 and writes garbage over both rings of its connection (indices
+/// no correct peer writes), then lets a forked child serve the next client: the backend ends
+/// the scribbled connection and goes on serving (`net-scribble: ...` lines).
+fn net_scribble() {
+    use pvm_abi::{NetAcceptArgs, NetListenArgs};
+    let mut l = NetListenArgs {
+        port: 7,
+        ..Default::default()
+    };
+    call(Hypercall::NetListen, &mut l as *mut NetListenArgs as u64);
+    let mut a = NetAcceptArgs {
+        listener: l.handle,
+        ..Default::default()
+    };
+    call(Hypercall::NetAccept, &mut a as *mut NetAcceptArgs as u64);
+    if a.result != 0 {
+        pvm::println!("net-scribble: accept {}", a.result);
+        pvm::exit(1);
+    }
+    let head = core::mem::offset_of!(pvm_ipc::PipeRing, head) as u64;
+    let tx = a.ring + pvm_ipc::net_tx_offset(a.capacity);
+    for ring in [a.ring, tx] {
+        // SAFETY: the connection's region is this guest's memory (the IPC window), writable.
+        unsafe { core::ptr::write_volatile((ring + head) as *mut u64, u64::MAX / 3) };
+    }
+    pvm::println!("net-scribble: scribbled");
+    let child = in_child(|| {
+        let listener = pvm::net::TcpListener::bind(7).expect("listen");
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("read");
+        s.write_all(&buf[..n]).expect("write");
+        pvm::println!("net-scribble: child served");
+    });
+    pvm::println!("net-scribble: child {child:?}");
 }
