@@ -783,27 +783,61 @@ pub enum Moved {
     WouldBlock,
 }
 
-/// Receives into `buf` from the non-blocking socket `fd`.
-pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Moved> {
+/// Receives from the non-blocking socket `fd` straight into `runs` (memory shared with a
+/// guest, given as raw runs: no Rust reference to it is formed). libc: rustix's vectored calls
+/// take slices, which shared memory cannot soundly be.
+pub fn recv_into_runs(fd: BorrowedFd<'_>, runs: &[(*mut u8, usize)]) -> io::Result<Moved> {
+    let iov: Vec<libc::iovec> = runs
+        .iter()
+        .filter(|r| r.1 > 0)
+        .map(|&(base, len)| libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        })
+        .collect();
     loop {
-        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) => return Ok(Moved::Bytes(n)),
-            Err(rustix::io::Errno::AGAIN) => return Ok(Moved::WouldBlock),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        // SAFETY: each iovec is a run of writable memory the caller vouches for; the kernel
+        // writes at most their lengths.
+        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if n >= 0 {
+            return Ok(Moved::Bytes(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(Moved::WouldBlock),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
         }
     }
 }
 
-/// Sends from `buf` on the non-blocking socket `fd` (no SIGPIPE: a closed peer is an error).
-pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<Moved> {
-    use rustix::net::SendFlags;
+/// Sends from `runs` (memory shared with a guest, as raw runs) on the non-blocking socket
+/// `fd`, without SIGPIPE. libc: as [`recv_into_runs`].
+pub fn send_from_runs(fd: BorrowedFd<'_>, runs: &[(*const u8, usize)]) -> io::Result<Moved> {
+    let mut iov: Vec<libc::iovec> = runs
+        .iter()
+        .filter(|r| r.1 > 0)
+        .map(|&(base, len)| libc::iovec {
+            iov_base: base.cast_mut().cast(),
+            iov_len: len,
+        })
+        .collect();
+    // SAFETY: msghdr is plain data; all zeroes is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
     loop {
-        match rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-            Ok(n) => return Ok(Moved::Bytes(n)),
-            Err(rustix::io::Errno::AGAIN) => return Ok(Moved::WouldBlock),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        // SAFETY: the header points at the iovecs above, each a readable run the caller
+        // vouches for; the kernel only reads them.
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Moved::Bytes(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(Moved::WouldBlock),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
         }
     }
 }

@@ -155,6 +155,45 @@ impl Pipe {
         self.indices().map(|(_, _, fill)| self.capacity - fill)
     }
 
+    /// Where the ring's free space lies, as at most two `(address, length)` runs (the space
+    /// wraps around the end of the data area): for a writer that fills it in place (a socket
+    /// receive), then publishes what it wrote with [`Pipe::commit`]. Raw addresses: the memory
+    /// is shared with peers that may write it.
+    pub fn free_runs(&self) -> Result<[(*mut u8, usize); 2], RingError> {
+        let (head, _, fill) = self.indices()?;
+        let free = (self.capacity - fill) as usize;
+        let at = (head % self.capacity) as usize;
+        let first = free.min(self.capacity as usize - at);
+        // SAFETY: `at < capacity`: inside the data area (as are both runs).
+        let start = unsafe { self.data.add(at) };
+        Ok([(start, first), (self.data, free - first)])
+    }
+
+    /// Publishes `n` bytes written into the free space [`Pipe::free_runs`] gave (no more than
+    /// there was).
+    pub fn commit(&self, n: u64) -> Result<(), RingError> {
+        let (head, _, fill) = self.indices()?;
+        if n > self.capacity - fill {
+            return Err(RingError::Corrupted);
+        }
+        self.ring().head.store(head.wrapping_add(n), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Where the ring's data lies, as at most two `(address, length)` runs: for a reader that
+    /// sends it in place, then takes what it sent with [`Pipe::consume`].
+    pub fn data_runs(&self) -> Result<[(*const u8, usize); 2], RingError> {
+        let (_, tail, fill) = self.indices()?;
+        let at = (tail % self.capacity) as usize;
+        let first = (fill as usize).min(self.capacity as usize - at);
+        // SAFETY: `at < capacity`: inside the data area (as are both runs).
+        let start = unsafe { self.data.add(at) };
+        Ok([
+            (start.cast_const(), first),
+            (self.data.cast_const(), fill as usize - first),
+        ])
+    }
+
     /// Copies up to `buf.len()` bytes out of the ring; returns how many (0 when empty).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, RingError> {
         let (tail, n) = self.copy_out(buf)?;

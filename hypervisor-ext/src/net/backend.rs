@@ -28,8 +28,6 @@ use crate::sys::{self, Epoll, Interest, Moved};
 
 /// How long the backend keeps looking at its rings after the last byte moved before it sleeps.
 const SPIN_NS: u64 = 50_000;
-/// Bytes moved per socket call.
-const CHUNK: usize = 64 * 1024;
 /// Accepted connections no guest took yet, per listener; more are refused (closed).
 const MAX_QUEUED: usize = 128;
 
@@ -118,7 +116,6 @@ struct Backend {
     listeners: Vec<Listener>,
     conns: Vec<Option<Conn>>,
     max_conns: usize,
-    buf: Vec<u8>,
 }
 
 /// Runs the backend on `listeners` (guest port of each) for the monitor at the other end of
@@ -133,7 +130,6 @@ pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize, a
         listeners: Vec::new(),
         conns: Vec::new(),
         max_conns,
-        buf: vec![0; CHUNK],
     };
     for (i, (fd, guest_port)) in listeners.into_iter().enumerate() {
         let read = Interest {
@@ -606,7 +602,7 @@ impl Backend {
         let mut progress = false;
         for i in 0..self.conns.len() {
             let Some(c) = self.conns[i].as_mut() else { continue };
-            progress |= pump(c, &mut self.buf);
+            progress |= pump(c);
             if c.finished() {
                 if let Some(c) = self.conns[i].take() {
                     for fd in [
@@ -720,56 +716,56 @@ impl Conn {
 }
 
 /// Moves bytes both ways on `c` until nothing moves; whether anything did.
-fn pump(c: &mut Conn, buf: &mut [u8]) -> bool {
+fn pump(c: &mut Conn) -> bool {
     let mut progress = false;
     loop {
         let mut moved = false;
-        // Client -> receive ring.
+        // Client -> receive ring, received in place.
         if !c.client_done && !c.readers_gone {
-            match c.rx.writable() {
-                Ok(0) => {}
-                Ok(room) => {
-                    let want = (room as usize).min(buf.len());
-                    match sys::recv(c.sock.as_fd(), &mut buf[..want]) {
-                        Ok(Moved::Bytes(0)) | Err(_) => c.client_ended(),
-                        Ok(Moved::Bytes(n)) => {
-                            // Only the backend writes this ring, and `n` fits its room.
-                            if c.rx.write(&buf[..n]).is_err() {
-                                c.client_ended();
-                            }
-                            let h = c.rx.header();
-                            wake(&h.reader_sleeping, &h.data_seq, &c.wakeup);
-                            moved = true;
+            match c.rx.free_runs() {
+                Ok([(_, 0), (_, 0)]) => {}
+                Ok(runs) => match sys::recv_into_runs(c.sock.as_fd(), &runs) {
+                    Ok(Moved::Bytes(0)) | Err(_) => c.client_ended(),
+                    Ok(Moved::Bytes(n)) => {
+                        // At most the free space: only the backend writes this ring.
+                        if c.rx.commit(n as u64).is_err() {
+                            c.client_ended();
                         }
-                        Ok(Moved::WouldBlock) => {}
+                        let h = c.rx.header();
+                        wake(&h.reader_sleeping, &h.data_seq, &c.wakeup);
+                        moved = true;
                     }
-                }
+                    Ok(Moved::WouldBlock) => {}
+                },
                 // A guest scribbled over the ring: the connection ends for it.
                 Err(_) => c.client_ended(),
             }
         }
-        // Send ring -> client.
+        // Send ring -> client, sent in place.
         if c.tx_reading.is_some() {
-            match c.tx.peek(buf) {
-                Ok(0) => {
-                    if c.writers_gone && !c.shut && c.tx.readable().unwrap_or(0) == 0 {
+            match c.tx.data_runs() {
+                Ok([(_, 0), (_, 0)]) => {
+                    if c.writers_gone && !c.shut {
                         sys::shutdown_write(c.sock.as_fd());
                         c.shut = true;
                     }
                 }
-                Ok(n) => match sys::send(c.sock.as_fd(), &buf[..n]) {
-                    Ok(Moved::Bytes(sent)) => {
-                        c.send_blocked = sent < n;
-                        if c.tx.consume(sent as u64).is_err() {
-                            c.send_failed();
+                Ok(runs) => {
+                    let n = runs[0].1 + runs[1].1;
+                    match sys::send_from_runs(c.sock.as_fd(), &runs) {
+                        Ok(Moved::Bytes(sent)) => {
+                            c.send_blocked = sent < n;
+                            if c.tx.consume(sent as u64).is_err() {
+                                c.send_failed();
+                            }
+                            let h = c.tx.header();
+                            wake(&h.writer_sleeping, &h.space_seq, &c.wakeup);
+                            moved = sent > 0;
                         }
-                        let h = c.tx.header();
-                        wake(&h.writer_sleeping, &h.space_seq, &c.wakeup);
-                        moved = sent > 0;
+                        Ok(Moved::WouldBlock) => c.send_blocked = true,
+                        Err(_) => c.send_failed(),
                     }
-                    Ok(Moved::WouldBlock) => c.send_blocked = true,
-                    Err(_) => c.send_failed(),
-                },
+                }
                 Err(_) => c.send_failed(),
             }
         }
