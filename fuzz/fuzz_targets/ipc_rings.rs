@@ -54,6 +54,15 @@ enum Op {
         len: u16,
     },
     PipePeek,
+    /// The network backend's way: bytes received straight into the free runs, then committed.
+    PipeFillInPlace {
+        len: u16,
+        fill: u8,
+    },
+    /// The network backend's way: bytes sent straight from the data runs, then consumed.
+    PipeDrainInPlace {
+        len: u16,
+    },
     Send {
         peer: u8,
         len: u8,
@@ -261,6 +270,67 @@ fn run(input: Input) {
                 }
                 if !pipe_hit {
                     assert_eq!(r, Ok(pipe_model.len() as u64));
+                }
+            }
+            Op::PipeFillInPlace { len, fill } => {
+                let data_at = pipe_region.ptr as usize + PIPE_DATA_OFFSET;
+                let room = pipe.writable();
+                match pipe.free_runs() {
+                    Ok(runs) => {
+                        // What a receive may write is inside the data area, and is the room.
+                        for (p, l) in runs {
+                            assert!(p as usize >= data_at && p as usize + l <= data_at + pipe_cap as usize);
+                        }
+                        assert_eq!(Ok((runs[0].1 + runs[1].1) as u64), room);
+                        let mut n = usize::from(len).min(runs[0].1 + runs[1].1);
+                        let mut written = Vec::new();
+                        for (p, l) in runs {
+                            let k = n.min(l);
+                            for i in 0..k {
+                                let b = fill.wrapping_add(written.len() as u8);
+                                // SAFETY: inside the run (checked above).
+                                unsafe { std::ptr::write_volatile(p.add(i), b) };
+                                written.push(b);
+                            }
+                            n -= k;
+                        }
+                        let committed = pipe.commit(written.len() as u64);
+                        if !pipe_hit {
+                            assert_eq!(committed, Ok(()));
+                            pipe_model.extend(&written);
+                        }
+                    }
+                    Err(RingError::Corrupted) => assert!(room.is_err(), "free_runs vs writable"),
+                }
+            }
+            Op::PipeDrainInPlace { len } => {
+                let data_at = pipe_region.ptr as usize + PIPE_DATA_OFFSET;
+                let ready = pipe.readable();
+                match pipe.data_runs() {
+                    Ok(runs) => {
+                        for (p, l) in runs {
+                            assert!(p as usize >= data_at && p as usize + l <= data_at + pipe_cap as usize);
+                        }
+                        assert_eq!(Ok((runs[0].1 + runs[1].1) as u64), ready);
+                        let mut n = usize::from(len).min(runs[0].1 + runs[1].1);
+                        let mut sent = Vec::new();
+                        for (p, l) in runs {
+                            let k = n.min(l);
+                            for i in 0..k {
+                                // SAFETY: inside the run (checked above).
+                                sent.push(unsafe { std::ptr::read_volatile(p.add(i)) });
+                            }
+                            n -= k;
+                        }
+                        let consumed = pipe.consume(sent.len() as u64);
+                        if !pipe_hit {
+                            assert_eq!(consumed, Ok(()));
+                            for b in &sent {
+                                assert_eq!(Some(*b), pipe_model.pop_front(), "bytes out of order");
+                            }
+                        }
+                    }
+                    Err(RingError::Corrupted) => assert!(ready.is_err(), "data_runs vs readable"),
                 }
             }
             Op::Send { peer, len, fill } => {
