@@ -331,3 +331,18 @@ fn child_parent(test: &str, id: u32) -> u32 {
         .and_then(|r| r["parent"].as_u64())
         .unwrap_or_else(|| panic!("no pVM {id}: {rows:#?}")) as u32
 }
+
+#[test]
+fn poll_watches_pipe_ends_too() {
+    let test = "ipc-poll";
+    let out = ipctest(test, "poll");
+    out.expect_status(0);
+    for want in [
+        "poll: at once 0, after the timeout 0 (waited true), then 1: a 0 b 1",
+        "poll: writer with room 1 true",
+        "poll: reader at end of file 1 true",
+    ] {
+        assert!(out.stdout.contains(want), "{want}: {out:#?}");
+    }
+    assert_no_leaks(test);
+}

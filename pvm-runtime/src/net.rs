@@ -124,6 +124,12 @@ impl TcpListener {
         self.port
     }
 
+    /// Its address as the guest sees it: any address, the guest port (the host address clients
+    /// use is the operator's: `pvmctl ps` shows it).
+    pub fn local_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port)
+    }
+
     /// With `true`, [`TcpListener::accept`] fails with [`Error::WouldBlock`] instead of waiting.
     pub fn set_nonblocking(&mut self, nonblocking: bool) {
         self.nonblocking = nonblocking;
@@ -304,6 +310,10 @@ pub enum Source<'a> {
     Listener(&'a TcpListener),
     /// A stream: readable, writable.
     Stream(&'a TcpStream),
+    /// The read end of a pipe between pVMs: readable.
+    PipeReader(&'a Reader),
+    /// The write end of a pipe between pVMs: writable.
+    PipeWriter(&'a Writer),
 }
 
 /// One source of a [`poll`] and what it is ready for.
@@ -326,6 +336,24 @@ impl<'a> PollEntry<'a> {
         }
     }
 
+    /// Watches a pipe's read end for bytes (or its end).
+    pub fn pipe_reader(r: &'a Reader) -> PollEntry<'a> {
+        PollEntry {
+            source: Source::PipeReader(r),
+            interest: READABLE,
+            ready: 0,
+        }
+    }
+
+    /// Watches a pipe's write end for room.
+    pub fn pipe_writer(w: &'a Writer) -> PollEntry<'a> {
+        PollEntry {
+            source: Source::PipeWriter(w),
+            interest: WRITABLE,
+            ready: 0,
+        }
+    }
+
     /// Watches a stream for `interest`.
     pub fn stream(s: &'a TcpStream, interest: u32) -> PollEntry<'a> {
         PollEntry {
@@ -342,25 +370,31 @@ static LAST_HOST_POLL: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomi
 /// About a millisecond.
 const LISTENER_LOOK_CYCLES: u64 = 2_500_000;
 
-/// Marks each stream entry ready from its rings (no exit); how many are.
+/// Marks each stream and pipe entry ready from its rings (no exit); how many are.
 fn look_at_streams(entries: &mut [PollEntry<'_>]) -> usize {
     let mut n = 0;
     for e in entries.iter_mut() {
-        let Source::Stream(s) = e.source else { continue };
+        // None: the side is not watched; Some(None): a stream's side that was shut down.
+        let (reader, writer): (Option<Option<&Reader>>, Option<Option<&Writer>>) = match e.source {
+            Source::Listener(_) => continue,
+            Source::Stream(s) => (Some(s.reader.as_ref()), Some(s.writer.as_ref())),
+            Source::PipeReader(r) => (Some(Some(r)), None),
+            Source::PipeWriter(w) => (None, Some(Some(w))),
+        };
         let mut ready = 0;
         if e.interest & READABLE != 0 {
-            match &s.reader {
-                Some(r) if r.parts().1.readable().map_or(true, |b| b > 0) => ready |= READABLE,
-                Some(_) => {}
+            match reader {
+                Some(Some(r)) if r.parts().1.readable().map_or(true, |b| b > 0) => ready |= READABLE,
                 // Shut down for reading: reads return end of file at once.
-                None => ready |= READABLE,
+                Some(None) => ready |= READABLE,
+                _ => {}
             }
         }
         if e.interest & WRITABLE != 0 {
-            match &s.writer {
-                Some(w) if w.parts().1.writable().map_or(true, |b| b > 0) => ready |= WRITABLE,
-                Some(_) => {}
-                None => ready |= WRITABLE,
+            match writer {
+                Some(Some(w)) if w.parts().1.writable().map_or(true, |b| b > 0) => ready |= WRITABLE,
+                Some(None) => ready |= WRITABLE,
+                _ => {}
             }
         }
         e.ready = ready;
@@ -375,6 +409,11 @@ fn flag_sleeping(entries: &[PollEntry<'_>], on: bool) {
     use core::sync::atomic::Ordering;
     let v = u32::from(on);
     for e in entries {
+        match e.source {
+            Source::PipeReader(r) => r.parts().1.header().reader_sleeping.store(v, Ordering::SeqCst),
+            Source::PipeWriter(w) => w.parts().1.header().writer_sleeping.store(v, Ordering::SeqCst),
+            _ => {}
+        }
         let Source::Stream(s) = e.source else { continue };
         if e.interest & READABLE != 0 {
             if let Some(r) = &s.reader {
@@ -405,6 +444,22 @@ fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<u
                     revents: 0,
                 });
                 owner.push((i, READABLE));
+            }
+            Source::PipeReader(r) => {
+                items.push(PollItem {
+                    handle: r.parts().0,
+                    events: poll_events::READ,
+                    revents: 0,
+                });
+                owner.push((i, READABLE));
+            }
+            Source::PipeWriter(w) => {
+                items.push(PollItem {
+                    handle: w.parts().0,
+                    events: poll_events::WRITE,
+                    revents: 0,
+                });
+                owner.push((i, WRITABLE));
             }
             Source::Stream(s) => {
                 if let (true, Some(r)) = (e.interest & READABLE != 0, &s.reader) {
@@ -470,7 +525,7 @@ pub fn poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<us
         e.ready = 0;
     }
     let listeners = entries.iter().any(|e| matches!(e.source, Source::Listener(_)));
-    let streams = entries.iter().any(|e| matches!(e.source, Source::Stream(_)));
+    let streams = entries.iter().any(|e| !matches!(e.source, Source::Listener(_)));
     let start = crate::time::cycles();
     let budget = if timeout_ns == Some(0) {
         0

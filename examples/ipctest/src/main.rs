@@ -38,8 +38,9 @@ fn main() -> i32 {
         "open-other" => open_other(),
         "hold-child" => hold_child(),
         "reuse" => reuse(arg),
+        "poll" => poll(),
         _ => {
-            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other");
+            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other|poll");
             return 2;
         }
     };
@@ -576,4 +577,57 @@ fn reuse(id: u64) -> Result<(), Error> {
         MessageQueue::open_existing("shared.key").err()
     );
     Ok(())
+}
+
+/// `pvm::net::poll` over pipe ends: nothing ready (at once, and after a timeout), then the
+/// one a child writes to, then a writer with room, then a reader whose writers are gone.
+fn poll() -> Result<(), Error> {
+    use pvm::net::{self, PollEntry, READABLE};
+    let (a_r, a_w) = ipc::pipe()?;
+    let (b_r, mut b_w) = ipc::pipe()?;
+    let (go_r, mut go_w) = ipc::pipe()?;
+    let ready = |entries: &mut [PollEntry<'_>], timeout| match net::poll(entries, timeout) {
+        Ok(n) => n,
+        Err(e) => {
+            pvm::println!("poll: error {e}");
+            pvm::exit(1)
+        }
+    };
+    match fork() {
+        Fork::Child => {
+            drop((a_r, b_r, go_w));
+            let mut go_r = go_r;
+            let mut byte = [0u8];
+            go_r.read_exact(&mut byte)?;
+            b_w.write_all(b"x")?;
+            drop((a_w, b_w));
+            pvm::exit(0)
+        }
+        Fork::Parent(child) => {
+            drop(go_r);
+            drop(b_w);
+            let mut e = [PollEntry::pipe_reader(&a_r), PollEntry::pipe_reader(&b_r)];
+            let now = ready(&mut e, Some(0));
+            let start = pvm::time::Instant::now();
+            let later = ready(&mut e, Some(5_000_000));
+            let waited = start.elapsed().as_millis() >= 4;
+            go_w.write_all(b"g")?;
+            let n = ready(&mut e, None);
+            pvm::println!(
+                "poll: at once {now}, after the timeout {later} (waited {waited}), then {n}: a {} b {}",
+                e[0].ready,
+                e[1].ready
+            );
+            let mut w = [PollEntry::pipe_writer(&a_w)];
+            let n = ready(&mut w, Some(0));
+            pvm::println!("poll: writer with room {n} {}", w[0].ready == net::WRITABLE);
+            drop(a_w);
+            let _ = child.wait();
+            // The child's copy of a's write end is gone too: the reader reads end of file.
+            let mut e = [PollEntry::pipe_reader(&a_r)];
+            let n = ready(&mut e, None);
+            pvm::println!("poll: reader at end of file {n} {}", e[0].ready == READABLE);
+            Ok(())
+        }
+    }
 }
