@@ -3,7 +3,8 @@
 //! In the same run, each round:
 //! - `redis-benchmark -c 50 -n 200000 -t set,get` without and with pipelining (`-P 16`) against
 //!   the kv example (one pVM, commands in libkv 2) and against `redis-server` (persistence off):
-//!   throughput and p50/p99 latency as redis-benchmark reports them (`--csv`);
+//!   throughput and p50/p99 latency as redis-benchmark reports them (`--csv`); and against
+//!   the kv example with [`WORKERS`] pre-forked worker pVMs sharing its listener;
 //! - a bulk stream (64 KiB writes, 256 MiB) into a pVM (`netecho --sink`) against a Linux
 //!   thread reading a loopback socket;
 //! - a 1-byte request/response round trip with a pVM (`netecho`) against a Linux thread
@@ -50,6 +51,8 @@ const PIPELINE: &str = "16";
 /// Bulk stream: bytes per write, bytes in all.
 const CHUNK: usize = 64 * 1024;
 const STREAM_BYTES: usize = 256 << 20;
+/// Pre-forked kv workers in the workers rows.
+const WORKERS: &str = "2";
 /// Round trips per measurement.
 const ROUND_TRIPS: usize = 20_000;
 
@@ -332,8 +335,8 @@ fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
     let linux_spin = linux_server(Serve::EchoSpin)?;
     let linux_sink = linux_server(Serve::Sink)?;
     eprintln!("pvmctl bench net: {} rounds...", args.rounds);
-    // [SET, GET] x [plain, pipelined] x [pvm, redis].
-    let mut redis: Vec<[[[Redis; 2]; 2]; 2]> = Vec::new();
+    // [SET, GET] x [plain, pipelined] x [pvm, redis, pvm workers].
+    let mut redis: Vec<[[[Redis; 2]; 3]; 2]> = Vec::new();
     let (mut streams, mut linux_streams) = (Vec::new(), Vec::new());
     let (mut rtt, mut linux_rtt, mut spin_rtt) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.rounds {
@@ -357,13 +360,26 @@ fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
                 .map_err(|_| NetBenchError::Tool("redis-server"))?,
         );
         drop(connect(redis_port)?);
-        let mut round = [[[Redis::default(); 2]; 2]; 2];
+        let mut round = [[[Redis::default(); 2]; 3]; 2];
         for (p, pipeline) in [None, Some(PIPELINE)].into_iter().enumerate() {
             round[p][0] = redis_benchmark(kv_port, pipeline)?;
             round[p][1] = redis_benchmark(redis_port, pipeline)?;
         }
-        redis.push(round);
         drop(kv_server);
+        let workers_port = free_port()?;
+        let workers = env.start(
+            workers_port,
+            6379,
+            &[format!("--lib=kv={}", libkv.display())],
+            &kv,
+            &["--port", "6379", "--workers", WORKERS],
+            "kv: serving",
+        )?;
+        for (p, pipeline) in [None, Some(PIPELINE)].into_iter().enumerate() {
+            round[p][2] = redis_benchmark(workers_port, pipeline)?;
+        }
+        drop(workers);
+        redis.push(round);
 
         let sink_port = free_port()?;
         let sink = env.start(
@@ -396,7 +412,7 @@ fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
 
 fn report(
     args: &RoundsArgs,
-    redis: &[[[[Redis; 2]; 2]; 2]],
+    redis: &[[[[Redis; 2]; 3]; 2]],
     streams: &[f64],
     linux_streams: &[f64],
     [rtt, linux_rtt, spin_rtt]: [&[Stats]; 3],
@@ -418,8 +434,15 @@ fn report(
     let srtt_p99 = median(&mut spin_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
     let mut targets = Vec::new();
     let mut rows = Vec::new();
+    let mut worker_rows = Vec::new();
     for (p, label) in [(0, ""), (1, " -P 16")] {
         for (t, name) in [(0, "SET"), (1, "GET")] {
+            let workers = (
+                fig(p, 2, t, |r| r.rps),
+                fig(p, 2, t, |r| r.p50_ms),
+                fig(p, 2, t, |r| r.p99_ms),
+            );
+            worker_rows.push((format!("{name}{label}"), workers));
             let row = (
                 format!("{name}{label}"),
                 fig(p, 0, t, |r| r.rps),
@@ -464,6 +487,10 @@ fn report(
                 "test": r.0, "pvm_rps": r.1, "pvm_p50_ms": r.2, "pvm_p99_ms": r.3,
                 "redis_rps": r.4, "redis_p50_ms": r.5, "redis_p99_ms": r.6,
             })).collect::<Vec<_>>(),
+            "workers": WORKERS,
+            "redis_workers": worker_rows.iter().map(|(t, w)| serde_json::json!({
+                "test": t, "pvm_rps": w.0, "pvm_p50_ms": w.1, "pvm_p99_ms": w.2,
+            })).collect::<Vec<_>>(),
             "stream_pvm_mb_s": stream_pvm, "stream_linux_mb_s": stream_linux,
             "rtt_pvm_median_us": rtt_med, "rtt_pvm_p99_us": rtt_p99,
             "rtt_linux_median_us": lrtt_med, "rtt_linux_p99_us": lrtt_p99,
@@ -496,6 +523,25 @@ fn report(
             r.6,
             r.1 / r.4,
             r.3 / r.6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n  kv with {WORKERS} pre-forked worker pVMs (each its own store):"
+    );
+    for ((name, w), r) in worker_rows.iter().zip(&rows) {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>12.0} {:>9.3} {:>9.3}   {:>12} {:>9} {:>9}   {:>9.2} {:>9.2}",
+            name,
+            w.0,
+            w.1,
+            w.2,
+            "",
+            "",
+            "",
+            w.0 / r.4,
+            w.2 / r.6
         );
     }
     let _ = writeln!(

@@ -8,7 +8,9 @@
 //! With `--port P` (and `pvmctl run --publish HOST_PORT:P`) the server speaks the Redis
 //! protocol on TCP instead (see `tcp.rs`): `redis-cli -p HOST_PORT`, `redis-benchmark -p
 //! HOST_PORT` work against it; commands run in libkv's `kv_exec` (version 2 adds `INCR` and
-//! `STATS`). It serves until SIGUSR1.
+//! `STATS`). It serves until SIGUSR1. `--workers N` forks N pVMs that serve from the one
+//! listener (pre-fork); each has its own copy of the store as it was at the fork (a cache-like
+//! mode, for measuring how the network path scales; `--family` updates swap them all).
 //!
 //! The root pVM is the server: it loads `kv`, forks N client pVMs (its family), and answers
 //! their requests, which travel over message queues (`kv.req`, and one `kv.reply.I` per client).
@@ -56,6 +58,7 @@ struct Options {
     clients: u16,
     requests: u64,
     port: Option<u16>,
+    workers: u16,
 }
 
 fn options() -> Result<Options, String> {
@@ -63,6 +66,7 @@ fn options() -> Result<Options, String> {
         clients: 2,
         requests: 0,
         port: None,
+        workers: 0,
     };
     let mut args = pvm::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,6 +78,7 @@ fn options() -> Result<Options, String> {
         match a {
             "--clients" => o.clients = value(a)?.clamp(1, 64) as u16,
             "--requests" => o.requests = value(a)?,
+            "--workers" => o.workers = value(a)?.min(64) as u16,
             "--port" => {
                 o.port = Some(
                     u16::try_from(value(a)?)
@@ -84,7 +89,7 @@ fn options() -> Result<Options, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (--clients N, --requests N, --port P)"
+                    "unknown argument {other:?} (--clients N, --requests N, --port P, --workers N)"
                 ))
             }
         }
@@ -117,7 +122,7 @@ fn main() -> i32 {
             }
         };
         let _ = signal::on(Signal::Usr1, on_usr1);
-        return tcp::serve(port, &lib, exec);
+        return tcp::serve(port, &lib, exec, o.workers);
     }
     // SAFETY: libkv exports kv_handle with this signature.
     let handle = match unsafe { lib.sym::<Handle>("kv_handle") } {

@@ -112,8 +112,10 @@ impl Client {
     }
 }
 
-/// Serves the Redis protocol on guest port `port` until SIGUSR1; returns the exit status.
-pub fn serve(port: u16, lib: &dl::Library, exec: dl::Symbol<Exec>) -> i32 {
+/// Serves the Redis protocol on guest port `port` until SIGUSR1; returns the exit status. With
+/// `workers` > 0 the root forks that many pVMs that all serve from the one listener (pre-fork)
+/// and waits for them; each worker has its own copy of the store, as it was at the fork.
+pub fn serve(port: u16, lib: &dl::Library, exec: dl::Symbol<Exec>, workers: u16) -> i32 {
     let mut listener = match TcpListener::bind(port) {
         Ok(l) => l,
         Err(e) => {
@@ -126,6 +128,29 @@ pub fn serve(port: u16, lib: &dl::Library, exec: dl::Symbol<Exec>) -> i32 {
         "kv: serving the Redis protocol on guest port {port} with libkv {}",
         lib.version().as_deref().unwrap_or("?")
     );
+    if workers > 0 {
+        for _ in 0..workers {
+            match pvm::fork() {
+                Ok(pvm::Fork::Child) => pvm::exit(event_loop(&listener, lib, &exec)),
+                Ok(pvm::Fork::Parent(_)) => {}
+                Err(e) => {
+                    pvm::eprintln!("kv: cannot fork a worker: {e}");
+                    return 1;
+                }
+            }
+        }
+        pvm::println!("kv: {workers} workers");
+        let mut failed = 0;
+        while let Ok((_, status)) = pvm::wait_any() {
+            failed += u32::from(!status.success());
+        }
+        return i32::from(failed != 0);
+    }
+    event_loop(&listener, lib, &exec)
+}
+
+/// One server's loop over its clients and the listener, until SIGUSR1.
+fn event_loop(listener: &TcpListener, lib: &dl::Library, exec: &dl::Symbol<Exec>) -> i32 {
     let mut clients: Vec<Client> = Vec::new();
     let mut args = Vec::new();
     let mut reply = alloc::vec![0u8; MAX_REPLY];
@@ -135,7 +160,7 @@ pub fn serve(port: u16, lib: &dl::Library, exec: dl::Symbol<Exec>) -> i32 {
     while !crate::STOP.load(Ordering::SeqCst) {
         {
             let mut entries = Vec::with_capacity(clients.len() + 1);
-            entries.push(PollEntry::listener(&listener));
+            entries.push(PollEntry::listener(listener));
             for c in &clients {
                 let mut interest = 0;
                 if !c.closing && c.pending() <= MAX_PENDING_OUT {
@@ -193,7 +218,7 @@ pub fn serve(port: u16, lib: &dl::Library, exec: dl::Symbol<Exec>) -> i32 {
                 c.sent = 0;
                 continue;
             }
-            served += c.run(&exec, &mut args, &mut reply);
+            served += c.run(exec, &mut args, &mut reply);
             if c.write().is_err() {
                 c.closing = true;
                 c.output.clear();
