@@ -84,11 +84,18 @@ fn connect(port: u16) -> Result<TcpStream, BenchError> {
     }
 }
 
-/// A background process, killed when dropped.
+/// A background process, ended when dropped: TERM first (a family's root passes it to the
+/// whole family, whose pVMs would otherwise outlive a SIGKILLed root), then KILL.
 struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
