@@ -246,9 +246,10 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_bind, any());
     r.insert(libc::SYS_listen, any());
     r.insert(libc::SYS_accept4, any());
-    r.insert(libc::SYS_recvmsg, any()); // a request's passed file (sys::recv_with_fds)
-                                        // The channel to the family's network backend (net/): requests, a forked child's own
-                                        // channel (a Unix socket pair) sent with `SCM_RIGHTS`; connections received with theirs.
+    // A request's passed file (sys::recv_with_fds). The channel to the family's network
+    // backend (net/): requests, a forked child's own channel (a Unix socket pair) sent with
+    // `SCM_RIGHTS`; connections received with theirs.
+    r.insert(libc::SYS_recvmsg, any());
     r.insert(libc::SYS_sendmsg, any());
     r.insert(
         libc::SYS_socketpair,
@@ -275,6 +276,12 @@ pub struct Filters {
 
 /// Compiles the filters.
 pub fn program() -> Result<Filters, SeccompError> {
+    filters(rules()?)
+}
+
+/// Compiles `allow_list` (anything else kills the process) and the filter that answers
+/// `clone3` with ENOSYS.
+fn filters(allow_list: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Filters, SeccompError> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
@@ -284,21 +291,19 @@ pub fn program() -> Result<Filters, SeccompError> {
                 .and_then(TryInto::try_into)
                 .map_err(|e| SeccompError::Build(e.to_string()))
         };
-    let allow_list = compile(SeccompFilter::new(
-        rules()?,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    ))?;
-    let no_clone3 = compile(SeccompFilter::new(
-        [(libc::SYS_clone3, vec![])].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    ))?;
     Ok(Filters {
-        allow_list,
-        no_clone3,
+        allow_list: compile(SeccompFilter::new(
+            allow_list,
+            SeccompAction::KillProcess,
+            SeccompAction::Allow,
+            arch,
+        ))?,
+        no_clone3: compile(SeccompFilter::new(
+            [(libc::SYS_clone3, vec![])].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        ))?,
     })
 }
 
@@ -398,29 +403,7 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
 
 /// The network backend's filters (its allow-list, and `clone3` answered with ENOSYS).
 pub fn backend_program() -> Result<Filters, SeccompError> {
-    let arch: seccompiler::TargetArch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
-    let compile =
-        |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, SeccompError> {
-            filter
-                .and_then(TryInto::try_into)
-                .map_err(|e| SeccompError::Build(e.to_string()))
-        };
-    Ok(Filters {
-        allow_list: compile(SeccompFilter::new(
-            backend_rules()?,
-            SeccompAction::KillProcess,
-            SeccompAction::Allow,
-            arch,
-        ))?,
-        no_clone3: compile(SeccompFilter::new(
-            [(libc::SYS_clone3, vec![])].into_iter().collect(),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-            arch,
-        ))?,
-    })
+    filters(backend_rules()?)
 }
 
 /// Confines this process: `no_new_privs`, then the filters. Threads started later (a library

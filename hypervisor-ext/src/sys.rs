@@ -699,20 +699,26 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// A non-blocking TCP listener bound to `addr` (address reuse on, as servers do).
-pub fn tcp_listen(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
-    use rustix::net::{bind, listen, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
+/// A non-blocking TCP socket of `addr`'s family.
+fn tcp_socket(addr: &std::net::SocketAddr) -> io::Result<OwnedFd> {
+    use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
         AddressFamily::INET6
     };
-    let fd = socket_with(
+    Ok(socket_with(
         family,
         SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
-    )?;
+    )?)
+}
+
+/// A non-blocking TCP listener bound to `addr` (address reuse on, as servers do).
+pub fn tcp_listen(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    use rustix::net::{bind, listen, sockopt};
+    let fd = tcp_socket(&addr)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
     bind(&fd, &addr)?;
     listen(&fd, 1024)?;
@@ -722,18 +728,8 @@ pub fn tcp_listen(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
 /// A non-blocking TCP socket connecting to `addr`: (socket, connected already); when not yet,
 /// it becomes writable once it is, and [`socket_error`] tells how it went.
 pub fn tcp_connect(addr: std::net::SocketAddr) -> io::Result<(OwnedFd, bool)> {
-    use rustix::net::{connect, socket_with, sockopt, AddressFamily, SocketFlags, SocketType};
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    use rustix::net::{connect, sockopt};
+    let fd = tcp_socket(&addr)?;
     let _ = sockopt::set_tcp_nodelay(&fd, true);
     match connect(&fd, &addr) {
         Ok(()) => Ok((fd, true)),
@@ -795,10 +791,18 @@ pub fn recv_into_runs(fd: BorrowedFd<'_>, runs: &[(*mut u8, usize)]) -> io::Resu
             iov_len: len,
         })
         .collect();
-    loop {
+    moved(|| {
         // SAFETY: each iovec is a run of writable memory the caller vouches for; the kernel
         // writes at most their lengths.
-        let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) }
+    })
+}
+
+/// What a non-blocking transfer `call` (a libc call: a count, or -1 and errno) did, retried
+/// after signals.
+fn moved(call: impl Fn() -> isize) -> io::Result<Moved> {
+    loop {
+        let n = call();
         if n >= 0 {
             return Ok(Moved::Bytes(n as usize));
         }
@@ -826,20 +830,11 @@ pub fn send_from_runs(fd: BorrowedFd<'_>, runs: &[(*const u8, usize)]) -> io::Re
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = iov.len();
-    loop {
+    moved(|| {
         // SAFETY: the header points at the iovecs above, each a readable run the caller
         // vouches for; the kernel only reads them.
-        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(Moved::Bytes(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => return Ok(Moved::WouldBlock),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
-        }
-    }
+        unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) }
+    })
 }
 
 /// Shuts down the sending side of socket `fd` (the peer reads end of file).

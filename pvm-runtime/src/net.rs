@@ -80,6 +80,17 @@ impl From<ipc::Error> for Error {
     }
 }
 
+/// Whether a call that returned `result` was interrupted only for a library update (no signal
+/// handler ran): then this is a safe point for it, and the caller makes the call again.
+fn only_an_update(result: i64) -> bool {
+    if result != -errno::EINTR || crate::signal::poll() {
+        return false;
+    }
+    #[cfg(not(feature = "library"))]
+    crate::dl::poll_if_pending();
+    true
+}
+
 fn from_errno(result: i64) -> Error {
     match -result {
         errno::EACCES => Error::PermissionDenied,
@@ -145,10 +156,7 @@ impl TcpListener {
                 ..Default::default()
             };
             raw(Hypercall::NetAccept, &mut args as *mut NetAcceptArgs as u64);
-            if args.result == -errno::EINTR && !crate::signal::poll() {
-                // Only a library update interrupted the wait: a safe point for it; wait on.
-                #[cfg(not(feature = "library"))]
-                crate::dl::poll_if_pending();
+            if only_an_update(args.result) {
                 continue;
             }
             if args.result < 0 {
@@ -157,21 +165,15 @@ impl TcpListener {
             let ip = Ipv6Addr::from(args.peer_ip);
             let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
             let peer = SocketAddr::new(ip, args.peer_port as u16);
-            // SAFETY: the monitor mapped the connection's region (both rings) at `ring` and
-            // keeps it while the two handles are open.
-            let (reader, writer) = unsafe {
-                ipc::ends_at(
+            // SAFETY: the monitor mapped the connection's region at `ring`.
+            let stream = unsafe {
+                TcpStream::at(
                     args.read_handle,
                     args.write_handle,
                     args.ring,
-                    pvm_ipc::net_tx_offset(args.capacity),
                     args.capacity,
+                    peer,
                 )
-            };
-            let stream = TcpStream {
-                reader: Some(reader),
-                writer: Some(writer),
-                peer,
             };
             return Ok((stream, peer));
         }
@@ -204,6 +206,28 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    /// The stream on the connection the monitor installed: its two handles, and its region
+    /// at `ring` (the receive ring, then the send ring) of rings of `capacity` bytes.
+    ///
+    /// # Safety
+    /// The monitor mapped the region there and keeps it while the two handles are open.
+    unsafe fn at(
+        read_handle: u64,
+        write_handle: u64,
+        ring: u64,
+        capacity: u64,
+        peer: SocketAddr,
+    ) -> TcpStream {
+        let tx = pvm_ipc::net_tx_offset(capacity);
+        // SAFETY: as the caller promised.
+        let (reader, writer) = unsafe { ipc::ends_at(read_handle, write_handle, ring, tx, capacity) };
+        TcpStream {
+            reader: Some(reader),
+            writer: Some(writer),
+            peer,
+        }
+    }
+
     /// Connects to `addr`, which the operator must allow (`pvmctl run --connect ADDR:PORT`;
     /// anything else is [`Error::PermissionDenied`]).
     pub fn connect(addr: SocketAddr) -> Result<TcpStream, Error> {
@@ -218,30 +242,21 @@ impl TcpStream {
                 ..Default::default()
             };
             raw(Hypercall::NetConnect, &mut args as *mut NetConnectArgs as u64);
-            if args.result == -errno::EINTR && !crate::signal::poll() {
-                // Only a library update interrupted it: a safe point; try again.
-                #[cfg(not(feature = "library"))]
-                crate::dl::poll_if_pending();
+            if only_an_update(args.result) {
                 continue;
             }
             if args.result < 0 {
                 return Err(from_errno(args.result));
             }
-            // SAFETY: the monitor mapped the connection's region (both rings) at `ring` and
-            // keeps it while the two handles are open.
-            let (reader, writer) = unsafe {
-                ipc::ends_at(
+            // SAFETY: the monitor mapped the connection's region at `ring`.
+            return Ok(unsafe {
+                TcpStream::at(
                     args.read_handle,
                     args.write_handle,
                     args.ring,
-                    pvm_ipc::net_tx_offset(args.capacity),
                     args.capacity,
+                    addr,
                 )
-            };
-            return Ok(TcpStream {
-                reader: Some(reader),
-                writer: Some(writer),
-                peer: addr,
             });
         }
     }
@@ -435,48 +450,31 @@ fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<u
     use pvm_abi::{poll_events, NetPollArgs, PollItem, POLL_FOREVER};
     let mut items = Vec::with_capacity(entries.len() * 2);
     let mut owner = Vec::with_capacity(entries.len() * 2);
+    // Entry `i`'s `handle`, watched for `bit`.
+    let mut watch = |i: usize, handle: u64, bit: u32| {
+        let events = if bit == READABLE {
+            poll_events::READ
+        } else {
+            poll_events::WRITE
+        };
+        items.push(PollItem {
+            handle,
+            events,
+            revents: 0,
+        });
+        owner.push((i, bit));
+    };
     for (i, e) in entries.iter().enumerate() {
         match e.source {
-            Source::Listener(l) => {
-                items.push(PollItem {
-                    handle: l.handle,
-                    events: poll_events::READ,
-                    revents: 0,
-                });
-                owner.push((i, READABLE));
-            }
-            Source::PipeReader(r) => {
-                items.push(PollItem {
-                    handle: r.parts().0,
-                    events: poll_events::READ,
-                    revents: 0,
-                });
-                owner.push((i, READABLE));
-            }
-            Source::PipeWriter(w) => {
-                items.push(PollItem {
-                    handle: w.parts().0,
-                    events: poll_events::WRITE,
-                    revents: 0,
-                });
-                owner.push((i, WRITABLE));
-            }
+            Source::Listener(l) => watch(i, l.handle, READABLE),
+            Source::PipeReader(r) => watch(i, r.parts().0, READABLE),
+            Source::PipeWriter(w) => watch(i, w.parts().0, WRITABLE),
             Source::Stream(s) => {
                 if let (true, Some(r)) = (e.interest & READABLE != 0, &s.reader) {
-                    items.push(PollItem {
-                        handle: r.parts().0,
-                        events: poll_events::READ,
-                        revents: 0,
-                    });
-                    owner.push((i, READABLE));
+                    watch(i, r.parts().0, READABLE);
                 }
                 if let (true, Some(w)) = (e.interest & WRITABLE != 0, &s.writer) {
-                    items.push(PollItem {
-                        handle: w.parts().0,
-                        events: poll_events::WRITE,
-                        revents: 0,
-                    });
-                    owner.push((i, WRITABLE));
+                    watch(i, w.parts().0, WRITABLE);
                 }
             }
         }
@@ -490,10 +488,7 @@ fn host_poll(entries: &mut [PollEntry<'_>], timeout_ns: Option<u64>) -> Result<u
         };
         raw(Hypercall::NetPoll, &mut args as *mut NetPollArgs as u64);
         LAST_HOST_POLL.store(crate::time::cycles(), core::sync::atomic::Ordering::Relaxed);
-        if args.result == -errno::EINTR && !crate::signal::poll() {
-            // Only a library update interrupted the wait: this is a safe point for it.
-            #[cfg(not(feature = "library"))]
-            crate::dl::poll_if_pending();
+        if only_an_update(args.result) {
             continue;
         }
         if args.result < 0 {

@@ -45,6 +45,31 @@ enum Kind {
     Connecting = 7,
 }
 
+/// Readable: what every registration but a connect's waits for.
+const READ: Interest = Interest {
+    read: true,
+    write: false,
+};
+
+/// Puts `item` in the first free place of `slots`; its index.
+fn place<T>(slots: &mut Vec<Option<T>>, item: T) -> usize {
+    match slots.iter().position(Option::is_none) {
+        Some(i) => {
+            slots[i] = Some(item);
+            i
+        }
+        None => {
+            slots.push(Some(item));
+            slots.len() - 1
+        }
+    }
+}
+
+/// The index [`place`] would give.
+fn next_place<T>(slots: &[Option<T>]) -> usize {
+    slots.iter().position(Option::is_none).unwrap_or(slots.len())
+}
+
 fn token(kind: Kind, index: usize) -> u64 {
     (kind as u64) << 32 | index as u64
 }
@@ -132,11 +157,7 @@ pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize, a
         max_conns,
     };
     for (i, (fd, guest_port)) in listeners.into_iter().enumerate() {
-        let read = Interest {
-            read: true,
-            write: false,
-        };
-        if b.epoll.add(fd.as_fd(), token(Kind::Listener, i), read).is_err() {
+        if b.epoll.add(fd.as_fd(), token(Kind::Listener, i), READ).is_err() {
             return;
         }
         b.listeners.push(Listener {
@@ -154,21 +175,9 @@ pub fn run(listeners: Vec<(OwnedFd, u16)>, channel: OwnedFd, max_conns: usize, a
 
 impl Backend {
     fn add_channel(&mut self, fd: OwnedFd) -> std::io::Result<()> {
-        let i = self
-            .channels
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.channels.len());
-        let read = Interest {
-            read: true,
-            write: false,
-        };
-        self.epoll.add(fd.as_fd(), token(Kind::Channel, i), read)?;
-        if i == self.channels.len() {
-            self.channels.push(Some(fd));
-        } else {
-            self.channels[i] = Some(fd);
-        }
+        let i = next_place(&self.channels);
+        self.epoll.add(fd.as_fd(), token(Kind::Channel, i), READ)?;
+        place(&mut self.channels, fd);
         Ok(())
     }
 
@@ -280,6 +289,11 @@ impl Backend {
         }
     }
 
+    /// Answers request `seq` of channel `chan` with the error `errno` (negated).
+    fn refuse(&self, chan: usize, seq: u64, errno: i64) {
+        self.reply(chan, &ToMonitor::Refused { seq, errno }, &[]);
+    }
+
     fn reply(&self, chan: usize, message: &ToMonitor, fds: &[std::os::fd::BorrowedFd<'_>]) {
         if let Some(c) = self.channels.get(chan).and_then(Option::as_ref) {
             let _ = proto::send(c.as_fd(), message, fds);
@@ -316,14 +330,7 @@ impl Backend {
                     .ok()
                     .filter(|&l| l < self.listeners.len())
                 else {
-                    self.reply(
-                        chan,
-                        &ToMonitor::Refused {
-                            seq,
-                            errno: -errno::EBADF,
-                        },
-                        &[],
-                    );
+                    self.refuse(chan, seq, -errno::EBADF);
                     return;
                 };
                 self.listeners[l].waiters.push_back((chan, seq));
@@ -332,14 +339,7 @@ impl Backend {
                     let w = &mut self.listeners[l].waiters;
                     if let Some(p) = w.iter().position(|&(c, s)| c == chan && s == seq) {
                         w.remove(p);
-                        self.reply(
-                            chan,
-                            &ToMonitor::Refused {
-                                seq,
-                                errno: -errno::EAGAIN,
-                            },
-                            &[],
-                        );
+                        self.refuse(chan, seq, -errno::EAGAIN);
                     }
                 }
             }
@@ -353,35 +353,17 @@ impl Backend {
             .iter()
             .any(|a| *a == addr || (a.port() == addr.port() && unmapped(a) == unmapped(&addr)));
         if !allowed {
-            self.reply(
-                chan,
-                &ToMonitor::Refused {
-                    seq,
-                    errno: -errno::EACCES,
-                },
-                &[],
-            );
+            self.refuse(chan, seq, -errno::EACCES);
             return;
         }
         if self.live_conns() >= self.max_conns {
-            self.reply(
-                chan,
-                &ToMonitor::Refused {
-                    seq,
-                    errno: -errno::EAGAIN,
-                },
-                &[],
-            );
+            self.refuse(chan, seq, -errno::EAGAIN);
             return;
         }
         match sys::tcp_connect(unmapped_addr(addr)) {
             Ok((sock, true)) => self.finish_connect(chan, seq, sock, addr),
             Ok((sock, false)) => {
-                let i = self
-                    .connecting
-                    .iter()
-                    .position(Option::is_none)
-                    .unwrap_or(self.connecting.len());
+                let i = next_place(&self.connecting);
                 let write = Interest {
                     read: false,
                     write: true,
@@ -391,36 +373,20 @@ impl Backend {
                     .add(sock.as_fd(), token(Kind::Connecting, i), write)
                     .is_err()
                 {
-                    self.reply(
-                        chan,
-                        &ToMonitor::Refused {
-                            seq,
-                            errno: -errno::EAGAIN,
-                        },
-                        &[],
-                    );
+                    self.refuse(chan, seq, -errno::EAGAIN);
                     return;
                 }
-                let c = Some(Connecting {
-                    sock,
-                    chan,
-                    seq,
-                    addr,
-                });
-                if i == self.connecting.len() {
-                    self.connecting.push(c);
-                } else {
-                    self.connecting[i] = c;
-                }
+                place(
+                    &mut self.connecting,
+                    Connecting {
+                        sock,
+                        chan,
+                        seq,
+                        addr,
+                    },
+                );
             }
-            Err(e) => self.reply(
-                chan,
-                &ToMonitor::Refused {
-                    seq,
-                    errno: connect_errno(&e),
-                },
-                &[],
-            ),
+            Err(e) => self.refuse(chan, seq, connect_errno(&e)),
         }
     }
 
@@ -432,14 +398,7 @@ impl Backend {
         self.epoll.delete(c.sock.as_fd());
         match sys::socket_error(c.sock.as_fd()) {
             Ok(None) => self.finish_connect(c.chan, c.seq, c.sock, c.addr),
-            Ok(Some(e)) | Err(e) => self.reply(
-                c.chan,
-                &ToMonitor::Refused {
-                    seq: c.seq,
-                    errno: connect_errno(&e),
-                },
-                &[],
-            ),
+            Ok(Some(e)) | Err(e) => self.refuse(c.chan, c.seq, connect_errno(&e)),
         }
     }
 
@@ -455,14 +414,7 @@ impl Backend {
                 };
                 self.reply(chan, &message, &fds.borrowed());
             }
-            Err(_) => self.reply(
-                chan,
-                &ToMonitor::Refused {
-                    seq,
-                    errno: -errno::EAGAIN,
-                },
-                &[],
-            ),
+            Err(_) => self.refuse(chan, seq, -errno::EAGAIN),
         }
     }
 
@@ -543,22 +495,15 @@ impl Backend {
         let monitor_bell = doorbell.try_clone()?;
         let wakeup = sys::eventfd()?;
         let monitor_wakeup = wakeup.try_clone()?;
-        let index = self
-            .conns
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.conns.len());
-        let read = Interest {
-            read: true,
-            write: false,
-        };
-        self.epoll.add(sock.as_fd(), token(Kind::Socket, index), read)?;
-        self.epoll
-            .add(doorbell.as_fd(), token(Kind::Doorbell, index), read)?;
-        self.epoll
-            .add(readers.as_fd(), token(Kind::Readers, index), read)?;
-        self.epoll
-            .add(writers.as_fd(), token(Kind::Writers, index), read)?;
+        let index = next_place(&self.conns);
+        for (fd, kind) in [
+            (sock.as_fd(), Kind::Socket),
+            (doorbell.as_fd(), Kind::Doorbell),
+            (readers.as_fd(), Kind::Readers),
+            (writers.as_fd(), Kind::Writers),
+        ] {
+            self.epoll.add(fd, token(kind, index), READ)?;
+        }
         let conn = Conn {
             sock,
             region: mapped.take(),
@@ -576,13 +521,9 @@ impl Backend {
             client_done: false,
             shut: false,
             send_blocked: false,
-            interest: read,
+            interest: READ,
         };
-        if index == self.conns.len() {
-            self.conns.push(Some(conn));
-        } else {
-            self.conns[index] = Some(conn);
-        }
+        place(&mut self.conns, conn);
         Ok((
             index,
             ConnFds {

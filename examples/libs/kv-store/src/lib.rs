@@ -277,6 +277,30 @@ pub fn exec(req: &[u8], out: &mut [u8], v2: bool, version: &str) -> usize {
     r.len()
 }
 
+/// The signature of [`handle`] and [`exec`].
+pub type Command = fn(&[u8], &mut [u8], bool, &str) -> usize;
+
+/// Runs `command` on the caller's buffers (what libkv's C-ABI exports do).
+///
+/// # Safety
+/// `req` valid for `len` bytes, `out` for `cap`.
+pub unsafe fn on_buffers(
+    command: Command,
+    (req, len): (*const u8, usize),
+    (out, cap): (*mut u8, usize),
+    v2: bool,
+    version: &str,
+) -> usize {
+    // SAFETY: as the caller promised.
+    let (req, out) = unsafe {
+        (
+            core::slice::from_raw_parts(req, len),
+            core::slice::from_raw_parts_mut(out, cap),
+        )
+    };
+    command(req, out, v2, version)
+}
+
 /// Defines libkv's exports: `kv_handle` and the state hooks (`v2`: version 2's commands).
 #[macro_export]
 macro_rules! exports {
@@ -289,13 +313,15 @@ macro_rules! exports {
         #[no_mangle]
         pub unsafe extern "C" fn kv_handle(req: *const u8, len: usize, out: *mut u8, cap: usize) -> usize {
             // SAFETY: as the caller promised.
-            let (req, out) = unsafe {
-                (
-                    core::slice::from_raw_parts(req, len),
-                    core::slice::from_raw_parts_mut(out, cap),
+            unsafe {
+                $crate::on_buffers(
+                    $crate::handle,
+                    (req, len),
+                    (out, cap),
+                    $v2,
+                    env!("CARGO_PKG_VERSION"),
                 )
-            };
-            $crate::handle(req, out, $v2, env!("CARGO_PKG_VERSION"))
+            }
         }
 
         /// Runs one Redis command (`len` bytes at `req`, as `resp::encode_args` writes them),
@@ -306,13 +332,15 @@ macro_rules! exports {
         #[no_mangle]
         pub unsafe extern "C" fn kv_exec(req: *const u8, len: usize, out: *mut u8, cap: usize) -> usize {
             // SAFETY: as the caller promised.
-            let (req, out) = unsafe {
-                (
-                    core::slice::from_raw_parts(req, len),
-                    core::slice::from_raw_parts_mut(out, cap),
+            unsafe {
+                $crate::on_buffers(
+                    $crate::exec,
+                    (req, len),
+                    (out, cap),
+                    $v2,
+                    env!("CARGO_PKG_VERSION"),
                 )
-            };
-            $crate::exec(req, out, $v2, env!("CARGO_PKG_VERSION"))
+            }
         }
 
         /// Hands the store to the next version.
