@@ -83,6 +83,17 @@ pub unsafe fn restore(saved: *mut c_void) -> i32 {
     0
 }
 
+/// `n` in decimal, as a stored value.
+fn decimal(n: i64) -> Vec<u8> {
+    let mut text = Out {
+        buf: &mut [0u8; 24],
+        len: 0,
+    };
+    let _ = write!(text, "{n}");
+    let len = text.len;
+    text.buf[..len].to_vec()
+}
+
 /// A bounded writer into the answer buffer.
 struct Out<'a> {
     buf: &'a mut [u8],
@@ -143,13 +154,7 @@ pub fn handle(req: &[u8], out: &mut [u8], v2: bool, version: &str) -> usize {
                 (None, true) => o.bytes(b"ERR value is not an integer"),
                 (n, _) => {
                     let n = n.unwrap_or(0) + 1;
-                    let mut text = Out {
-                        buf: &mut [0u8; 24],
-                        len: 0,
-                    };
-                    let _ = write!(text, "{n}");
-                    let len = text.len;
-                    s.map.insert(k.to_vec(), text.buf[..len].to_vec());
+                    s.map.insert(k.to_vec(), decimal(n));
                     let _ = write!(o, "{n}");
                 }
             }
@@ -228,13 +233,7 @@ pub fn exec(req: &[u8], out: &mut [u8], v2: bool, version: &str) -> usize {
             match cur.and_then(|c| c.checked_add(1)) {
                 None => r.error(b"ERR value is not an integer or out of range"),
                 Some(n) => {
-                    let mut text = Out {
-                        buf: &mut [0u8; 24],
-                        len: 0,
-                    };
-                    let _ = write!(text, "{n}");
-                    let len = text.len;
-                    s.map.insert(k.to_vec(), text.buf[..len].to_vec());
+                    s.map.insert(k.to_vec(), decimal(n));
                     r.integer(n);
                 }
             }
