@@ -211,3 +211,84 @@ fn detach_family_returns_with_the_root_and_leaves_the_family_running() {
     assert!(rows.is_empty(), "{rows:#?}");
     family.finish();
 }
+
+#[test]
+fn the_cli_takes_what_docker_and_xl_users_type() {
+    let test = "cli-habits";
+    let dir = run_dir(test);
+    let dir = dir.to_str().unwrap();
+    let mut fam = Running::start(test, &["--name", "habits"], "forktest", &["idle", "1"]);
+    fam.expect("idle: 1 children forked");
+    let root = fam.id().to_string();
+    let rows = ps_until(test, false, |rows| rows.len() == 2);
+    // --run-dir before the command as after it; ps -q gives the ids alone.
+    let out = pvmctl_run(test, &["--run-dir", dir, "ps", "-q"]);
+    out.expect_status(0);
+    let mut listed: Vec<u64> = out.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    listed.sort_unstable();
+    let mut want = ids(&rows);
+    want.sort_unstable();
+    assert_eq!(listed, want);
+    ctl(test, &["ps", "-a", "--run-dir", dir]).expect_status(0);
+    // A name given on purpose is one family's.
+    let out = run_guest(test, &["--name", "habits"], "hello", &[]);
+    out.expect_status(125).expect_no_host_panic();
+    assert!(
+        out.stderr.contains("the name \"habits\" is in use by pVM"),
+        "{out:#?}"
+    );
+    // STOP and CONT are pause and resume; pausing a paused pVM (or resuming a running one)
+    // is an error; unpause is resume.
+    ctl(test, &["kill", "-s", "STOP", &root]).expect_status(0);
+    assert_eq!(row(&ps_json(test, false), fam.id().into())["state"], "paused");
+    let out = ctl(test, &["pause", &root]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("is already paused"), "{out:#?}");
+    ctl(test, &["unpause", &root]).expect_status(0);
+    let out = ctl(test, &["resume", &root]);
+    out.expect_status(1);
+    assert!(out.stderr.contains("is not paused"), "{out:#?}");
+    ctl(test, &["kill", "-s", "SIGSTOP", "habits"]).expect_status(0);
+    ctl(test, &["kill", "-s", "18", "habits"]).expect_status(0);
+    // Signals with no meaning for a pVM are command-line errors, with the reason.
+    let out = ctl(test, &["kill", "-s", "QUIT", &root]);
+    out.expect_status(2);
+    assert!(out.stderr.contains("no meaning for a pVM"), "{out:#?}");
+    // The shell's `kill -9`.
+    ctl(test, &["kill", "-9", "--family", &root]).expect_status(0);
+    assert_eq!(fam.finish().status, None, "killed by SIGKILL");
+    // Sizes as people type them, refused in the unit typed; other command-line errors exit 2.
+    run_guest(test, &["--mem", "64MiB"], "hello", &[]).expect_status(0);
+    let out = run_guest(test, &["--mem", "1T"], "hello", &[]);
+    out.expect_status(2);
+    assert!(
+        out.stderr.contains("1T is too large: at most ") && out.stderr.contains("G ("),
+        "{out:#?}"
+    );
+    ctl(test, &["bench", "boot", "--iterations", "10"]).expect_status(2);
+    ctl(test, &["kill", "--no-such-flag", "1"]).expect_status(2);
+    ctl(test, &["ps"]).expect_status(0);
+    assert_no_leaks(test);
+}
+
+#[test]
+fn stop_ends_a_family_with_term_then_kill_after_the_timeout() {
+    let test = "cli-stop";
+    // One pVM ends at TERM; one ignores it and needs KILL.
+    let polite = Running::start(test, &["--name", "polite"], "spin", &[]);
+    let mut stubborn = Running::start(test, &["--name", "stubborn"], "spin", &["--ignore-term"]);
+    stubborn.expect("spinning");
+    ps_until(test, false, |rows| rows.len() == 2);
+    let start = std::time::Instant::now();
+    let out = ctl(test, &["stop", "-t", "1", "polite", "stubborn"]);
+    out.expect_status(0);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(1),
+        "waited for the timeout"
+    );
+    assert_eq!(out.stdout.lines().count(), 2, "{out:#?}");
+    assert_eq!(polite.finish().status, Some(143), "TERM");
+    assert_eq!(stubborn.finish().status, None, "then KILL");
+    assert!(ps_json(test, true).is_empty());
+    assert_no_leaks(test);
+}

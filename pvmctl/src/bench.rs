@@ -48,7 +48,7 @@ pub enum BenchCommand {
 #[derive(Args)]
 pub struct BootArgs {
     /// Measured iterations of each row (at least 50, for a meaningful p99).
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_iterations)]
     iterations: usize,
     /// Guest image to boot; it must exit 0 (default: the example guest `noop`).
     #[arg(long, value_name = "PATH")]
@@ -70,14 +70,6 @@ const EXEC_FAILED: i32 = 127;
 /// Errors of benchmarks.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    /// Too few iterations for the statistics.
-    #[error("--iterations {given} is too few: at least {min} are needed for a meaningful p99")]
-    TooFewIterations {
-        /// What was asked for.
-        given: usize,
-        /// The minimum.
-        min: usize,
-    },
     /// The guest image does not exist.
     #[error(
         "guest image {0} does not exist: build the example guests with `cargo build` \
@@ -211,13 +203,23 @@ const ROW_NAMES: [&str; 4] = [
     "(c) linux: static exit(0) (fork+exec+wait)",
 ];
 
-fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
-    if args.iterations < MIN_ITERATIONS {
-        return Err(BenchError::TooFewIterations {
-            given: args.iterations,
-            min: MIN_ITERATIONS,
-        });
+/// A count of iterations, at least `min` (a command-line error otherwise).
+pub(crate) fn parse_at_least(text: &str, min: usize) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} is too few: at least {min} are needed for a meaningful p99"
+        )),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// `--iterations` of `bench boot`.
+fn parse_iterations(text: &str) -> Result<usize, String> {
+    parse_at_least(text, MIN_ITERATIONS)
+}
+
+fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
     let image_path = args
         .image
         .unwrap_or_else(|| Path::new(env!("PVM_GUEST_DIR")).join("noop"));
@@ -856,14 +858,8 @@ mod tests {
 
     #[test]
     fn too_few_iterations() {
-        let args = BootArgs {
-            iterations: 10,
-            image: None,
-            json: false,
-        };
-        assert!(matches!(
-            boot(args),
-            Err(BenchError::TooFewIterations { given: 10, min: 50 })
-        ));
+        assert_eq!(parse_iterations("50"), Ok(50));
+        assert!(parse_iterations("10").unwrap_err().contains("too few"));
+        assert!(parse_iterations("x").is_err());
     }
 }

@@ -34,7 +34,7 @@ use crate::bench::{format_us, round3, sig3, BenchError, Child, ChildStatus, Host
 #[derive(Args)]
 pub struct ForkArgs {
     /// Forks measured per row (at least 100, for a meaningful p99).
-    #[arg(long, value_name = "N", default_value_t = 200)]
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = parse_iterations)]
     iterations: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -257,6 +257,11 @@ impl ForkBenchError {
 
 /// Fewest forks per row.
 const MIN_ITERATIONS: usize = 100;
+
+/// `--iterations` of `bench fork`.
+fn parse_iterations(text: &str) -> Result<usize, String> {
+    crate::bench::parse_at_least(text, MIN_ITERATIONS)
+}
 /// Footprints measured, in MiB of touched memory.
 const FOOTPRINTS_MIB: [u64; 2] = [1, 64];
 /// Guest RAM of the forkbench pVM.
@@ -695,12 +700,6 @@ impl Footprint {
 
 /// Runs `pvmctl bench fork`.
 pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
-    if args.iterations < MIN_ITERATIONS {
-        return Err(BenchError::TooFewIterations {
-            given: args.iterations,
-            min: MIN_ITERATIONS,
-        });
-    }
     let n = args.iterations;
     guest("forkbench")?;
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
@@ -1698,13 +1697,7 @@ mod tests {
 
     #[test]
     fn too_few_iterations() {
-        let args = ForkArgs {
-            iterations: 99,
-            json: false,
-        };
-        assert!(matches!(
-            fork(args),
-            Err(BenchError::TooFewIterations { given: 99, min: 100 })
-        ));
+        assert_eq!(parse_iterations("100"), Ok(100));
+        assert!(parse_iterations("99").unwrap_err().contains("too few"));
     }
 }

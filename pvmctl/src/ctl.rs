@@ -17,8 +17,11 @@ pub struct PsArgs {
     #[arg(long)]
     json: bool,
     /// Include pVMs that ended and wait to be collected by their parent.
-    #[arg(long)]
+    #[arg(short = 'a', long)]
     all: bool,
+    /// Only the ids, one per line (for scripts: `pvmctl stop $(pvmctl ps -q)`).
+    #[arg(short = 'q', long)]
+    quiet: bool,
     #[command(flatten)]
     run_dir: RunDir,
 }
@@ -26,7 +29,8 @@ pub struct PsArgs {
 /// Arguments of `pvmctl kill`.
 #[derive(Args)]
 pub struct KillArgs {
-    /// Signal to send: TERM (default), INT, HUP, KILL, USR1, USR2 (name or number).
+    /// Signal to send, by name (TERM, SIGTERM, term) or number (15): TERM (default), INT, HUP,
+    /// KILL, USR1, USR2 reach the pVM; STOP pauses it and CONT resumes it.
     #[arg(short = 's', long, default_value = "TERM", value_parser = crate::signal::parse)]
     signal: i32,
     /// Signal every pVM of the targets' families.
@@ -45,6 +49,19 @@ pub struct PauseArgs {
     #[command(flatten)]
     run_dir: RunDir,
     /// pVM ids or names.
+    #[arg(required = true, value_name = "ID|NAME")]
+    targets: Vec<String>,
+}
+
+/// Arguments of `pvmctl stop`.
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait after TERM before KILL.
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+    #[command(flatten)]
+    run_dir: RunDir,
+    /// pVM ids or names (each with its family).
     #[arg(required = true, value_name = "ID|NAME")]
     targets: Vec<String>,
 }
@@ -181,6 +198,12 @@ fn print_ps(args: PsArgs) -> Result<ExitCode, CtlError> {
         .filter(|r| args.all || r.state != "exited")
         .collect();
     let mut out = std::io::stdout().lock();
+    if args.quiet {
+        for r in &rows {
+            writeln!(out, "{}", r.id)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         serde_json::to_writer_pretty(&mut out, &rows).map_err(std::io::Error::other)?;
         writeln!(out)?;
@@ -312,9 +335,55 @@ fn status(failed: bool) -> ExitCode {
     }
 }
 
-/// `pvmctl kill`.
+/// `pvmctl kill`: STOP and CONT are `pause` and `resume`.
 pub fn kill(args: KillArgs) -> Result<ExitCode, CtlError> {
+    if args.signal == libc::SIGSTOP || args.signal == libc::SIGCONT {
+        let pause_args = PauseArgs {
+            run_dir: args.run_dir,
+            targets: args.targets,
+        };
+        return pause(pause_args, args.signal == libc::SIGSTOP);
+    }
     let (_, failed) = signal_targets(&args.run_dir, &args.targets, args.family, args.signal)?;
+    Ok(status(failed))
+}
+
+/// `pvmctl stop`: TERM to each target's family, KILL to what is left after the timeout; waits
+/// until every one is gone (its registry entry, and its monitor).
+pub fn stop(args: StopArgs) -> Result<ExitCode, CtlError> {
+    let (sent, mut failed) = signal_targets(&args.run_dir, &args.targets, true, libc::SIGTERM)?;
+    let registry = Registry::open(args.run_dir.path())?;
+    let alive = |registry: &Registry| -> Result<Vec<u32>, CtlError> {
+        let entries = registry.list()?;
+        Ok(sent
+            .iter()
+            .copied()
+            .filter(|id| entries.iter().any(|e| e.id == *id && e.state != State::Exited))
+            .collect())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut left = alive(&registry)?;
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        left = alive(&registry)?;
+    }
+    for &id in &left {
+        match registry.signal(id, libc::SIGKILL, |_| true) {
+            Ok(()) | Err(SignalError::NoSuchPvm) => {}
+            Err(e) => {
+                eprintln!("pvmctl: error: cannot kill pVM {id}: {e}");
+                failed = true;
+            }
+        }
+    }
+    // A SIGKILLed monitor cannot remove its entry: listing removes what it left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !alive(&registry)?.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for id in sent {
+        println!("{id}");
+    }
     Ok(status(failed))
 }
 
@@ -336,6 +405,12 @@ pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
             failed = true;
         }
         for e in found {
+            if e.state == want {
+                let already = if pause { "already paused" } else { "not paused" };
+                eprintln!("pvmctl: error: pVM {} is {already}", e.id);
+                failed = true;
+                continue;
+            }
             // Through the pVM's control socket: the answer comes once it is done.
             match control::request(registry.dir().path(), e.id, &request, CONTROL_TIMEOUT) {
                 Ok(Response::Done { state, .. }) if state == want => {}

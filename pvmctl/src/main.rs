@@ -26,6 +26,10 @@ pub const EXIT_PVMCTL_ERROR: u8 = 125;
     about = "Run and manage process-like VMs (pVMs) on KVM"
 )]
 struct Cli {
+    /// Runtime directory of the pVM registry, before or after the command [default:
+    /// $PVM_RUN_DIR, $XDG_RUNTIME_DIR/pvm, /run/pvm for root, /tmp/pvm-UID]
+    #[arg(long, global = true, value_name = "DIR")]
+    run_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +45,11 @@ enum Command {
     /// Stop pVMs' vCPUs until `pvmctl resume`.
     Pause(ctl::PauseArgs),
     /// Resume paused pVMs.
+    #[command(alias = "unpause")]
     Resume(ctl::PauseArgs),
+    /// Stop pVMs: TERM, then KILL if they have not ended after the timeout; waits until they
+    /// are gone.
+    Stop(ctl::StopArgs),
     /// Trust, list and update the libraries pVMs load at run time.
     #[command(subcommand)]
     Lib(lib_cmd::LibCommand),
@@ -58,13 +66,18 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(signal::rewrite_shorthand(std::env::args_os().collect()));
+    if let Some(dir) = &cli.run_dir {
+        // Single-threaded still: every command (and the monitors it starts) reads it there.
+        std::env::set_var("PVM_RUN_DIR", dir);
+    }
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Run(args) => run::run(args).map_err(Into::into),
         Command::Ps(args) => ctl::ps(args).map_err(Into::into),
         Command::Kill(args) => ctl::kill(args).map_err(Into::into),
         Command::Pause(args) => ctl::pause(args, true).map_err(Into::into),
         Command::Resume(args) => ctl::pause(args, false).map_err(Into::into),
+        Command::Stop(args) => ctl::stop(args).map_err(Into::into),
         Command::Lib(cmd) => lib_cmd::lib(cmd).map_err(Into::into),
         Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
     };

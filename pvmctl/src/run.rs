@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (a multiple of 2 MiB).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_mem_size)]
     mem: u64,
-    /// Name of the pVM (argv[0] in the guest; defaults to the image's file name).
+    /// Name of the pVM (argv[0] in the guest; defaults to the image's file name). A name given
+    /// here must be free: no live pVM of another family has it (its forked children share it).
     #[arg(long)]
     name: Option<String>,
     /// Most pVMs alive at once in this pVM's family (a fork past it fails with LimitReached).
@@ -69,21 +70,15 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
-/// The registry's runtime directory option, shared by the commands that use it.
+/// The registry's runtime directory, for the commands that use it: the global `--run-dir`
+/// (which `main` passes on as `PVM_RUN_DIR`), else the default.
 #[derive(Args)]
-pub struct RunDir {
-    /// Runtime directory of the pVM registry [default: $PVM_RUN_DIR, $XDG_RUNTIME_DIR/pvm,
-    /// /run/pvm for root, /tmp/pvm-UID]
-    #[arg(long, value_name = "DIR")]
-    run_dir: Option<PathBuf>,
-}
+pub struct RunDir {}
 
 impl RunDir {
     /// The directory to use.
     pub fn path(&self) -> PathBuf {
-        self.run_dir
-            .clone()
-            .unwrap_or_else(hypervisor_ext::registry::default_dir)
+        hypervisor_ext::registry::default_dir()
     }
 }
 
@@ -112,12 +107,38 @@ pub enum RunError {
     /// The monitor failed.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// `--name` is taken.
+    #[error("the name {name:?} is in use by pVM {id} (remove it, or choose another --name)")]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// A live pVM that has it.
+        id: u32,
+    },
+    /// The registry cannot be read.
+    #[error(transparent)]
+    Registry(#[from] hypervisor_ext::registry::RegistryError),
 }
 
 /// Boots the image and runs it to the end: the root pVM's, and then, since it is the family's
 /// root, until every pVM of its family has ended. Exit status: the root pVM's (see
 /// `Outcome::exit_status`).
 pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
+    if let Some(name) = &args.name {
+        // Names given on purpose are unique among live pVMs, so that `kill NAME` means one
+        // family. (Two runs racing for one name can both pass: the check is not a lock.)
+        let registry = hypervisor_ext::registry::Registry::open(args.run_dir.path())?;
+        let entries = registry.list()?;
+        if let Some(e) = entries
+            .iter()
+            .find(|e| &e.name == name && e.state != hypervisor_ext::registry::State::Exited)
+        {
+            return Err(RunError::NameInUse {
+                name: name.clone(),
+                id: e.id,
+            });
+        }
+    }
     let image = image::resolve(&args.image)?;
     let mut libs = Vec::with_capacity(args.libs.len());
     for (name, path) in args.libs {

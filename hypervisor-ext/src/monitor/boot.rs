@@ -18,70 +18,126 @@ use crate::vstate::space::Space;
 use crate::vstate::vcpu::{self, EntryState};
 use crate::vstate::{self, vm};
 
-/// A `--mem` value that cannot be used.
+/// A `--mem` value that cannot be used. Sizes are said in the unit the user typed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MemSizeError {
-    /// Not a number with an optional K/M/G suffix.
-    #[error("invalid memory size {0:?}: use a number of bytes with an optional K, M or G suffix, e.g. 64M")]
+    /// Not a number with an optional unit.
+    #[error("invalid memory size {0:?}: use a number with an optional unit K, M, G, T (or KiB, MiB, GiB, TiB; powers of 1024), e.g. 64M")]
     Syntax(String),
     /// Too small for the reserved area, an image and the stack.
-    #[error("memory size {size} is too small: a pVM needs at least {min} MiB")]
+    #[error("memory size {size} is too small: a pVM needs at least {min}")]
     TooSmall {
-        /// The size asked for.
-        size: u64,
-        /// Minimum in MiB.
-        min: u64,
+        /// The size as typed.
+        size: String,
+        /// The minimum, in the unit typed.
+        min: String,
     },
     /// Larger than pvm supports or than the host has.
     #[error(
-        "memory size {size} is too large: at most {max} MiB (the smaller of pvm's limit and this host's RAM)"
+        "memory size {size} is too large: at most {max} (the smaller of pvm's limit and this host's RAM)"
     )]
     TooLarge {
-        /// The size asked for.
-        size: u64,
-        /// Maximum in MiB.
-        max: u64,
+        /// The size as typed.
+        size: String,
+        /// The maximum, in the unit typed.
+        max: String,
     },
     /// Not a whole number of 2 MiB pages.
     #[error("memory size {0} is not a multiple of 2 MiB")]
-    Unaligned(u64),
+    Unaligned(String),
 }
 
-/// Parses a size such as `64M`, `1G`, `4096K` or `8388608` (bytes).
+/// The units sizes take (powers of 1024), longest spelling first for each.
+const UNITS: [(&[&str], u32); 5] = [
+    (&["TIB", "TB", "T"], 40),
+    (&["GIB", "GB", "G"], 30),
+    (&["MIB", "MB", "M"], 20),
+    (&["KIB", "KB", "K"], 10),
+    (&["B", ""], 0),
+];
+
+/// The unit suffix of `text` and its shift (`""`, 0 for plain bytes).
+fn unit_of(text: &str) -> (usize, &'static str, u32) {
+    let upper = text.trim().to_ascii_uppercase();
+    for (names, shift) in UNITS {
+        for name in names {
+            if upper.ends_with(name) && upper.len() > name.len() {
+                let display = match shift {
+                    40 => "T",
+                    30 => "G",
+                    20 => "M",
+                    10 => "K",
+                    _ => "",
+                };
+                return (text.trim().len() - name.len(), display, shift);
+            }
+        }
+    }
+    (text.trim().len(), "", 0)
+}
+
+/// `bytes` in the unit of `typed` (rounded down), or the largest smaller unit that does not
+/// round it to 0 (a host's 23.5 GiB said to someone who typed `1T` is `23G`).
+fn in_unit_of(typed: &str, bytes: u64) -> String {
+    let (_, _, typed_shift) = unit_of(typed);
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if shift <= typed_shift && bytes >> shift > 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// Parses a size such as `64M`, `64MiB`, `1G`, `4096K` or `8388608` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, MemSizeError> {
     let syntax = || MemSizeError::Syntax(text.to_string());
     let t = text.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| syntax())?;
+    let (digits_end, _, shift) = unit_of(t);
+    let n: u64 = t[..digits_end].trim().parse().map_err(|_| syntax())?;
     n.checked_mul(1 << shift).ok_or_else(syntax)
 }
 
 /// Parses a guest memory size (see [`parse_size`]) and checks pvm can use it.
 pub fn parse_mem_size(text: &str) -> Result<u64, MemSizeError> {
     let size = parse_size(text)?;
-    check_mem_size(size)?;
+    check_mem_size(size).map_err(|e| match e {
+        MemSizeError::TooSmall { .. } => MemSizeError::TooSmall {
+            size: text.trim().to_string(),
+            min: in_unit_of(text, layout::MIN_MEM_SIZE),
+        },
+        MemSizeError::TooLarge { .. } => MemSizeError::TooLarge {
+            size: text.trim().to_string(),
+            max: in_unit_of(text, max_mem_size()),
+        },
+        MemSizeError::Unaligned(_) => MemSizeError::Unaligned(text.trim().to_string()),
+        other => other,
+    })?;
     Ok(size)
+}
+
+/// The largest guest RAM: pvm's limit or the host's RAM.
+fn max_mem_size() -> u64 {
+    layout::MAX_MEM_SIZE.min(sys::host_ram())
 }
 
 /// Checks that `size` bytes of guest RAM are usable.
 pub fn check_mem_size(size: u64) -> Result<(), MemSizeError> {
+    let mib = |b: u64| format!("{}M", b >> 20);
     if size < layout::MIN_MEM_SIZE {
         return Err(MemSizeError::TooSmall {
-            size,
-            min: layout::MIN_MEM_SIZE >> 20,
+            size: format!("{size} bytes"),
+            min: mib(layout::MIN_MEM_SIZE),
         });
     }
-    let max = layout::MAX_MEM_SIZE.min(sys::host_ram());
+    let max = max_mem_size();
     if size > max {
-        return Err(MemSizeError::TooLarge { size, max: max >> 20 });
+        return Err(MemSizeError::TooLarge {
+            size: format!("{size} bytes"),
+            max: mib(max),
+        });
     }
     if !size.is_multiple_of(layout::LARGE_PAGE_SIZE) {
-        return Err(MemSizeError::Unaligned(size));
+        return Err(MemSizeError::Unaligned(format!("{size} bytes")));
     }
     Ok(())
 }
@@ -322,5 +378,29 @@ mod tests {
             parse_mem_size("100000G"),
             Err(MemSizeError::TooLarge { .. })
         ));
+        assert_eq!(parse_mem_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_mem_size("64 mb"), Ok(64 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert_eq!(parse_size("512"), Ok(512));
+        // Refused in the unit typed.
+        let too_large = parse_mem_size("1T").unwrap_err().to_string();
+        let max = max_mem_size();
+        let want = if max >= 1 << 40 {
+            format!("{}T", max >> 40)
+        } else {
+            format!("{}G", max >> 30)
+        };
+        assert!(
+            too_large.starts_with(&format!("memory size 1T is too large: at most {want} (")),
+            "{too_large}"
+        );
+        let e = parse_mem_size("100000G").unwrap_err().to_string();
+        assert!(
+            e.contains("100000G is too large: at most ") && e.contains("G ("),
+            "{e}"
+        );
+        let e = parse_mem_size("2M").unwrap_err().to_string();
+        assert_eq!(e, "memory size 2M is too small: a pVM needs at least 8M");
     }
 }
