@@ -186,7 +186,7 @@ fn kill_of_a_missing_id_is_an_error_and_the_others_are_still_killed() {
         "{out:#?}"
     );
     family.finish().expect_status(143);
-    let bad = ctl(test, &["kill", "-s", "STOP", "1"]);
+    let bad = ctl(test, &["kill", "-s", "FOO", "1"]);
     bad.expect_status(2);
     assert!(bad.stderr.contains("unknown signal"), "{bad:#?}");
 }
