@@ -83,6 +83,13 @@ fn run_builds_a_guest_crate_directory() {
     let out = pvmctl_run("crate-dir", &["run", dir.to_str().unwrap(), "--", "built"]);
     out.expect_status(0);
     assert!(out.stdout.contains("args: built\n"), "{out:#?}");
+    // Built already: the second run says nothing of cargo (no `Finished` line every time).
+    let out = pvmctl_run("crate-dir", &["run", dir.to_str().unwrap(), "--", "again"]);
+    out.expect_status(0);
+    assert!(
+        !out.stderr.contains("Finished") && !out.stderr.contains("Compiling"),
+        "{out:#?}"
+    );
 }
 
 #[test]

@@ -92,11 +92,13 @@ fn build_crate(dir: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
     let mut child = cmd
         .args(["--message-format", "json-render-diagnostics"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| ImageError::Cargo {
             dir: dir.into(),
             source,
         })?;
+    let progress = child.stderr.take().map(|err| std::thread::spawn(move || relay_progress(err)));
     let manifest = dir.join("Cargo.toml").canonicalize().ok();
     let mut exes = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -136,6 +138,9 @@ fn build_crate(dir: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
         dir: dir.into(),
         source,
     })?;
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
     if !status.success() {
         return Err(ImageError::BuildFailed(dir.into()));
     }
@@ -151,6 +156,27 @@ fn build_crate(dir: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
+    }
+}
+
+/// Passes cargo's messages on to stderr once it does something (compiles, downloads, warns,
+/// fails); a build with nothing to do stays silent (no `Finished` line before every run).
+fn relay_progress(err: impl std::io::Read) {
+    let mut held = Vec::new();
+    let mut relaying = false;
+    for line in BufReader::new(err).lines().map_while(Result::ok) {
+        let quiet = ["Finished ", "Blocking waiting for file lock"];
+        if !relaying && quiet.iter().any(|q| line.trim_start().starts_with(q)) {
+            held.push(line);
+            continue;
+        }
+        if !relaying {
+            relaying = true;
+            for l in held.drain(..) {
+                eprintln!("{l}");
+            }
+        }
+        eprintln!("{line}");
     }
 }
 

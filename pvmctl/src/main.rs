@@ -61,9 +61,12 @@ enum Command {
 fn main() -> ExitCode {
     // Logging costs start-up time (a filter to parse, a subscriber to set up): only when asked.
     if std::env::var_os("PVM_LOG").is_some_and(|v| !v.is_empty()) {
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("PVM_LOG"))
             .with_writer(std::io::stderr)
+            // Colour for a person at a terminal, plain text for pipes and files.
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
     }
     let cli = Cli::parse_from(signal::rewrite_shorthand(std::env::args_os().collect()));
