@@ -179,7 +179,7 @@ fn pingpong_bounces_with_and_without_spinning() {
                 .starts_with(&format!("pingpong: {rounds} round trips of 1 byte(s): median ")),
             "{out:#?}"
         );
-        assert!(out.stdout.contains("peer Ok(Exited(0))"), "{out:#?}");
+        assert!(out.stdout.contains("peer exited with code 0"), "{out:#?}");
     }
 }
 

@@ -448,7 +448,10 @@ fn the_backend_dying_gives_the_guest_errors_not_hangs() {
     // The guest's stream ends, and its next accept fails: the pVM ends with the error.
     let out = pvm.finish();
     out.expect_status(1);
-    assert!(out.stderr.contains("NetworkDown"), "{out:#?}");
+    assert!(
+        out.stderr.contains("Error: the network backend is gone"),
+        "{out:#?}"
+    );
     assert!(out.stdout.contains("served 127.0.0.1:"), "{out:#?}");
     assert_no_leaks(t);
 }

@@ -57,6 +57,8 @@ impl core::fmt::Display for Error {
     }
 }
 
+impl core::error::Error for Error {}
+
 impl From<RingError> for Error {
     fn from(_: RingError) -> Self {
         Error::Corrupted

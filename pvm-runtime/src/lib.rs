@@ -26,6 +26,8 @@ mod console;
 #[cfg(not(feature = "library"))]
 pub mod dl;
 #[cfg(not(feature = "library"))]
+mod error;
+#[cfg(not(feature = "library"))]
 #[doc(hidden)]
 pub mod export;
 pub mod hypercall;
@@ -45,6 +47,8 @@ pub mod signal;
 pub mod time;
 
 pub use console::{_print, flush};
+#[cfg(not(feature = "library"))]
+pub use error::Error;
 #[cfg(feature = "library")]
 pub use librt::exit;
 #[cfg(not(feature = "library"))]
@@ -56,7 +60,8 @@ pub use rt::{args, exit, mem_size, Termination};
 #[cfg(not(feature = "library"))]
 ///
 /// `main` may return `()` (exit status 0), an `i32` (the exit status) or a `Result<(), E>` with
-/// `E: Debug` (an `Err` is printed to the console's stderr and gives exit status 1).
+/// `E: Display`, e.g. [`pvm::Error`](Error), into which every `pvm` error converts (an `Err` is
+/// printed to the console's stderr and gives exit status 1).
 #[macro_export]
 macro_rules! main {
     ($main:path) => {

@@ -128,12 +128,13 @@ impl Termination for i32 {
     }
 }
 
-impl<E: core::fmt::Debug> Termination for Result<(), E> {
+/// An error returned from `main` is printed as its message (`Display`), as a person reads it.
+impl<E: core::fmt::Display> Termination for Result<(), E> {
     fn report(self) -> i32 {
         match self {
             Ok(()) => 0,
             Err(e) => {
-                crate::eprintln!("Error: {e:?}");
+                crate::eprintln!("Error: {e}");
                 1
             }
         }

@@ -71,6 +71,8 @@ impl core::fmt::Display for Error {
     }
 }
 
+impl core::error::Error for Error {}
+
 /// Handlers by signal number (0: none).
 #[cfg(not(feature = "library"))]
 static HANDLERS: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];

@@ -112,7 +112,7 @@ pub enum IpcBenchError {
         output: String,
     },
     /// The pingpong child pVM did not exit with status 0.
-    #[error("`{command}`: the peer pVM ended with {peer}, expected Ok(Exited(0))")]
+    #[error("`{command}`: the peer pVM ended with {peer}, expected exited with code 0")]
     PeerFailed {
         /// The command line.
         command: String,
@@ -217,7 +217,7 @@ struct PingpongLine {
     median_ns: u64,
     p99_ns: u64,
     mean_ns: u64,
-    /// The child pVM's wait result, as printed (`Ok(Exited(0))` when all went well).
+    /// The child pVM's wait result, as printed (`exited with code 0` when all went well).
     peer: String,
 }
 
@@ -601,7 +601,7 @@ impl PvmEnv {
                 ),
                 output: out.all.clone(),
             })?;
-        if line.peer != "Ok(Exited(0))" {
+        if line.peer != "exited with code 0" {
             return Err(IpcBenchError::PeerFailed {
                 command: out.command,
                 peer: line.peer,
@@ -1715,7 +1715,7 @@ mod tests {
     #[test]
     fn pingpong_line_parses() {
         let output = "pingpong: 10000 round trips of 1 byte(s): median 310 ns, p99 518 ns, mean 1432 ns; \
-                      peer Ok(Exited(0))\n";
+                      peer exited with code 0\n";
         assert_eq!(
             parse_pingpong(output),
             Some(PingpongLine {
@@ -1724,7 +1724,7 @@ mod tests {
                 median_ns: 310,
                 p99_ns: 518,
                 mean_ns: 1432,
-                peer: "Ok(Exited(0))".into(),
+                peer: "exited with code 0".into(),
             })
         );
         let failed_peer = "noise\npingpong: 5 round trips of 1 byte(s): median 1 ns, p99 2 ns, mean 3 ns; \

@@ -98,7 +98,10 @@ fn build_crate(dir: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
             dir: dir.into(),
             source,
         })?;
-    let progress = child.stderr.take().map(|err| std::thread::spawn(move || relay_progress(err)));
+    let progress = child
+        .stderr
+        .take()
+        .map(|err| std::thread::spawn(move || relay_progress(err)));
     let manifest = dir.join("Cargo.toml").canonicalize().ok();
     let mut exes = Vec::new();
     if let Some(out) = child.stdout.take() {

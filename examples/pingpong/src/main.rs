@@ -13,7 +13,8 @@ use pvm::Fork;
 
 pvm::main!(main);
 
-fn main() -> Result<(), ipc::Error> {
+/// One error type for the fork and the pipes: `?` works on both.
+fn main() -> Result<(), pvm::Error> {
     let mut rounds = 10_000usize;
     let mut size = 1usize;
     for arg in pvm::args().skip(1) {
@@ -26,8 +27,8 @@ fn main() -> Result<(), ipc::Error> {
     let (mut ping_r, mut ping_w) = ipc::pipe()?;
     let (mut pong_r, mut pong_w) = ipc::pipe()?;
     let mut buf = alloc::vec![0u8; size];
-    match pvm::fork() {
-        Ok(Fork::Child) => {
+    match pvm::fork()? {
+        Fork::Child => {
             drop(ping_w);
             drop(pong_r);
             for _ in 0..rounds {
@@ -36,7 +37,7 @@ fn main() -> Result<(), ipc::Error> {
             }
             pvm::exit(0)
         }
-        Ok(Fork::Parent(child)) => {
+        Fork::Parent(child) => {
             drop(ping_r);
             drop(pong_w);
             let samples = pvm::time::time_each(rounds, |i| {
@@ -52,16 +53,11 @@ fn main() -> Result<(), ipc::Error> {
             let median = samples[rounds / 2];
             let p99 = samples[(rounds * 99 / 100).min(rounds - 1)];
             let mean = samples.iter().sum::<u64>() / rounds as u64;
-            let status = child.wait();
+            let status = child.wait()?;
             pvm::println!(
-                "pingpong: {rounds} round trips of {size} byte(s): median {median} ns, p99 {p99} ns, mean {mean} ns; peer {:?}",
-                status
+                "pingpong: {rounds} round trips of {size} byte(s): median {median} ns, p99 {p99} ns, mean {mean} ns; peer {status}"
             );
             Ok(())
-        }
-        Err(e) => {
-            pvm::eprintln!("pingpong: fork failed: {e}");
-            pvm::exit(1)
         }
     }
 }
