@@ -292,3 +292,54 @@ fn stop_ends_a_family_with_term_then_kill_after_the_timeout() {
     assert!(ps_json(test, true).is_empty());
     assert_no_leaks(test);
 }
+
+#[test]
+fn pvmctl_new_makes_an_ordinary_cargo_crate_that_runs() {
+    let test = "cli-new";
+    let dir = run_dir(test).join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = pvmctl(test)
+        .current_dir(&dir)
+        .args(["new", "app"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Plain cargo, as a user and an editor run it (none of the outer cargo's settings).
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    for var in [
+        "CARGO_TARGET_DIR",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cargo.env_remove(var);
+    }
+    let built = cargo
+        .current_dir(dir.join("app"))
+        .args(["build", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "cargo build: {built:?}");
+    let exe = dir.join("app/target/x86_64-unknown-linux-gnu/debug/app");
+    let out = run_guest(test, &[], exe.to_str().unwrap(), &["you"]);
+    out.expect_status(0);
+    assert!(out.stdout.contains("hello, you, from pVM"), "{out:#?}");
+    // And `pvmctl run DIR` builds and runs it.
+    let out = pvmctl_run(test, &["run", dir.join("app").to_str().unwrap()]);
+    out.expect_status(0);
+    assert!(out.stdout.contains("hello, world"), "{out:#?}");
+    // A bad name, or a directory that exists, is refused.
+    let again = pvmctl(test)
+        .current_dir(&dir)
+        .args(["new", "app"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(125));
+    let bad = pvmctl(test)
+        .current_dir(&dir)
+        .args(["new", "../x"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a command-line error");
+    assert_no_leaks(test);
+}

@@ -13,6 +13,7 @@ mod ctl;
 mod guest_build;
 mod image;
 mod lib_cmd;
+mod new;
 mod run;
 mod signal;
 
@@ -36,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a guest app crate: an ordinary cargo crate (`cargo build` and editors work in it)
+    /// that `pvmctl run DIR` runs.
+    New(new::NewArgs),
     /// Boot a guest image (or build and boot a guest crate directory) as a pVM.
     Run(run::RunArgs),
     /// List pVMs: id, parent, family, name, state, uptime, memory (private and shared).
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         std::env::set_var("PVM_RUN_DIR", dir);
     }
     let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
+        Command::New(args) => new::new(args).map_err(Into::into),
         Command::Run(args) => run::run(args).map_err(Into::into),
         Command::Ps(args) => ctl::ps(args).map_err(Into::into),
         Command::Kill(args) => ctl::kill(args).map_err(Into::into),
