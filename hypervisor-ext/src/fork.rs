@@ -95,6 +95,11 @@ impl Monitor {
                 // The child holds its lease now; our copies go.
                 drop(lease);
                 self.family.add_child(child, from_child);
+                tracing::debug!(
+                    child,
+                    pause_us = (sys::monotonic_ns() - t0) / 1000,
+                    "fork: child forked"
+                );
                 self.bench_record(BENCH_PARENT_PAUSE, t0, sys::monotonic_ns());
                 i64::from(child)
             }

@@ -157,6 +157,7 @@ impl Host for Monitor {
     }
 
     fn ipc_wait(&mut self, handle: u64, seq: u32) -> Flow<i64> {
+        tracing::trace!(handle, "ipc: waiting on a pipe");
         self.blocking(|m| match m.ipc.wait(handle, seq, signals::attention)? {
             Woken::Notified => Ok(Some(0)),
             Woken::PeerGone => Ok(Some(-errno::EPIPE)),
@@ -206,6 +207,7 @@ impl Host for Monitor {
     }
 
     fn mq_wait(&mut self, handle: u64, side: u64, seq: u32) -> Flow<i64> {
+        tracing::trace!(handle, side, "ipc: waiting on a queue");
         self.blocking(
             |m| match m.ipc.queue_wait(handle, side, seq, signals::attention)? {
                 true => Ok(Some(0)),
@@ -368,6 +370,7 @@ impl Host for Monitor {
         let Some(id) = self.ipc.listener(handle) else {
             return Flow::Continue(Err(-errno::EBADF));
         };
+        tracing::trace!(listener = id, nonblock, "net: accept");
         loop {
             if !nonblock && self.guest_signals_pending() {
                 return Flow::Continue(Err(-errno::EINTR));

@@ -190,6 +190,12 @@ impl Monitor {
         )?;
         family.lease = Some(lease);
         let monitor = Self::build(image, config, kvm, family, libs, net)?;
+        tracing::debug!(
+            id = monitor.family.ids.id,
+            mem = config.mem_size,
+            image = %image.path.display(),
+            "boot: pVM built"
+        );
         if config.confine {
             // Built: from here on, only the calls a running monitor needs.
             crate::seccomp::install(&crate::seccomp::program()?)?;

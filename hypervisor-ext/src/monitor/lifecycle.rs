@@ -26,6 +26,7 @@ impl Monitor {
             self.fail_update(crate::update::UpdateError::Ended);
         }
         let outcome = outcome?;
+        tracing::debug!(id = self.family.ids.id, %outcome, "end: pVM ended");
         self.family.report_outcome(&outcome);
         if let Some(entry) = &mut self.family.entry {
             let _ = entry.set_exited(outcome.exit_status(), outcome.to_string());
@@ -45,6 +46,7 @@ impl Monitor {
         // The network backend (a child of the root) ends once no monitor of the family holds a
         // channel to it: this one lets go of its own first, or the wait below would not end.
         self.net = None;
+        tracing::debug!(id = self.family.ids.id, "end: waiting for the family");
         if let Some(sig) = forward {
             self.family.signal_all(sig);
         }

@@ -15,7 +15,16 @@ use crate::vstate::KvmError;
 
 impl Monitor {
     pub(super) fn run_loop(&mut self) -> Result<Outcome, MonitorError> {
+        // Everything the monitor logs carries its pVM's id (a forked child starts its own span).
+        let mut id = self.family.ids.id;
+        let mut span = tracing::info_span!("pvm", id, family = self.family.ids.family).entered();
         loop {
+            if self.family.ids.id != id {
+                id = self.family.ids.id;
+                drop(span);
+                span = tracing::info_span!("pvm", id, family = self.family.ids.family).entered();
+                tracing::debug!(parent = self.family.ids.parent, "forked child running");
+            }
             // Clear the kick before looking at the signals, never after: a signal that comes
             // later sets it again and KVM_RUN returns at once; one handled here (often while the
             // monitor slept in a hypercall) costs no extra trip through KVM_RUN.
@@ -60,6 +69,10 @@ impl Monitor {
             };
             if self.times.first_hypercall.is_none() {
                 self.times.first_hypercall = Some(Instant::now());
+                tracing::debug!(
+                    after_us = self.times.create_vm.elapsed().as_micros() as u64,
+                    "boot: first hypercall (since KVM_CREATE_VM)"
+                );
             }
             if let Some(t0) = self.fork_started_ns.take() {
                 self.bench_record(BENCH_CHILD_READY, t0, monotonic_ns());
@@ -68,7 +81,7 @@ impl Monitor {
                 Ok(call) => call,
                 Err(crash) => return Ok(Outcome::Crashed(crash)),
             };
-            tracing::trace!(?call, "hypercall");
+            tracing::trace!(kind = ?call.nr, arg = format_args!("{:#x}", call.arg), "hypercall");
             match hypercall::dispatch(self, call) {
                 Ok(None) => {}
                 Ok(Some(outcome)) => return Ok(outcome),
