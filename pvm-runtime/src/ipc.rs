@@ -256,8 +256,10 @@ fn transfer(
     loop {
         let n = step()?;
         if n > 0 {
-            // The index store (SeqCst) before the flag load: a peer that raised its flag
-            // before we moved the index is seen here.
+            // The index store before the flag load, with a fence that pairs with the sleeping
+            // side's: either its second look sees our bytes or we see its flag (the loom model
+            // in ipc/tests/loom_wake.rs checks it).
+            fence(Ordering::SeqCst);
             if peer.sleeping.load(Ordering::SeqCst) != 0 {
                 wake(handle, peer.seq);
             }

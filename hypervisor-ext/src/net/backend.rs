@@ -619,6 +619,8 @@ impl Drop for Mapped {
 /// Wakes a guest sleeping on `seq` (its futex word in the ring, or a poll on `wakeup`) after
 /// progress.
 fn wake(sleeping: &std::sync::atomic::AtomicU32, seq: &std::sync::atomic::AtomicU32, wakeup: &OwnedFd) {
+    // The index store before the flag load: pairs with the guest's fence (ipc/tests/loom_wake.rs).
+    fence(Ordering::SeqCst);
     if sleeping.load(Ordering::SeqCst) != 0 {
         seq.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(seq);
