@@ -343,3 +343,82 @@ fn pvmctl_new_makes_an_ordinary_cargo_crate_that_runs() {
     assert_eq!(bad.status.code(), Some(2), "a command-line error");
     assert_no_leaks(test);
 }
+
+#[test]
+fn run_d_returns_the_id_and_logs_shows_the_console() {
+    let test = "cli-detach";
+    let image = guest("forktest");
+    let out = pvmctl_run(
+        test,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "bg",
+            image.to_str().unwrap(),
+            "--",
+            "idle",
+            "0",
+        ],
+    );
+    out.expect_status(0);
+    let id: u32 = out
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("an id: {out:#?}"));
+    let rows = ps_json(test, false);
+    assert!(
+        rows.iter().any(|r| r["id"] == id && r["name"] == "bg"),
+        "{rows:#?}"
+    );
+    // Its console is in the log (the guest prints before it idles: wait for the line).
+    let deadline = std::time::Instant::now() + TIME_LIMIT;
+    loop {
+        let out = ctl(test, &["logs", "bg"]);
+        out.expect_status(0);
+        if out.stdout.contains("idle: 0 children forked") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // `logs -f` follows until the family ends.
+    let follow = pvmctl(test)
+        .args(["logs", "-f", &id.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ctl(test, &["stop", "bg"]).expect_status(0);
+    let out = finish(follow);
+    out.expect_status(0);
+    assert!(out.stdout.contains("idle: 0 children forked"), "{out:#?}");
+    assert!(
+        out.stdout.contains(&format!("pvm {id} stopped by signal TERM")),
+        "{out:#?}"
+    );
+    // A guest that fails at once: `run -d` returns its id (with status 0 if it was seen
+    // running, else its status and what it said); its log keeps the error either way.
+    let out = pvmctl_run(
+        test,
+        &[
+            "run",
+            "-d",
+            guest("netecho").to_str().unwrap(),
+            "--",
+            "--port",
+            "8",
+        ],
+    );
+    assert!(matches!(out.status, Some(0 | 1)), "{out:#?}");
+    let failed = out.stdout.trim().to_string();
+    let log = ctl(test, &["logs", "-f", &failed]);
+    log.expect_status(0);
+    assert!(
+        log.stdout.contains("cannot listen on port 8: permission denied"),
+        "{log:#?}"
+    );
+    let out = ctl(test, &["logs", "no-such-pvm"]);
+    out.expect_status(1);
+    assert_no_leaks(test);
+}

@@ -80,10 +80,14 @@ impl Host for Monitor {
             Stream::Stdout => sys::stdio(1),
             Stream::Stderr => sys::stdio(2),
         };
-        match sys::write_all(fd, bytes) {
+        let written = match sys::write_all(fd, bytes) {
             Ok(n) => n as i64,
             Err(_) => -errno::EIO,
+        };
+        if self.console_log {
+            crate::console_log::keep_bounded();
         }
+        written
     }
 
     fn clock(&mut self) -> u64 {

@@ -7,6 +7,7 @@
 //! (read it against the seccomp allow-list in `seccomp`); the runtime directory is verified by
 //! `rundir`; limits are leases in `ledger`.
 mod arch;
+pub mod console_log;
 pub mod control;
 pub mod dl;
 mod family;

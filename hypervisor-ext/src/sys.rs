@@ -855,6 +855,25 @@ pub fn detach_stdin_stdout() {
     }
 }
 
+/// Sets `O_APPEND` on `fd` (writers sharing it never overwrite each other).
+pub fn set_append(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::fcntl_setfl(fd, flags | OFlags::APPEND)?)
+}
+
+/// Makes `fd` this process's standard output and error.
+pub fn dup_onto_stdout_stderr(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::stdio::dup2_stdout(fd)?;
+    rustix::stdio::dup2_stderr(fd)?;
+    Ok(())
+}
+
+/// Starts a new session (no controlling terminal). Best effort.
+pub fn new_session() {
+    let _ = rustix::process::setsid();
+}
+
 /// A non-blocking event counter (`eventfd`): a doorbell one process rings and another polls.
 pub fn eventfd() -> io::Result<OwnedFd> {
     use rustix::event::EventfdFlags;

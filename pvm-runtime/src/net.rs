@@ -46,9 +46,10 @@ pub enum Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::PermissionDenied => {
-                f.write_str("permission denied: the port is not published (pvmctl run --publish)")
-            }
+            Error::PermissionDenied => f.write_str(
+                "permission denied: not a port the operator published (pvmctl run --publish) \
+                 or a server it allows (--connect)",
+            ),
             Error::WouldBlock => f.write_str("operation would block"),
             Error::Interrupted => f.write_str("interrupted by a signal"),
             Error::NetworkDown => f.write_str("the network backend is gone"),

@@ -240,6 +240,7 @@ fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         bench_fd: None,
         libs: Default::default(),
         net: Default::default(),
+        console_log: false,
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let devnull = File::options()

@@ -66,6 +66,19 @@ pub struct StopArgs {
     targets: Vec<String>,
 }
 
+/// Arguments of `pvmctl logs`.
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep printing what the family writes until its root has ended.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    #[command(flatten)]
+    run_dir: RunDir,
+    /// The id or name of a family's root started with `run -d`.
+    #[arg(value_name = "ID|NAME")]
+    target: String,
+}
+
 /// How long `pause` and `resume` wait for a pVM's answer.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -385,6 +398,58 @@ pub fn stop(args: StopArgs) -> Result<ExitCode, CtlError> {
         println!("{id}");
     }
     Ok(status(failed))
+}
+
+/// `pvmctl logs`: the console log of a family started with `run -d` (still running or not).
+pub fn logs(args: LogsArgs) -> Result<ExitCode, CtlError> {
+    use std::io::Read;
+    let dir = args.run_dir.path();
+    let registry = Registry::open(&dir)?;
+    let entries = registry.list()?;
+    let id = match resolve(&entries, &args.target).first() {
+        Some(e) => e.family,
+        None => match args.target.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => {
+                eprintln!("pvmctl: error: no pVM {}", args.target);
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    let mut log = match hypervisor_ext::console_log::open(&dir, id) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(_) => {
+            eprintln!(
+                "pvmctl: error: no console log for {}: was it started with `run -d`?",
+                args.target
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = log.read(&mut buf)?;
+        if n > 0 {
+            out.write_all(&buf[..n])?;
+            continue;
+        }
+        out.flush()?;
+        let running = registry
+            .list()?
+            .iter()
+            .any(|e| e.id == id && e.state != State::Exited);
+        if !args.follow || !running {
+            // One more look: what it wrote before it ended.
+            let n = log.read(&mut buf)?;
+            out.write_all(&buf[..n])?;
+            if n == 0 {
+                return Ok(ExitCode::SUCCESS);
+            }
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `pvmctl pause` / `pvmctl resume`: signals the monitors, then waits (up to 2 s) until their

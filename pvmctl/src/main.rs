@@ -51,6 +51,8 @@ enum Command {
     /// Resume paused pVMs.
     #[command(alias = "unpause")]
     Resume(ctl::PauseArgs),
+    /// Show the console log of a family started with `run -d` (`-f`: follow it).
+    Logs(ctl::LogsArgs),
     /// Stop pVMs: TERM, then KILL if they have not ended after the timeout; waits until they
     /// are gone.
     Stop(ctl::StopArgs),
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => ctl::pause(args, true).map_err(Into::into),
         Command::Resume(args) => ctl::pause(args, false).map_err(Into::into),
         Command::Stop(args) => ctl::stop(args).map_err(Into::into),
+        Command::Logs(args) => ctl::logs(args).map_err(Into::into),
         Command::Lib(cmd) => lib_cmd::lib(cmd).map_err(Into::into),
         Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
     };

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// its --mem from boot or fork until it ends) [default: the host's RAM].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_mem_total: Option<u64>,
+    /// Run in the background: print the root pVM's id and return once it runs. Its family's
+    /// console goes to a log file (bounded) that `pvmctl logs ID [-f]` shows.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Return when the root pVM ends, leaving the rest of its family running (manage it with
     /// `pvmctl ps` and `pvmctl kill --family`). By default `pvmctl run` returns when the whole
     /// family is gone.
@@ -118,6 +122,9 @@ pub enum RunError {
     /// The registry cannot be read.
     #[error(transparent)]
     Registry(#[from] hypervisor_ext::registry::RegistryError),
+    /// `-d` could not put the pVM in the background.
+    #[error("cannot run in the background: {0}")]
+    Detach(std::io::Error),
 }
 
 /// Boots the image and runs it to the end: the root pVM's, and then, since it is the family's
@@ -173,7 +180,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
             connect: args.connect.clone(),
             max_conns: args.max_conns,
         },
+        console_log: args.detach,
     };
+    if args.detach {
+        detach(&config.run_dir)?;
+    }
     let mut monitor = Monitor::new(&image, &config)?;
     // A port the operator left to the host (0) is known only now.
     for (want, (host, guest)) in args.publish.iter().zip(monitor.published()) {
@@ -207,6 +218,59 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
     }
     // The monitor (VM, vCPU, guest RAM) is still alive: its teardown happens after we are gone.
     hypervisor_ext::teardown::exit_deferring_teardown(outcome.exit_status())
+}
+
+/// How long `run -d` waits for its pVM to start.
+const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `run -d`: forks. The child goes on as the family's root, its console the log file, in a
+/// session of its own; the parent prints the root's id once it is registered (running), or,
+/// if it ended first, what it wrote, and exits with its status. Call single-threaded.
+fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
+    // SAFETY: pvmctl is single-threaded here (the build's output relay was joined).
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(RunError::Detach(std::io::Error::last_os_error()));
+    }
+    if child == 0 {
+        let log = hypervisor_ext::console_log::create(run_dir, std::process::id())
+            .map_err(|e| RunError::Detach(std::io::Error::other(e)))?;
+        hypervisor_ext::console_log::detach_onto(&log).map_err(RunError::Detach)?;
+        return Ok(());
+    }
+    let child = child as u32;
+    let registry = hypervisor_ext::registry::Registry::open(run_dir)?;
+    let deadline = std::time::Instant::now() + DETACH_TIMEOUT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        let reaped = unsafe { libc::waitpid(child as i32, &mut status, libc::WNOHANG) };
+        if reaped == child as i32 {
+            // It ended before it was seen running: its id (its log stays), and what it said.
+            println!("{child}");
+            if let Ok(fd) = hypervisor_ext::console_log::open(run_dir, child) {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
+                eprint!("{text}");
+            }
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                i32::from(crate::EXIT_PVMCTL_ERROR)
+            };
+            std::process::exit(code);
+        }
+        if registry.list()?.iter().any(|e| e.id == child) {
+            println!("{child}");
+            std::process::exit(0);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(RunError::Detach(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// `PVM_BENCH_FD`: the fd `pvmctl bench fork` passes for fork timing records.

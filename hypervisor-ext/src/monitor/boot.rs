@@ -290,6 +290,7 @@ impl Monitor {
             libs,
             update: None,
             net,
+            console_log: config.console_log,
             handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,

@@ -116,6 +116,8 @@ pub struct MonitorConfig {
     pub libs: crate::dl::LibConfig,
     /// What the family may do on the network (nothing when no port is published).
     pub net: crate::net::NetConfig,
+    /// The console is a detached family's log file: keep it bounded (`console_log`).
+    pub console_log: bool,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -156,6 +158,8 @@ pub struct Monitor {
     pub(crate) update: Option<crate::update::Update>,
     /// Its channel to the family's network backend.
     pub(crate) net: Option<crate::net::Network>,
+    /// The console is a bounded log file.
+    pub(crate) console_log: bool,
     /// Signals the guest handles, one bit per number.
     pub(crate) handled_signals: u64,
     pub(crate) bench_fd: Option<RawFd>,
