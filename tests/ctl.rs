@@ -422,3 +422,23 @@ fn run_d_returns_the_id_and_logs_shows_the_console() {
     out.expect_status(1);
     assert_no_leaks(test);
 }
+
+#[test]
+fn a_detached_console_log_stays_bounded() {
+    let test = "cli-log-bound";
+    let image = guest("spin");
+    let out = pvmctl_run(
+        test,
+        &["run", "-d", image.to_str().unwrap(), "--", "--print", "9000000"],
+    );
+    assert!(matches!(out.status, Some(0)), "{out:#?}");
+    let id = out.stdout.trim().to_string();
+    // Follow it to its end, then look at the file itself.
+    ctl(test, &["logs", "-f", &id]).expect_status(0);
+    let log = run_dir(test).join("logs").join(format!("{id}.log"));
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size < hypervisor_ext::console_log::LOG_LIMIT, "{size} bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("started over"), "{}", &text[..200.min(text.len())]);
+    assert_no_leaks(test);
+}
