@@ -442,3 +442,26 @@ fn a_detached_console_log_stays_bounded() {
     assert!(text.contains("started over"), "{}", &text[..200.min(text.len())]);
     assert_no_leaks(test);
 }
+
+#[test]
+fn bench_ipc_draws_its_results_as_an_svg_chart() {
+    let test = "cli-bench-svg";
+    let svg = run_dir(test).join("ipc.svg");
+    let out = ctl(
+        test,
+        &["bench", "ipc", "--rounds", "1", "--svg", svg.to_str().unwrap()],
+    );
+    assert!(out.stdout.contains("targets"), "{out:#?}");
+    let text = std::fs::read_to_string(&svg).expect("the chart");
+    assert!(text.starts_with("<svg"), "an SVG document");
+    for label in [
+        "latency (lower is better)",
+        "throughput (higher is better)",
+        "pipe round trip, spin",
+        "signal round trip",
+    ] {
+        assert!(text.contains(label), "{label} in the chart");
+    }
+    // Bars: a pVM and a Linux one per row at least.
+    assert!(text.matches("<rect").count() >= 16, "bars drawn");
+}

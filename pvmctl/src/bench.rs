@@ -32,7 +32,7 @@ pub enum BenchCommand {
     Density(crate::bench_fork::DensityArgs),
     /// IPC: pVM pipe round trips (spinning and not), pipe throughput and signal round trips,
     /// against Linux pipes, POSIX message queues and signals, measured in the same run.
-    Ipc(crate::bench_ipc::RoundsArgs),
+    Ipc(crate::bench_ipc::IpcArgs),
     /// Security: what the seccomp filter costs (confined against --unconfined) and how fast
     /// Ctrl-C, kill and pause act on a guest spinning at CPL3, against a Linux process.
     Security(crate::bench_ipc::RoundsArgs),

@@ -51,12 +51,31 @@ pub struct RoundsArgs {
     pub(crate) json: bool,
 }
 
+/// Arguments of `pvmctl bench ipc`.
+#[derive(Args)]
+pub struct IpcArgs {
+    #[command(flatten)]
+    pub(crate) rounds: RoundsArgs,
+    /// Also draw the results as an SVG chart in FILE: pVM and Linux side by side, median bars,
+    /// p99 whiskers, each round's median as a dot.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) svg: Option<std::path::PathBuf>,
+}
+
 /// Errors of `bench ipc` (wrapped in [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum IpcBenchError {
     /// An example guest is missing.
     #[error(transparent)]
     GuestMissing(#[from] crate::bench::GuestMissing),
+    /// The chart could not be drawn.
+    #[error("cannot draw the chart {path}: {detail}")]
+    Plot {
+        /// The SVG file.
+        path: std::path::PathBuf,
+        /// Why.
+        detail: String,
+    },
     /// `pvmctl run` cannot be started.
     #[error("cannot start `{command}`: {source}")]
     Spawn {
@@ -1234,7 +1253,8 @@ impl Measurements {
 }
 
 /// Runs `pvmctl bench ipc`.
-pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
+pub fn ipc(ipc_args: IpcArgs) -> Result<ExitCode, BenchError> {
+    let args = ipc_args.rounds;
     let env = PvmEnv {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
@@ -1283,6 +1303,13 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         println!("{}", report.json());
     } else {
         print!("{}", report.table());
+    }
+    if let Some(path) = &ipc_args.svg {
+        report.draw_svg(path).map_err(|detail| IpcBenchError::Plot {
+            path: path.clone(),
+            detail,
+        })?;
+        eprintln!("pvmctl bench ipc: chart written to {}", path.display());
     }
     Ok(if report.m.errors().next().is_none() {
         ExitCode::SUCCESS
@@ -1558,6 +1585,168 @@ impl IpcReport {
     }
 
     /// (description, the ratio if measured, met, whether a run of either side failed).
+    /// Draws the rows as an SVG chart at `path`: latencies (log scale) above, throughputs below;
+    /// for each row the pVM's and Linux's median as bars, their p99 as whiskers, and every
+    /// round's median as a dot.
+    fn draw_svg(&self, path: &std::path::Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let rows = self.rows();
+        // (label, [pVM, Linux] of (median, p99, per-round medians)) per kind of row.
+        type Bars = (String, [(f64, f64, Vec<f64>); 2]);
+        let label = |name: &str| {
+            let (what, how) = name.split_once(" (").unwrap_or((name, ""));
+            let what = what.replace(", 1 B", "").replace(", 64 KiB writes", "");
+            match how {
+                h if h.contains("spinning off") => format!("{what}, no spin"),
+                h if h.contains("adaptive") => format!("{what}, spin"),
+                _ => what,
+            }
+        };
+        let side = |s: &Side| match s {
+            Side::Measured(Summary::Latency(l), _) => Some((
+                l.median_ns / 1e3,
+                l.p99_ns / 1e3,
+                l.medians_ns.iter().map(|n| n / 1e3).collect(),
+            )),
+            Side::Measured(Summary::Throughput(t), _) => Some((t.gbps, t.gbps, t.runs_gbps.clone())),
+            Side::Failed(_) => None,
+        };
+        let (mut latency, mut throughput): (Vec<Bars>, Vec<Bars>) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let (Some(p), Some(l)) = (side(&r.pvm), side(&r.linux)) else {
+                continue;
+            };
+            let into = if matches!(r.pvm, Side::Measured(Summary::Throughput(_), _)) {
+                &mut throughput
+            } else {
+                &mut latency
+            };
+            into.push((label(r.name), [p, l]));
+        }
+        let root = SVGBackend::new(path, (1200, 820)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let h = &self.host;
+        let root = root
+            .titled(
+                &format!(
+                    "pvmctl bench ipc, {}, {} rounds: pVM (blue) and Linux (orange); bars: median, whiskers: p99, dots: each round's median",
+                    h.date, self.rounds
+                ),
+                ("sans-serif", 16),
+            )
+            .map_err(|e| err(&e))?;
+        let (top, bottom) = root.split_vertically(540);
+        let colours = [RGBColor(52, 101, 164), RGBColor(230, 126, 34)];
+        // One panel: bars of `groups` on a y axis `ys` (log or linear) in `unit`.
+        let panel = |area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+                     groups: &[Bars],
+                     caption: &str,
+                     unit: &str,
+                     log: bool|
+         -> Result<(), String> {
+            if groups.is_empty() {
+                return Ok(());
+            }
+            let all = groups.iter().flat_map(|(_, s)| {
+                s.iter()
+                    .flat_map(|(m, p, d)| [*m, *p].into_iter().chain(d.iter().copied()))
+            });
+            let hi = all.clone().fold(0f64, f64::max) * if log { 2.0 } else { 1.15 };
+            let lo = all.fold(f64::MAX, f64::min).max(1e-3) / 2.0;
+            let n = groups.len() as f64;
+            let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
+            let x_fmt = |x: &f64| {
+                let i = x.round();
+                if (x - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < labels.len() {
+                    labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            };
+            let mut b = ChartBuilder::on(area);
+            b.caption(caption, ("sans-serif", 15))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70);
+            macro_rules! body {
+                ($chart:expr, $base:expr) => {{
+                    let mut chart = $chart;
+                    chart
+                        .configure_mesh()
+                        .disable_x_mesh()
+                        .x_labels(groups.len() * 2 + 1)
+                        .x_label_formatter(&x_fmt)
+                        .y_desc(unit)
+                        .draw()
+                        .map_err(|e| err(&e))?;
+                    for (g, (_, sides)) in groups.iter().enumerate() {
+                        for (k, (median, p99, dots)) in sides.iter().enumerate() {
+                            let x0 = g as f64 - 0.38 + 0.38 * k as f64;
+                            let x1 = x0 + 0.34;
+                            let colour = colours[k];
+                            chart
+                                .draw_series([Rectangle::new(
+                                    [(x0, $base), (x1, *median)],
+                                    colour.filled(),
+                                )])
+                                .map_err(|e| err(&e))?;
+                            let mid = (x0 + x1) / 2.0;
+                            if p99 > median {
+                                chart
+                                    .draw_series([
+                                        PathElement::new(
+                                            vec![(mid, *median), (mid, *p99)],
+                                            BLACK.stroke_width(1),
+                                        ),
+                                        PathElement::new(
+                                            vec![(mid - 0.06, *p99), (mid + 0.06, *p99)],
+                                            BLACK.stroke_width(1),
+                                        ),
+                                    ])
+                                    .map_err(|e| err(&e))?;
+                            }
+                            let spread = dots.len().max(1) as f64;
+                            chart
+                                .draw_series(dots.iter().enumerate().map(|(j, d)| {
+                                    let x = x0 + 0.05 + (x1 - x0 - 0.1) * (j as f64 + 0.5) / spread;
+                                    Circle::new((x, *d), 2, BLACK.filled())
+                                }))
+                                .map_err(|e| err(&e))?;
+                        }
+                    }
+                    Ok(())
+                }};
+            }
+            if log {
+                let chart = b
+                    .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())
+                    .map_err(|e| err(&e))?;
+                body!(chart, lo)
+            } else {
+                let chart = b
+                    .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..hi)
+                    .map_err(|e| err(&e))?;
+                body!(chart, 0.0)
+            }
+        };
+        panel(
+            &top,
+            &latency,
+            "latency (lower is better)",
+            "microseconds (log scale)",
+            true,
+        )?;
+        panel(
+            &bottom,
+            &throughput,
+            "throughput (higher is better)",
+            "GB/s",
+            false,
+        )?;
+        root.present().map_err(|e| err(&e))
+    }
+
     fn target_results(&self, rows: &[Row]) -> Vec<(String, Option<f64>, bool, bool)> {
         Self::targets()
             .into_iter()
