@@ -447,9 +447,19 @@ fn a_detached_console_log_stays_bounded() {
 fn bench_ipc_draws_its_results_as_an_svg_chart() {
     let test = "cli-bench-svg";
     let svg = run_dir(test).join("ipc.svg");
+    let csv = run_dir(test).join("ipc.csv");
     let out = ctl(
         test,
-        &["bench", "ipc", "--rounds", "1", "--svg", svg.to_str().unwrap()],
+        &[
+            "bench",
+            "ipc",
+            "--rounds",
+            "1",
+            "--svg",
+            svg.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+        ],
     );
     assert!(out.stdout.contains("targets"), "{out:#?}");
     let text = std::fs::read_to_string(&svg).expect("the chart");
@@ -464,4 +474,14 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     }
     // Bars: a pVM and a Linux one per row at least.
     assert!(text.matches("<rect").count() >= 16, "bars drawn");
+    // The raw figures: a header, then a line per row, side and round.
+    let csv = std::fs::read_to_string(&csv).expect("the CSV");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("row,side,round,metric,value"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 16, "8 rows x 2 sides x 1 round: {csv}");
+    assert!(rows.iter().all(|l| l
+        .rsplit(',')
+        .next()
+        .is_some_and(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))));
 }

@@ -60,6 +60,9 @@ pub struct IpcArgs {
     /// p99 whiskers, each round's median as a dot.
     #[arg(long, value_name = "FILE")]
     pub(crate) svg: Option<std::path::PathBuf>,
+    /// Also write every round's figures to FILE as CSV (`row,side,round,metric,value`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) csv: Option<std::path::PathBuf>,
 }
 
 /// Errors of `bench ipc` (wrapped in [`BenchError`]).
@@ -1304,6 +1307,12 @@ pub fn ipc(ipc_args: IpcArgs) -> Result<ExitCode, BenchError> {
     } else {
         print!("{}", report.table());
     }
+    if let Some(path) = &ipc_args.csv {
+        std::fs::write(path, report.csv()).map_err(|e| IpcBenchError::Plot {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    }
     if let Some(path) = &ipc_args.svg {
         report.draw_svg(path).map_err(|detail| IpcBenchError::Plot {
             path: path.clone(),
@@ -1585,6 +1594,26 @@ impl IpcReport {
     }
 
     /// (description, the ratio if measured, met, whether a run of either side failed).
+    /// Every round's figures, one CSV line each: the row, pvm or linux, the round (from 1), the
+    /// metric (`median_ns` of the round's round trips, or `gb_per_s`) and its value.
+    fn csv(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from("row,side,round,metric,value\n");
+        for r in self.rows() {
+            for (side, s) in [("pvm", &r.pvm), ("linux", &r.linux)] {
+                let (metric, values): (&str, &[f64]) = match s {
+                    Side::Measured(Summary::Latency(l), _) => ("median_ns", &l.medians_ns),
+                    Side::Measured(Summary::Throughput(t), _) => ("gb_per_s", &t.runs_gbps),
+                    Side::Failed(_) => continue,
+                };
+                for (i, v) in values.iter().enumerate() {
+                    let _ = writeln!(out, "\"{}\",{side},{},{metric},{v}", r.name, i + 1);
+                }
+            }
+        }
+        out
+    }
+
     /// Draws the rows as an SVG chart at `path`: latencies (log scale) above, throughputs below;
     /// for each row the pVM's and Linux's median as bars, their p99 as whiskers, and every
     /// round's median as a dot.
