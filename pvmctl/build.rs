@@ -8,8 +8,10 @@ use std::{env, fs};
 #[path = "src/guest_build.rs"]
 mod guest_build;
 
+/// Reruns this script when a file under `dir` changes, but not for build outputs: cargo scans a
+/// directory named in `rerun-if-changed` whole, `target/` included, so only files are named
+/// (a new source file is found through the file that declares it).
 fn watch(dir: &Path) {
-    println!("cargo:rerun-if-changed={}", dir.display());
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
