@@ -485,3 +485,34 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
         .next()
         .is_some_and(|v| v.parse::<f64>().is_ok_and(|v| v > 0.0))));
 }
+
+#[test]
+fn benches_find_their_guests_when_they_run() {
+    let test = "cli-bench-guests";
+    let dir = run_dir(test).join("guests");
+    std::fs::create_dir_all(&dir).unwrap();
+    // An empty guest directory: the error names where it looked.
+    let out = pvmctl(test)
+        .env("PVM_GUEST_DIR", &dir)
+        .args(["bench", "ipc", "--rounds", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains(&dir.join("pingpong").display().to_string()),
+        "{stderr}"
+    );
+    // The guests copied there (as an installation would have them): found and run.
+    for g in ["pingpong", "ipcbench"] {
+        std::fs::copy(guest(g), dir.join(g)).unwrap();
+    }
+    let out = pvmctl(test)
+        .env("PVM_GUEST_DIR", &dir)
+        .args(["bench", "ipc", "--rounds", "1", "--json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(json["rows"].as_array().is_some_and(|r| !r.is_empty()), "{json:#}");
+}

@@ -220,9 +220,10 @@ fn parse_iterations(text: &str) -> Result<usize, String> {
 }
 
 fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
+    // A missing default guest is said below, like a missing --image.
     let image_path = args
         .image
-        .unwrap_or_else(|| Path::new(env!("PVM_GUEST_DIR")).join("noop"));
+        .unwrap_or_else(|| guest_path("noop").unwrap_or_else(|GuestMissing(p)| p));
     if !image_path.exists() {
         return Err(BenchError::ImageMissing(image_path));
     }
@@ -663,12 +664,37 @@ pub(crate) fn verdict(met: bool) -> &'static str {
 
 /// An example guest a benchmark needs is missing.
 #[derive(Debug, thiserror::Error)]
-#[error("guest {0} does not exist: build the example guests with `cargo build` (pvmctl's build script builds them)")]
+#[error("guest {0} does not exist: build the example guests with `cargo build` (pvmctl's build script builds them), or name their directory with $PVM_GUEST_DIR")]
 pub(crate) struct GuestMissing(PathBuf);
 
-/// The example guest `name` built with pvmctl.
+/// Where a benchmark's guests are, found when it runs: `$PVM_GUEST_DIR` (and
+/// `$PVM_GUEST_LIB_DIR` for libraries), else `guests/` (`guest-libs/`) next to the pvmctl
+/// executable (an installed pvmctl), else where pvmctl's build put them.
+fn guest_dir(var: &str, beside: &str, built: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let installed = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(beside)))
+        .filter(|d| d.is_dir());
+    installed.unwrap_or_else(|| PathBuf::from(built))
+}
+
+/// The example guest `name` a benchmark runs.
 pub(crate) fn guest_path(name: &str) -> Result<PathBuf, GuestMissing> {
-    let path = Path::new(env!("PVM_GUEST_DIR")).join(name);
+    let path = guest_dir("PVM_GUEST_DIR", "guests", env!("PVM_GUEST_DIR")).join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(GuestMissing(path))
+    }
+}
+
+/// The example library `libNAME.so` a benchmark loads.
+pub(crate) fn guest_lib_path(name: &str) -> Result<PathBuf, GuestMissing> {
+    let path =
+        guest_dir("PVM_GUEST_LIB_DIR", "guest-libs", env!("PVM_GUEST_LIB_DIR")).join(format!("lib{name}.so"));
     if path.exists() {
         Ok(path)
     } else {

@@ -333,7 +333,7 @@ pub fn net(args: RoundsArgs) -> Result<ExitCode, BenchError> {
 fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
     let kv = guest_path("kv").map_err(NetBenchError::from)?;
     let netecho = guest_path("netecho").map_err(NetBenchError::from)?;
-    let libkv = Path::new(env!("PVM_GUEST_LIB_DIR")).join("libkv_v2.so");
+    let libkv = crate::bench::guest_lib_path("kv_v2").map_err(NetBenchError::from)?;
     let bytes = std::fs::read(&libkv).map_err(|e| step("read libkv")(e.to_string()))?;
     TrustRef::open(&env.dir.join("trust").join("trusted"))
         .and_then(|t| t.add(&trust::digest(&bytes), "libkv_v2.so"))
