@@ -227,6 +227,34 @@ impl Hypercall {
         Hypercall::NetConnect,
     ];
 
+    /// Size of the argument struct the call's argument points to; None when the argument is a
+    /// value (a handle) or ignored. The one place that says which struct each call takes.
+    pub const fn arg_size(self) -> Option<usize> {
+        use core::mem::size_of;
+        Some(match self {
+            Hypercall::Write => size_of::<WriteArgs>(),
+            Hypercall::Exit => size_of::<ExitArgs>(),
+            Hypercall::Exception => size_of::<ExceptionFrame>(),
+            Hypercall::Fork => size_of::<ForkArgs>(),
+            Hypercall::Wait => size_of::<WaitArgs>(),
+            Hypercall::Clock => size_of::<ClockArgs>(),
+            Hypercall::PipeCreate => size_of::<PipeArgs>(),
+            Hypercall::IpcWait => size_of::<IpcWaitArgs>(),
+            Hypercall::SigAction => size_of::<SigActionArgs>(),
+            Hypercall::Kill => size_of::<KillArgs>(),
+            Hypercall::MqOpen | Hypercall::ShmOpen => size_of::<NamedArgs>(),
+            Hypercall::MqWait => size_of::<MqWaitArgs>(),
+            Hypercall::DlOpen => size_of::<DlOpenArgs>(),
+            Hypercall::DlClose => size_of::<DlCloseArgs>(),
+            Hypercall::DlUpdate => size_of::<DlUpdateArgs>(),
+            Hypercall::NetListen => size_of::<NetListenArgs>(),
+            Hypercall::NetAccept => size_of::<NetAcceptArgs>(),
+            Hypercall::NetPoll => size_of::<NetPollArgs>(),
+            Hypercall::NetConnect => size_of::<NetConnectArgs>(),
+            Hypercall::Pause | Hypercall::IpcNotify | Hypercall::IpcClose | Hypercall::MqWake => return None,
+        })
+    }
+
     /// Decodes a hypercall number.
     pub fn from_nr(nr: u64) -> Option<Hypercall> {
         Self::ALL.into_iter().find(|h| *h as u64 == nr)

@@ -316,29 +316,7 @@ fn around(mem: &GuestMemory, at: u64) -> (u64, Vec<u8>) {
 
 /// Size of a hypercall's argument struct (0: its argument is a value).
 fn struct_size(nr: Hypercall) -> u64 {
-    use pvm_abi::*;
-    (match nr {
-        Hypercall::Write => size_of::<WriteArgs>(),
-        Hypercall::Exit => size_of::<ExitArgs>(),
-        Hypercall::Exception => size_of::<ExceptionFrame>(),
-        Hypercall::Fork => size_of::<ForkArgs>(),
-        Hypercall::Wait => size_of::<WaitArgs>(),
-        Hypercall::Clock => size_of::<ClockArgs>(),
-        Hypercall::PipeCreate => size_of::<PipeArgs>(),
-        Hypercall::IpcWait => size_of::<IpcWaitArgs>(),
-        Hypercall::SigAction => size_of::<SigActionArgs>(),
-        Hypercall::Kill => size_of::<KillArgs>(),
-        Hypercall::MqOpen | Hypercall::ShmOpen => size_of::<NamedArgs>(),
-        Hypercall::MqWait => size_of::<MqWaitArgs>(),
-        Hypercall::Pause | Hypercall::IpcNotify | Hypercall::IpcClose | Hypercall::MqWake => 0,
-        Hypercall::DlOpen => size_of::<DlOpenArgs>(),
-        Hypercall::DlClose => size_of::<DlCloseArgs>(),
-        Hypercall::DlUpdate => size_of::<DlUpdateArgs>(),
-        Hypercall::NetListen => size_of::<NetListenArgs>(),
-        Hypercall::NetAccept => size_of::<NetAcceptArgs>(),
-        Hypercall::NetPoll => size_of::<NetPollArgs>(),
-        Hypercall::NetConnect => size_of::<NetConnectArgs>(),
-    }) as u64
+    nr.arg_size().unwrap_or(0) as u64
 }
 
 thread_local! {

@@ -51,6 +51,19 @@ impl Monitor {
         }
     }
 
+    /// Installs a connection the network backend handed over (its region and two pipe ends).
+    fn install(&mut self, conn: crate::net::Conn) -> Result<Accepted, i64> {
+        let (capacity, peer) = (conn.capacity, conn.peer);
+        let (read_handle, write_handle, ring) = self.ipc.add_connection(&self.vm, &mut self.space, conn)?;
+        Ok(Accepted {
+            read_handle,
+            write_handle,
+            ring,
+            capacity,
+            peer,
+        })
+    }
+
     /// Whether `addr` lies in the stack guard page.
     pub(crate) fn in_stack_guard(&self, addr: u64) -> bool {
         let guard = crate::loader::image_limit(self.mem.size());
@@ -262,17 +275,7 @@ impl Host for Monitor {
             None => Err(-errno::EACCES),
         };
         match got {
-            Ok(Some(conn)) => {
-                let capacity = conn.capacity;
-                let installed = self.ipc.add_connection(&self.vm, &mut self.space, conn);
-                Flow::Continue(installed.map(|(read_handle, write_handle, ring)| Accepted {
-                    read_handle,
-                    write_handle,
-                    ring,
-                    capacity,
-                    peer: addr,
-                }))
-            }
+            Ok(Some(conn)) => Flow::Continue(self.install(conn)),
             Ok(None) => match self.attend() {
                 Attention::End(outcome) => Flow::End(outcome),
                 _ => Flow::Continue(Err(-errno::EINTR)),
@@ -384,17 +387,7 @@ impl Host for Monitor {
                 None => Err(-errno::ENETDOWN),
             };
             match got {
-                Ok(Some(conn)) => {
-                    let (capacity, peer) = (conn.capacity, conn.peer);
-                    let installed = self.ipc.add_connection(&self.vm, &mut self.space, conn);
-                    return Flow::Continue(installed.map(|(read_handle, write_handle, ring)| Accepted {
-                        read_handle,
-                        write_handle,
-                        ring,
-                        capacity,
-                        peer,
-                    }));
-                }
+                Ok(Some(conn)) => return Flow::Continue(self.install(conn)),
                 Ok(None) => match self.attend() {
                     Attention::End(outcome) => return Flow::End(outcome),
                     Attention::Guest => return Flow::Continue(Err(-errno::EINTR)),

@@ -539,6 +539,18 @@ impl Stats {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count); NaN if empty.
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `value` with 3 significant digits.
 pub(crate) fn sig3(value: f64) -> String {
     if !value.is_finite() || value <= 0.0 {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use hypervisor_ext::control::{self, Request, Response, Session};
 use hypervisor_ext::trust::{self, TrustRef};
 
-use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
+use crate::bench::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 use crate::bench_ipc::RoundsArgs;
 
 /// Errors of `bench dynlink` (wrapped in [`BenchError`]).
@@ -359,11 +359,7 @@ fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError
     let close_med = Stats::new(&closes.iter().map(|c| ns(c.0)).collect::<Vec<_>>());
     let close_p99 = Stats::new(&closes.iter().map(|c| ns(c.1)).collect::<Vec<_>>());
     let pauses = Stats::new(&pauses);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let (handle, direct) = (median(&mut handle_ns), median(&mut direct_ns));
+    let (handle, direct) = (median(&handle_ns), median(&direct_ns));
     let overhead = handle - direct;
     let host = HostInfo::get();
     if args.json {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hypervisor_ext::monotonic_ns;
 
-use crate::bench::{format_us, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
+use crate::bench::{format_us, median, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
 
 /// Arguments of `pvmctl bench ipc` and `bench security`.
 #[derive(Args)]
@@ -403,18 +403,6 @@ impl<T> Series<T> {
                 self.error = Some(e);
             }
         }
-    }
-}
-
-/// The median of `values` (the mean of the middle two for an even count); NaN if empty.
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hypervisor_ext::trust::{self, TrustRef};
 
-use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
+use crate::bench::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 use crate::bench_ipc::RoundsArgs;
 
 /// Errors of `bench net` (wrapped in [`BenchError`]).
@@ -292,15 +292,6 @@ fn linux_server(mode: Serve) -> Result<u16, BenchError> {
     Ok(port)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// `pvmctl bench net`.
 pub fn net(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     for tool in ["redis-benchmark", "redis-server"] {
@@ -428,17 +419,16 @@ fn report(
     let h = HostInfo::get();
     // Median over rounds of each figure.
     let fig = |p: usize, who: usize, test: usize, f: fn(&Redis) -> f64| {
-        let mut v: Vec<f64> = redis.iter().map(|r| f(&r[p][who][test])).collect();
-        median(&mut v)
+        median(&redis.iter().map(|r| f(&r[p][who][test])).collect::<Vec<_>>())
     };
-    let stream_pvm = median(&mut streams.to_vec()) / 1e6;
-    let stream_linux = median(&mut linux_streams.to_vec()) / 1e6;
-    let rtt_med = median(&mut rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
-    let rtt_p99 = median(&mut rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
-    let lrtt_med = median(&mut linux_rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
-    let lrtt_p99 = median(&mut linux_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
-    let srtt_med = median(&mut spin_rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
-    let srtt_p99 = median(&mut spin_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
+    let stream_pvm = median(streams) / 1e6;
+    let stream_linux = median(linux_streams) / 1e6;
+    let rtt_med = median(&rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
+    let rtt_p99 = median(&rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
+    let lrtt_med = median(&linux_rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
+    let lrtt_p99 = median(&linux_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
+    let srtt_med = median(&spin_rtt.iter().map(|s| s.median_us).collect::<Vec<_>>());
+    let srtt_p99 = median(&spin_rtt.iter().map(|s| s.p99_us).collect::<Vec<_>>());
     let mut targets = Vec::new();
     let mut rows = Vec::new();
     let mut worker_rows = Vec::new();
