@@ -3,12 +3,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod bench_dynlink;
-mod bench_fork;
-mod bench_ipc;
-mod bench_net;
-mod bench_security;
 mod ctl;
 mod guest_build;
 mod image;
@@ -61,7 +55,7 @@ enum Command {
     Lib(lib_cmd::LibCommand),
     /// Measure pvm against Linux baselines.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(pvm_bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,7 +84,14 @@ fn main() -> ExitCode {
         Command::Stop(args) => ctl::stop(args).map_err(Into::into),
         Command::Logs(args) => ctl::logs(args).map_err(Into::into),
         Command::Lib(cmd) => lib_cmd::lib(cmd).map_err(Into::into),
-        Command::Bench(cmd) => bench::bench(cmd).map_err(Into::into),
+        Command::Bench(cmd) => pvm_bench::bench(
+            cmd,
+            pvm_bench::BuiltGuests {
+                guests: env!("PVM_GUEST_DIR").into(),
+                libs: env!("PVM_GUEST_LIB_DIR").into(),
+            },
+        )
+        .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

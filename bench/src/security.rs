@@ -12,15 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
-use crate::bench_ipc::RoundsArgs;
+use crate::ipc::RoundsArgs;
+use crate::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
 
 /// Errors of `bench security` (wrapped in [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityBenchError {
     /// An example guest is missing.
     #[error(transparent)]
-    GuestMissing(#[from] crate::bench::GuestMissing),
+    GuestMissing(#[from] crate::GuestMissing),
     /// A command could not be run.
     #[error("cannot run `{command}`: {source}")]
     Spawn {

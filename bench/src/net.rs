@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use hypervisor_ext::trust::{self, TrustRef};
 
-use crate::bench::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
-use crate::bench_ipc::RoundsArgs;
+use crate::ipc::RoundsArgs;
+use crate::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 
 /// Errors of `bench net` (wrapped in [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum NetBenchError {
     /// An example guest is missing.
     #[error(transparent)]
-    GuestMissing(#[from] crate::bench::GuestMissing),
+    GuestMissing(#[from] crate::GuestMissing),
     /// A tool the baseline needs is missing.
     #[error("{0} is missing: install the Debian packages redis-tools and redis-server")]
     Tool(&'static str),
@@ -324,7 +324,7 @@ pub fn net(args: RoundsArgs) -> Result<ExitCode, BenchError> {
 fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
     let kv = guest_path("kv").map_err(NetBenchError::from)?;
     let netecho = guest_path("netecho").map_err(NetBenchError::from)?;
-    let libkv = crate::bench::guest_lib_path("kv_v2").map_err(NetBenchError::from)?;
+    let libkv = crate::guest_lib_path("kv_v2").map_err(NetBenchError::from)?;
     let bytes = std::fs::read(&libkv).map_err(|e| step("read libkv")(e.to_string()))?;
     TrustRef::open(&env.dir.join("trust").join("trusted"))
         .and_then(|t| t.add(&trust::digest(&bytes), "libkv_v2.so"))

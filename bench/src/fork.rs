@@ -28,7 +28,7 @@ use clap::Args;
 use hypervisor_ext::registry::{Registry, RegistryError};
 use hypervisor_ext::{monotonic_ns, BENCH_CHILD_READY, BENCH_PARENT_PAUSE};
 
-use crate::bench::{format_us, round3, sig3, BenchError, Child, ChildStatus, HostInfo, Stats};
+use crate::{format_us, round3, sig3, BenchError, Child, ChildStatus, HostInfo, Stats};
 
 /// Arguments of `pvmctl bench fork`.
 #[derive(Args)]
@@ -62,7 +62,7 @@ pub struct DensityArgs {
 pub enum ForkBenchError {
     /// An example guest is missing.
     #[error(transparent)]
-    GuestMissing(#[from] crate::bench::GuestMissing),
+    GuestMissing(#[from] crate::GuestMissing),
     /// A system call of the benchmark itself failed.
     #[error("{call} failed: {source}")]
     Sys {
@@ -260,7 +260,7 @@ const MIN_ITERATIONS: usize = 100;
 
 /// `--iterations` of `bench fork`.
 fn parse_iterations(text: &str) -> Result<usize, String> {
-    crate::bench::parse_at_least(text, MIN_ITERATIONS)
+    crate::parse_at_least(text, MIN_ITERATIONS)
 }
 /// Footprints measured, in MiB of touched memory.
 const FOOTPRINTS_MIB: [u64; 2] = [1, 64];
@@ -299,7 +299,7 @@ const OUTPUT_TAIL_LINES: usize = 30;
 
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, ForkBenchError> {
-    Ok(crate::bench::guest_path(name)?)
+    Ok(crate::guest_path(name)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -922,7 +922,7 @@ impl ForkReport {
                 p99
             );
         }
-        crate::bench::write_targets(&mut out, &self.targets(), 14);
+        crate::write_targets(&mut out, &self.targets(), 14);
         out
     }
 
@@ -1540,7 +1540,7 @@ impl DensityReport {
                 sig3(r.pss_kib.mean)
             );
         }
-        crate::bench::write_targets(&mut out, &self.targets(), 10);
+        crate::write_targets(&mut out, &self.targets(), 10);
         out
     }
 

@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 use hypervisor_ext::control::{self, Request, Response, Session};
 use hypervisor_ext::trust::{self, TrustRef};
 
-use crate::bench::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
-use crate::bench_ipc::RoundsArgs;
+use crate::ipc::RoundsArgs;
+use crate::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 
 /// Errors of `bench dynlink` (wrapped in [`BenchError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DynlinkBenchError {
     /// An example guest is missing.
     #[error(transparent)]
-    GuestMissing(#[from] crate::bench::GuestMissing),
+    GuestMissing(#[from] crate::GuestMissing),
     /// The C compiler is missing or failed.
     #[error("cannot build the benchmark library with cc: {0}")]
     Compiler(String),

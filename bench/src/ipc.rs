@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hypervisor_ext::monotonic_ns;
 
-use crate::bench::{format_us, median, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
+use crate::{format_us, median, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
 
 /// Arguments of `pvmctl bench ipc` and `bench security`.
 #[derive(Args)]
@@ -70,7 +70,7 @@ pub struct IpcArgs {
 pub enum IpcBenchError {
     /// An example guest is missing.
     #[error(transparent)]
-    GuestMissing(#[from] crate::bench::GuestMissing),
+    GuestMissing(#[from] crate::GuestMissing),
     /// The chart could not be drawn.
     #[error("cannot draw the chart {path}: {detail}")]
     Plot {
@@ -221,11 +221,11 @@ const SIGNAL_MAX_RATIO: f64 = 1.0;
 const PVM_MQ_ROUNDS: usize = 10_000;
 const PVM_MQ_NO_SPIN_ROUNDS: usize = 2_000;
 
-use crate::bench::verdict;
+use crate::verdict;
 
 /// The example guest `name`, which must exist.
 fn guest(name: &str) -> Result<PathBuf, IpcBenchError> {
-    Ok(crate::bench::guest_path(name)?)
+    Ok(crate::guest_path(name)?)
 }
 
 // ---------------------------------------------------------------------------------------------
