@@ -474,12 +474,18 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     }
     // Bars: a pVM and a Linux one per row at least.
     assert!(text.matches("<rect").count() >= 16, "bars drawn");
-    // The raw figures: a header, then a line per row, side and round.
+    // The figures: a header, then per row, side and round the run's median and p99 (latency)
+    // or its GB/s (throughput).
     let csv = std::fs::read_to_string(&csv).expect("the CSV");
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("row,side,round,metric,value"));
+    assert_eq!(lines.next(), Some("bench,row,side,round,sample,metric,value"));
     let rows: Vec<&str> = lines.collect();
-    assert_eq!(rows.len(), 16, "8 rows x 2 sides x 1 round: {csv}");
+    assert_eq!(
+        rows.len(),
+        6 * 2 * 2 + 2 * 2,
+        "(6 latency rows x 2 metrics + 2 throughput rows) x 2 sides: {csv}"
+    );
+    assert!(rows.iter().all(|l| l.starts_with("ipc,")), "{csv}");
     assert!(rows.iter().all(|l| l
         .rsplit(',')
         .next()

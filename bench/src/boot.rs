@@ -15,6 +15,7 @@ use hypervisor_ext::loader::Image;
 use hypervisor_ext::{Limits, Monitor, MonitorConfig, Outcome, DEFAULT_MEM_SIZE};
 
 use crate::child::Child;
+use crate::figures::{Bar, FigureArgs, Figures, Group, Kind, Samples};
 use crate::{
     format_us, guest_path, parse_at_least, round3, sig3, verdict, BenchError, GuestMissing, HostInfo, Stats,
 };
@@ -31,6 +32,8 @@ pub struct BootArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    figures: FigureArgs,
 }
 
 /// Fewest iterations accepted.
@@ -143,7 +146,42 @@ pub(crate) fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
     } else {
         print!("{}", report.table());
     }
+    figures(&report, &samples).write(&args.figures)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The chart's rows (`pvmctl run` against fork + exec, and the in-process boot alone) and every
+/// sample.
+fn figures(report: &Report<'_>, samples: &[Vec<Duration>; 4]) -> Figures {
+    let bar = |row: usize| Some(Bar::of_samples(&samples[row]));
+    let group = |label: &str, pvm: usize, linux: Option<usize>| Group {
+        label: label.into(),
+        kind: Kind::Latency,
+        pvm: bar(pvm),
+        baseline: linux.and_then(bar),
+    };
+    Figures {
+        bench: "boot",
+        title: format!(
+            "pvmctl bench boot, {}, {} iterations",
+            report.host.date, report.iterations
+        ),
+        sides: ("pVM", "Linux"),
+        groups: vec![
+            group("run noop / exec exit(0)", ROW_RUN, Some(ROW_EXEC)),
+            group("in-process: to 1st hypercall", ROW_BOOT, None),
+            group("in-process: build+run+teardown", ROW_MONITOR, None),
+        ],
+        samples: ROW_NAMES
+            .iter()
+            .zip(samples)
+            .enumerate()
+            .map(|(row, (name, s))| {
+                let side = if row == ROW_EXEC { "linux" } else { "pvm" };
+                Samples::of_durations(*name, side, 1, s)
+            })
+            .collect(),
+    }
 }
 
 /// Boots `image` in this process: (KVM_CREATE_VM to first hypercall, build + run + teardown).

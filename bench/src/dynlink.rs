@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use hypervisor_ext::control::{self, Request, Response, Session};
 use hypervisor_ext::trust::{self, TrustRef};
 
+use crate::figures::{Bar, Figures, Group, Kind, Samples};
 use crate::ipc::RoundsArgs;
 use crate::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 
@@ -349,6 +350,21 @@ fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError
         let _ = server.wait();
     }
 
+    let host = HostInfo::get();
+    let pvm_runs = [
+        ("load + link + lookup, cold", &cold),
+        ("load + link + lookup, warm", &warm),
+        ("close", &closes),
+    ];
+    figures(
+        &host,
+        args.rounds,
+        &pvm_runs,
+        [&linux, &linux_closes],
+        &pauses,
+        [&handle_ns, &direct_ns],
+    )
+    .write(&args.figures)?;
     let ns = |v: f64| Duration::from_nanos(v.max(0.0) as u64);
     let cold_med = Stats::new(&cold.iter().map(|c| ns(c.0)).collect::<Vec<_>>());
     let cold_p99 = Stats::new(&cold.iter().map(|c| ns(c.1)).collect::<Vec<_>>());
@@ -361,7 +377,6 @@ fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError
     let pauses = Stats::new(&pauses);
     let (handle, direct) = (median(&handle_ns), median(&direct_ns));
     let overhead = handle - direct;
-    let host = HostInfo::get();
     if args.json {
         let json = serde_json::json!({
             "bench": "dynlink",
@@ -450,6 +465,79 @@ fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError
     write_targets(&mut out, &targets, 10);
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The chart's rows: loads (cold, warm) and close against Linux's dlopen and dlclose, the update
+/// pause, and a call through a handle against a direct call. The guest times its loads in a
+/// batch and prints each run's median and p99 (ns); the host times each dlopen and each pause.
+fn figures(
+    host: &HostInfo,
+    rounds: u32,
+    pvm_runs: &[(&str, &Vec<(f64, f64)>); 3],
+    [dlopen, dlclose]: [&[Duration]; 2],
+    pauses: &[Duration],
+    [handle_ns, direct_ns]: [&[f64]; 2],
+) -> Figures {
+    let mut groups = Vec::new();
+    let mut samples = Vec::new();
+    for (i, (name, runs)) in pvm_runs.iter().enumerate() {
+        let medians: Vec<f64> = runs.iter().map(|r| r.0 / 1e3).collect();
+        let p99s: Vec<f64> = runs.iter().map(|r| r.1 / 1e3).collect();
+        let linux = if i == 2 { dlclose } else { dlopen };
+        groups.push(Group {
+            label: name.replace(" + link + lookup", ""),
+            kind: Kind::Latency,
+            pvm: Some(Bar {
+                median: median(&medians),
+                p99: Some(median(&p99s)),
+                dots: medians.clone(),
+            }),
+            baseline: Some(Bar::of_samples(linux)),
+        });
+        for (metric, values) in [("run_median_us", medians), ("run_p99_us", p99s)] {
+            for (r, v) in values.into_iter().enumerate() {
+                samples.push(Samples {
+                    row: (*name).into(),
+                    side: "pvm",
+                    round: r as u32 + 1,
+                    metric,
+                    values: vec![v],
+                });
+            }
+        }
+    }
+    samples.push(Samples::of_durations("dlopen + dlsym", "linux", 1, dlopen));
+    samples.push(Samples::of_durations("dlclose", "linux", 1, dlclose));
+    groups.push(Group {
+        label: "update pause".into(),
+        kind: Kind::Latency,
+        pvm: Some(Bar::of_samples(pauses)),
+        baseline: None,
+    });
+    samples.push(Samples::of_durations("update pause", "pvm", 1, pauses));
+    let us = |ns: &[f64]| ns.iter().map(|n| n / 1e3).collect::<Vec<_>>();
+    groups.push(Group {
+        label: "call: handle (vs direct)".into(),
+        kind: Kind::Latency,
+        pvm: Some(Bar::of_figures(&us(handle_ns))),
+        baseline: Some(Bar::of_figures(&us(direct_ns))),
+    });
+    for (side, values) in [("pvm", handle_ns), ("direct", direct_ns)] {
+        samples.push(Samples {
+            row: "call through a handle (pvm) or direct".into(),
+            side,
+            round: 1,
+            metric: "run_mean_ns",
+            values: values.to_vec(),
+        });
+    }
+    Figures {
+        bench: "dynlink",
+        title: format!("pvmctl bench dynlink, {}, {rounds} rounds", host.date),
+        sides: ("pVM", "Linux (dlopen, dlclose) or a direct call"),
+        groups,
+        samples,
+    }
 }
 
 fn pauses_count(rounds: u32) -> usize {

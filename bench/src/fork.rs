@@ -28,6 +28,7 @@ use clap::Args;
 use hypervisor_ext::registry::{Registry, RegistryError};
 use hypervisor_ext::{monotonic_ns, BENCH_CHILD_READY, BENCH_PARENT_PAUSE};
 
+use crate::figures::{Bar, FigureArgs, Figures, Group, Kind, Samples};
 use crate::{format_us, round3, sig3, BenchError, Child, ChildStatus, HostInfo, Stats};
 
 /// Arguments of `pvmctl bench fork`.
@@ -39,6 +40,8 @@ pub struct ForkArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    figures: FigureArgs,
 }
 
 /// Arguments of `pvmctl bench density`.
@@ -55,6 +58,8 @@ pub struct DensityArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    figures: FigureArgs,
 }
 
 /// Errors of `bench fork` and `bench density` (wrapped in [`BenchError`]).
@@ -682,6 +687,8 @@ struct Footprint {
     linux_parent_pause: Stats,
     /// forkbench's loop: forks and total ns.
     pvm_loop: LoopSummary,
+    /// The samples: pVM child ready, pVM parent pause, Linux child ready, Linux parent pause.
+    samples: [Vec<Duration>; 4],
 }
 
 impl Footprint {
@@ -723,6 +730,7 @@ pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
                 linux_child_ready: Stats::new(&linux_ready),
                 linux_parent_pause: Stats::new(&linux_pause),
                 pvm_loop: pvm.summary,
+                samples: [pvm.child_ready, pvm.parent_pause, linux_ready, linux_pause],
             });
         }
         let exit_wait = linux_fork_exit_wait(n)?;
@@ -743,6 +751,7 @@ pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
     } else {
         print!("{}", report.table());
     }
+    report.figures(&exit_wait).write(&args.figures)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -765,6 +774,57 @@ enum RowValue<'a> {
 }
 
 impl ForkReport {
+    /// The chart's rows (child ready and parent pause per footprint, the sustained rates) and
+    /// every fork's times.
+    fn figures(&self, linux_exit_wait: &[Duration]) -> Figures {
+        let mut groups = Vec::new();
+        let mut samples = Vec::new();
+        for (what, pvm, linux) in [("child ready", 0, 2), ("parent pause", 1, 3)] {
+            for f in &self.footprints {
+                groups.push(Group {
+                    label: format!("{what}, {} MiB", f.mib),
+                    kind: Kind::Latency,
+                    pvm: Some(Bar::of_samples(&f.samples[pvm])),
+                    baseline: Some(Bar::of_samples(&f.samples[linux])),
+                });
+                let row = format!("{what}, {} MiB", f.mib);
+                samples.push(Samples::of_durations(row.clone(), "pvm", 1, &f.samples[pvm]));
+                samples.push(Samples::of_durations(row, "linux", 1, &f.samples[linux]));
+            }
+        }
+        for f in &self.footprints {
+            groups.push(Group {
+                label: format!("fork+exit+wait, {} MiB", f.mib),
+                kind: Kind::Rate("forks/s"),
+                pvm: Some(Bar::of_figures(&[f.pvm_forks_per_s()])),
+                baseline: Some(Bar::of_figures(&[self.linux_forks_per_s])),
+            });
+            samples.push(Samples {
+                row: format!("fork+exit+wait, {} MiB (loop)", f.mib),
+                side: "pvm",
+                round: 1,
+                metric: "forks_per_s",
+                values: vec![f.pvm_forks_per_s()],
+            });
+        }
+        samples.push(Samples::of_durations(
+            "fork+exit+wait",
+            "linux",
+            1,
+            linux_exit_wait,
+        ));
+        Figures {
+            bench: "fork",
+            title: format!(
+                "pvmctl bench fork, {}, {} forks per row",
+                self.host.date, self.iterations
+            ),
+            sides: ("pVM", "Linux"),
+            groups,
+            samples,
+        }
+    }
+
     fn rows(&self) -> Vec<(String, RowValue<'_>)> {
         let mut rows = Vec::new();
         for (what, pvm, linux) in [
@@ -1091,6 +1151,8 @@ struct DensityRun {
     mem_after_kib: u64,
     private_kib: KibStats,
     pss_kib: KibStats,
+    /// Each child monitor's private memory, KiB.
+    private_values: Vec<u64>,
     /// SIGTERM to the root's exit.
     stop: Duration,
     /// SIGTERM to the last process of the family (teardown helpers included) gone.
@@ -1386,6 +1448,7 @@ fn density_run(exe: &Path, forktest: &Path, count: u32) -> Result<DensityRun, Be
         mem_after_kib,
         private_kib: KibStats::new(&private),
         pss_kib: KibStats::new(&pss),
+        private_values: private.clone(),
         settled,
         stop,
         teardown,
@@ -1420,6 +1483,7 @@ pub fn density(args: DensityArgs) -> Result<ExitCode, BenchError> {
     } else {
         print!("{}", report.table());
     }
+    report.figures().write(&args.figures)?;
     Ok(if report.runs.iter().all(|(_, r)| r.is_ok()) {
         ExitCode::SUCCESS
     } else {
@@ -1435,6 +1499,66 @@ struct DensityReport {
 }
 
 impl DensityReport {
+    /// The chart's rows: per count, each child monitor's private memory and the host memory
+    /// per pVM (no baseline: a Linux process is not an isolated VM), and creation per pVM.
+    fn figures(&self) -> Figures {
+        let mut groups = Vec::new();
+        let mut samples = Vec::new();
+        for run in self.ok_runs() {
+            let private: Vec<f64> = run.private_values.iter().map(|&k| k as f64).collect();
+            groups.push(Group {
+                label: format!("private per monitor, N={}", run.count),
+                kind: Kind::Amount("KiB"),
+                pvm: Some(Bar {
+                    median: run.private_kib.median,
+                    p99: Some(run.private_kib.p99 as f64),
+                    dots: private.clone(),
+                }),
+                baseline: None,
+            });
+            groups.push(Group {
+                label: format!("host per pVM, N={}", run.count),
+                kind: Kind::Amount("KiB"),
+                pvm: Some(Bar::of_figures(&[run.host_kib_per_pvm()])),
+                baseline: None,
+            });
+            groups.push(Group {
+                label: format!("creation per pVM, N={}", run.count),
+                kind: Kind::Latency,
+                pvm: Some(Bar::of_samples(&[run.creation_per_pvm()])),
+                baseline: None,
+            });
+            let row = |what: &str| format!("{what}, N={}", run.count);
+            samples.push(Samples {
+                row: row("private per child monitor"),
+                side: "pvm",
+                round: 1,
+                metric: "kib",
+                values: private,
+            });
+            samples.push(Samples {
+                row: row("host memory per pVM"),
+                side: "pvm",
+                round: 1,
+                metric: "kib",
+                values: vec![run.host_kib_per_pvm()],
+            });
+            samples.push(Samples::of_durations(
+                row("creation per pVM"),
+                "pvm",
+                1,
+                &[run.creation_per_pvm()],
+            ));
+        }
+        Figures {
+            bench: "density",
+            title: format!("pvmctl bench density, {}", self.host.date),
+            sides: ("pVM", ""),
+            groups,
+            samples,
+        }
+    }
+
     fn ok_runs(&self) -> impl Iterator<Item = &DensityRun> {
         self.runs.iter().filter_map(|(_, r)| r.as_ref().ok())
     }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use hypervisor_ext::monotonic_ns;
 
+use crate::figures::{Bar, Figures, Group, Kind, Samples};
 use crate::{format_us, median, round3, sig3, BenchError, ChildStatus, HostInfo, Stats};
 
 /// Arguments of `pvmctl bench ipc` and `bench security`.
@@ -49,20 +50,8 @@ pub struct RoundsArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
-}
-
-/// Arguments of `pvmctl bench ipc`.
-#[derive(Args)]
-pub struct IpcArgs {
     #[command(flatten)]
-    pub(crate) rounds: RoundsArgs,
-    /// Also draw the results as an SVG chart in FILE: pVM and Linux side by side, median bars,
-    /// p99 whiskers, each round's median as a dot.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) svg: Option<std::path::PathBuf>,
-    /// Also write every round's figures to FILE as CSV (`row,side,round,metric,value`).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) csv: Option<std::path::PathBuf>,
+    pub(crate) figures: crate::figures::FigureArgs,
 }
 
 /// Errors of `bench ipc` (wrapped in [`BenchError`]).
@@ -71,14 +60,6 @@ pub enum IpcBenchError {
     /// An example guest is missing.
     #[error(transparent)]
     GuestMissing(#[from] crate::GuestMissing),
-    /// The chart could not be drawn.
-    #[error("cannot draw the chart {path}: {detail}")]
-    Plot {
-        /// The SVG file.
-        path: std::path::PathBuf,
-        /// Why.
-        detail: String,
-    },
     /// `pvmctl run` cannot be started.
     #[error("cannot start `{command}`: {source}")]
     Spawn {
@@ -413,6 +394,8 @@ struct LatencySummary {
     p99_ns: f64,
     /// Every run's median, in run order.
     medians_ns: Vec<f64>,
+    /// Every run's p99, in run order.
+    p99s_ns: Vec<f64>,
 }
 
 impl LatencySummary {
@@ -426,6 +409,7 @@ impl LatencySummary {
             median_ns: median(&medians_ns),
             p99_ns: runs.iter().map(|r| r.p99_ns).fold(f64::MIN, f64::max),
             medians_ns,
+            p99s_ns: runs.iter().map(|r| r.p99_ns).collect(),
         })
     }
 
@@ -435,6 +419,7 @@ impl LatencySummary {
             median_ns: self.median_ns / 2.0,
             p99_ns: self.p99_ns / 2.0,
             medians_ns: self.medians_ns.iter().map(|m| m / 2.0).collect(),
+            p99s_ns: self.p99s_ns.iter().map(|m| m / 2.0).collect(),
         }
     }
 }
@@ -1244,8 +1229,7 @@ impl Measurements {
 }
 
 /// Runs `pvmctl bench ipc`.
-pub fn ipc(ipc_args: IpcArgs) -> Result<ExitCode, BenchError> {
-    let args = ipc_args.rounds;
+pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let env = PvmEnv {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
@@ -1295,19 +1279,7 @@ pub fn ipc(ipc_args: IpcArgs) -> Result<ExitCode, BenchError> {
     } else {
         print!("{}", report.table());
     }
-    if let Some(path) = &ipc_args.csv {
-        std::fs::write(path, report.csv()).map_err(|e| IpcBenchError::Plot {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-    }
-    if let Some(path) = &ipc_args.svg {
-        report.draw_svg(path).map_err(|detail| IpcBenchError::Plot {
-            path: path.clone(),
-            detail,
-        })?;
-        eprintln!("pvmctl bench ipc: chart written to {}", path.display());
-    }
+    report.figures().write(&args.figures)?;
     Ok(if report.m.errors().next().is_none() {
         ExitCode::SUCCESS
     } else {
@@ -1581,36 +1553,9 @@ impl IpcReport {
         ]
     }
 
-    /// (description, the ratio if measured, met, whether a run of either side failed).
-    /// Every round's figures, one CSV line each: the row, pvm or linux, the round (from 1), the
-    /// metric (`median_ns` of the round's round trips, or `gb_per_s`) and its value.
-    fn csv(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::from("row,side,round,metric,value\n");
-        for r in self.rows() {
-            for (side, s) in [("pvm", &r.pvm), ("linux", &r.linux)] {
-                let (metric, values): (&str, &[f64]) = match s {
-                    Side::Measured(Summary::Latency(l), _) => ("median_ns", &l.medians_ns),
-                    Side::Measured(Summary::Throughput(t), _) => ("gb_per_s", &t.runs_gbps),
-                    Side::Failed(_) => continue,
-                };
-                for (i, v) in values.iter().enumerate() {
-                    let _ = writeln!(out, "\"{}\",{side},{},{metric},{v}", r.name, i + 1);
-                }
-            }
-        }
-        out
-    }
-
-    /// Draws the rows as an SVG chart at `path`: latencies (log scale) above, throughputs below;
-    /// for each row the pVM's and Linux's median as bars, their p99 as whiskers, and every
-    /// round's median as a dot.
-    fn draw_svg(&self, path: &std::path::Path) -> Result<(), String> {
-        use plotters::prelude::*;
-        let err = |e: &dyn std::fmt::Display| e.to_string();
-        let rows = self.rows();
-        // (label, [pVM, Linux] of (median, p99, per-round medians)) per kind of row.
-        type Bars = (String, [(f64, f64, Vec<f64>); 2]);
+    /// The chart's rows and the CSV's figures: each run's median and p99 (the guests time
+    /// thousands of round trips and print their summary), or its GB/s.
+    fn figures(&self) -> Figures {
         let label = |name: &str| {
             let (what, how) = name.split_once(" (").unwrap_or((name, ""));
             let what = what.replace(", 1 B", "").replace(", 64 KiB writes", "");
@@ -1620,150 +1565,60 @@ impl IpcReport {
                 _ => what,
             }
         };
-        let side = |s: &Side| match s {
-            Side::Measured(Summary::Latency(l), _) => Some((
-                l.median_ns / 1e3,
-                l.p99_ns / 1e3,
-                l.medians_ns.iter().map(|n| n / 1e3).collect(),
-            )),
-            Side::Measured(Summary::Throughput(t), _) => Some((t.gbps, t.gbps, t.runs_gbps.clone())),
+        let bar = |s: &Side| match s {
+            Side::Measured(Summary::Latency(l), _) => Some(Bar {
+                median: l.median_ns / 1e3,
+                p99: Some(l.p99_ns / 1e3),
+                dots: l.medians_ns.iter().map(|n| n / 1e3).collect(),
+            }),
+            Side::Measured(Summary::Throughput(t), _) => Some(Bar::of_figures(&t.runs_gbps)),
             Side::Failed(_) => None,
         };
-        let (mut latency, mut throughput): (Vec<Bars>, Vec<Bars>) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let (Some(p), Some(l)) = (side(&r.pvm), side(&r.linux)) else {
-                continue;
+        let mut groups = Vec::new();
+        let mut samples = Vec::new();
+        for r in self.rows() {
+            let kind = match r.pvm {
+                Side::Measured(Summary::Throughput(_), _) => Kind::Rate("GB/s"),
+                _ => Kind::Latency,
             };
-            let into = if matches!(r.pvm, Side::Measured(Summary::Throughput(_), _)) {
-                &mut throughput
-            } else {
-                &mut latency
-            };
-            into.push((label(r.name), [p, l]));
-        }
-        let root = SVGBackend::new(path, (1200, 820)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let h = &self.host;
-        let root = root
-            .titled(
-                &format!(
-                    "pvmctl bench ipc, {}, {} rounds: pVM (blue) and Linux (orange); bars: median, whiskers: p99, dots: each round's median",
-                    h.date, self.rounds
-                ),
-                ("sans-serif", 16),
-            )
-            .map_err(|e| err(&e))?;
-        let (top, bottom) = root.split_vertically(540);
-        let colours = [RGBColor(52, 101, 164), RGBColor(230, 126, 34)];
-        // One panel: bars of `groups` on a y axis `ys` (log or linear) in `unit`.
-        let panel = |area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-                     groups: &[Bars],
-                     caption: &str,
-                     unit: &str,
-                     log: bool|
-         -> Result<(), String> {
-            if groups.is_empty() {
-                return Ok(());
-            }
-            let all = groups.iter().flat_map(|(_, s)| {
-                s.iter()
-                    .flat_map(|(m, p, d)| [*m, *p].into_iter().chain(d.iter().copied()))
+            groups.push(Group {
+                label: label(r.name),
+                kind,
+                pvm: bar(&r.pvm),
+                baseline: bar(&r.linux),
             });
-            let hi = all.clone().fold(0f64, f64::max) * if log { 2.0 } else { 1.15 };
-            let lo = all.fold(f64::MAX, f64::min).max(1e-3) / 2.0;
-            let n = groups.len() as f64;
-            let labels: Vec<String> = groups.iter().map(|(l, _)| l.clone()).collect();
-            let x_fmt = |x: &f64| {
-                let i = x.round();
-                if (x - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < labels.len() {
-                    labels[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            };
-            let mut b = ChartBuilder::on(area);
-            b.caption(caption, ("sans-serif", 15))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(70);
-            macro_rules! body {
-                ($chart:expr, $base:expr) => {{
-                    let mut chart = $chart;
-                    chart
-                        .configure_mesh()
-                        .disable_x_mesh()
-                        .x_labels(groups.len() * 2 + 1)
-                        .x_label_formatter(&x_fmt)
-                        .y_desc(unit)
-                        .draw()
-                        .map_err(|e| err(&e))?;
-                    for (g, (_, sides)) in groups.iter().enumerate() {
-                        for (k, (median, p99, dots)) in sides.iter().enumerate() {
-                            let x0 = g as f64 - 0.38 + 0.38 * k as f64;
-                            let x1 = x0 + 0.34;
-                            let colour = colours[k];
-                            chart
-                                .draw_series([Rectangle::new(
-                                    [(x0, $base), (x1, *median)],
-                                    colour.filled(),
-                                )])
-                                .map_err(|e| err(&e))?;
-                            let mid = (x0 + x1) / 2.0;
-                            if p99 > median {
-                                chart
-                                    .draw_series([
-                                        PathElement::new(
-                                            vec![(mid, *median), (mid, *p99)],
-                                            BLACK.stroke_width(1),
-                                        ),
-                                        PathElement::new(
-                                            vec![(mid - 0.06, *p99), (mid + 0.06, *p99)],
-                                            BLACK.stroke_width(1),
-                                        ),
-                                    ])
-                                    .map_err(|e| err(&e))?;
-                            }
-                            let spread = dots.len().max(1) as f64;
-                            chart
-                                .draw_series(dots.iter().enumerate().map(|(j, d)| {
-                                    let x = x0 + 0.05 + (x1 - x0 - 0.1) * (j as f64 + 0.5) / spread;
-                                    Circle::new((x, *d), 2, BLACK.filled())
-                                }))
-                                .map_err(|e| err(&e))?;
-                        }
+            for (side, s) in [("pvm", &r.pvm), ("linux", &r.linux)] {
+                let runs: Vec<(&'static str, Vec<f64>)> = match s {
+                    Side::Measured(Summary::Latency(l), _) => vec![
+                        ("run_median_us", l.medians_ns.iter().map(|n| n / 1e3).collect()),
+                        ("run_p99_us", l.p99s_ns.iter().map(|n| n / 1e3).collect()),
+                    ],
+                    Side::Measured(Summary::Throughput(t), _) => vec![("gb_per_s", t.runs_gbps.clone())],
+                    Side::Failed(_) => continue,
+                };
+                for (metric, values) in runs {
+                    for (i, v) in values.into_iter().enumerate() {
+                        samples.push(Samples {
+                            row: r.name.into(),
+                            side,
+                            round: i as u32 + 1,
+                            metric,
+                            values: vec![v],
+                        });
                     }
-                    Ok(())
-                }};
+                }
             }
-            if log {
-                let chart = b
-                    .build_cartesian_2d(-0.5f64..n - 0.5, (lo..hi).log_scale())
-                    .map_err(|e| err(&e))?;
-                body!(chart, lo)
-            } else {
-                let chart = b
-                    .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..hi)
-                    .map_err(|e| err(&e))?;
-                body!(chart, 0.0)
-            }
-        };
-        panel(
-            &top,
-            &latency,
-            "latency (lower is better)",
-            "microseconds (log scale)",
-            true,
-        )?;
-        panel(
-            &bottom,
-            &throughput,
-            "throughput (higher is better)",
-            "GB/s",
-            false,
-        )?;
-        root.present().map_err(|e| err(&e))
+        }
+        Figures {
+            bench: "ipc",
+            title: format!("pvmctl bench ipc, {}, {} rounds", self.host.date, self.rounds),
+            sides: ("pVM", "Linux"),
+            groups,
+            samples,
+        }
     }
 
+    /// (description, the ratio if measured, met, whether a run of either side failed).
     fn target_results(&self, rows: &[Row]) -> Vec<(String, Option<f64>, bool, bool)> {
         Self::targets()
             .into_iter()
@@ -2016,6 +1871,7 @@ mod tests {
                 median_ns: 200.0,
                 p99_ns: 2000.0,
                 medians_ns: vec![300.0, 100.0, 200.0],
+                p99s_ns: vec![900.0, 2000.0, 400.0],
             }
         );
         assert_eq!(s.clone().halved().median_ns, 100.0);
@@ -2037,6 +1893,7 @@ mod tests {
                     median_ns,
                     p99_ns,
                     medians_ns: vec![median_ns],
+                    p99s_ns: vec![p99_ns],
                 }),
                 None,
             )

@@ -15,7 +15,7 @@ use hypervisor_ext::{MonitorError, Outcome};
 mod boot;
 mod child;
 mod dynlink;
-// FIGURES
+pub mod figures;
 mod fork;
 mod host;
 mod ipc;
@@ -40,7 +40,7 @@ pub enum BenchCommand {
     Density(crate::fork::DensityArgs),
     /// IPC: pVM pipe round trips (spinning and not), pipe throughput and signal round trips,
     /// against Linux pipes, POSIX message queues and signals, measured in the same run.
-    Ipc(crate::ipc::IpcArgs),
+    Ipc(crate::ipc::RoundsArgs),
     /// Security: what the seccomp filter costs (confined against --unconfined) and how fast
     /// Ctrl-C, kill and pause act on a guest spinning at CPL3, against a Linux process.
     Security(crate::ipc::RoundsArgs),
@@ -127,6 +127,9 @@ pub enum BenchError {
     /// `bench net` failed.
     #[error(transparent)]
     NetBench(#[from] crate::net::NetBenchError),
+    /// `--csv` or `--svg` failed.
+    #[error(transparent)]
+    Figures(#[from] figures::FigureError),
 }
 
 /// Where pvmctl's build put the example guests and libraries: the last place a benchmark looks

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use hypervisor_ext::trust::{self, TrustRef};
 
+use crate::figures::{Bar, Figures, Group, Kind, Samples};
 use crate::ipc::RoundsArgs;
 use crate::{format_us, guest_path, median, write_targets, BenchError, HostInfo, Stats};
 
@@ -394,18 +395,141 @@ fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
 
         let echo_port = free_port()?;
         let echo = env.start(echo_port, 7, &[], &netecho, &["--port", "7"], "listening")?;
-        rtt.push(Stats::new(&round_trips(echo_port)?));
-        linux_rtt.push(Stats::new(&round_trips(linux_echo)?));
-        spin_rtt.push(Stats::new(&round_trips(linux_spin)?));
+        rtt.push(round_trips(echo_port)?);
+        linux_rtt.push(round_trips(linux_echo)?);
+        spin_rtt.push(round_trips(linux_spin)?);
         drop(echo);
     }
+    figures(
+        &redis,
+        [&streams, &linux_streams],
+        [&rtt, &linux_rtt, &spin_rtt],
+        args.rounds,
+    )
+    .write(&args.figures)?;
+    let stats = |runs: &[Vec<Duration>]| runs.iter().map(|r| Stats::new(r)).collect::<Vec<_>>();
     report(
         args,
         &redis,
         &streams,
         &linux_streams,
-        [&rtt, &linux_rtt, &spin_rtt],
+        [&stats(&rtt), &stats(&linux_rtt), &stats(&spin_rtt)],
     )
+}
+
+/// The chart's rows: redis-benchmark's requests/s and its p50 (bar) and p99 (whisker) for the kv
+/// pVM (and its pre-forked workers) against redis-server, the stream against Linux loopback,
+/// and the 1-byte round trip against a spinning and a blocking Linux server. The CSV has every
+/// round's redis-benchmark figures and stream rate, and every round trip.
+fn figures(
+    redis: &[[[[Redis; 2]; 3]; 2]],
+    [streams, linux_streams]: [&[f64]; 2],
+    [rtt, linux_rtt, spin_rtt]: [&[Vec<Duration>]; 3],
+    rounds: u32,
+) -> Figures {
+    let mut groups = Vec::new();
+    let mut samples = Vec::new();
+    let per_round = |p: usize, who: usize, t: usize, f: fn(&Redis) -> f64| {
+        redis.iter().map(|r| f(&r[p][who][t])).collect::<Vec<f64>>()
+    };
+    let latency = |p: usize, who: usize, t: usize| {
+        let p50: Vec<f64> = per_round(p, who, t, |r| r.p50_ms * 1e3);
+        Bar {
+            median: median(&p50),
+            p99: Some(median(&per_round(p, who, t, |r| r.p99_ms * 1e3))),
+            dots: p50,
+        }
+    };
+    for (p, pipelined) in [(0, ""), (1, " -P 16")] {
+        for (t, test) in [(0, "SET"), (1, "GET")] {
+            let name = format!("{test}{pipelined}");
+            groups.push(Group {
+                label: name.clone(),
+                kind: Kind::Rate("requests/s"),
+                pvm: Some(Bar::of_figures(&per_round(p, 0, t, |r| r.rps))),
+                baseline: Some(Bar::of_figures(&per_round(p, 1, t, |r| r.rps))),
+            });
+            groups.push(Group {
+                label: format!("{name}, {WORKERS} workers"),
+                kind: Kind::Rate("requests/s"),
+                pvm: Some(Bar::of_figures(&per_round(p, 2, t, |r| r.rps))),
+                baseline: Some(Bar::of_figures(&per_round(p, 1, t, |r| r.rps))),
+            });
+            groups.push(Group {
+                label: format!("{name} p50/p99"),
+                kind: Kind::Latency,
+                pvm: Some(latency(p, 0, t)),
+                baseline: Some(latency(p, 1, t)),
+            });
+            for (who, side, row) in [
+                (0, "pvm", name.clone()),
+                (1, "redis-server", name.clone()),
+                (2, "pvm", format!("{name} ({WORKERS} worker pVMs)")),
+            ] {
+                for (metric, f) in [
+                    ("requests_per_s", (|r: &Redis| r.rps) as fn(&Redis) -> f64),
+                    ("p50_us", |r: &Redis| r.p50_ms * 1e3),
+                    ("p99_us", |r: &Redis| r.p99_ms * 1e3),
+                ] {
+                    for (i, v) in per_round(p, who, t, f).into_iter().enumerate() {
+                        samples.push(Samples {
+                            row: row.clone(),
+                            side,
+                            round: i as u32 + 1,
+                            metric,
+                            values: vec![v],
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mb = |v: &[f64]| v.iter().map(|b| b / 1e6).collect::<Vec<_>>();
+    groups.push(Group {
+        label: "stream".into(),
+        kind: Kind::Rate("MB/s"),
+        pvm: Some(Bar::of_figures(&mb(streams))),
+        baseline: Some(Bar::of_figures(&mb(linux_streams))),
+    });
+    for (side, values) in [("pvm", streams), ("linux", linux_streams)] {
+        for (i, v) in mb(values).into_iter().enumerate() {
+            samples.push(Samples {
+                row: "stream".into(),
+                side,
+                round: i as u32 + 1,
+                metric: "mb_per_s",
+                values: vec![v],
+            });
+        }
+    }
+    let all = |runs: &[Vec<Duration>]| runs.concat();
+    for (label, linux) in [
+        ("1-byte round trip (vs spinning server)", spin_rtt),
+        ("1-byte round trip (vs blocking server)", linux_rtt),
+    ] {
+        groups.push(Group {
+            label: label.into(),
+            kind: Kind::Latency,
+            pvm: Some(Bar::of_samples(&all(rtt))),
+            baseline: Some(Bar::of_samples(&all(linux))),
+        });
+    }
+    for (side, runs) in [
+        ("pvm", rtt),
+        ("linux-spinning", spin_rtt),
+        ("linux-blocking", linux_rtt),
+    ] {
+        for (i, r) in runs.iter().enumerate() {
+            samples.push(Samples::of_durations("1-byte round trip", side, i as u32 + 1, r));
+        }
+    }
+    Figures {
+        bench: "net",
+        title: format!("pvmctl bench net, {}, {rounds} rounds", HostInfo::get().date),
+        sides: ("pVM", "redis-server or Linux loopback"),
+        groups,
+        samples,
+    }
 }
 
 fn report(

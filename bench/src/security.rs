@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::figures::{Bar, Figures, Group, Kind, Samples};
 use crate::ipc::RoundsArgs;
 use crate::{format_us, guest_path, write_targets, BenchError, HostInfo, Stats};
 
@@ -47,6 +48,48 @@ const COST_TARGET: f64 = 1.05;
 const CONTROL_TARGET_US: f64 = 50_000.0;
 /// Iterations of each control measurement.
 const CONTROL_ITERATIONS: usize = 20;
+
+/// The chart's rows: each guest confined (pVM) against --unconfined (baseline), and the control
+/// of a spinning guest against a spinning Linux process; every run's time.
+fn figures(
+    host: &HostInfo,
+    rounds: u32,
+    costs: &[Cost],
+    controls: &[(&str, Vec<Duration>, Vec<Duration>)],
+) -> Figures {
+    let mut groups = Vec::new();
+    let mut samples = Vec::new();
+    for c in costs {
+        groups.push(Group {
+            label: format!("{} (vs unconfined)", c.name),
+            kind: Kind::Latency,
+            pvm: Some(Bar::of_samples(&c.confined)),
+            baseline: Some(Bar::of_samples(&c.unconfined)),
+        });
+        for (i, (a, b)) in c.confined.iter().zip(&c.unconfined).enumerate() {
+            let round = i as u32 + 1;
+            samples.push(Samples::of_durations(c.name, "pvm", round, &[*a]));
+            samples.push(Samples::of_durations(c.name, "unconfined", round, &[*b]));
+        }
+    }
+    for (name, pvm, linux) in controls {
+        groups.push(Group {
+            label: format!("{name} (vs Linux)"),
+            kind: Kind::Latency,
+            pvm: Some(Bar::of_samples(pvm)),
+            baseline: Some(Bar::of_samples(linux)),
+        });
+        samples.push(Samples::of_durations(*name, "pvm", 1, pvm));
+        samples.push(Samples::of_durations(*name, "linux", 1, linux));
+    }
+    Figures {
+        bench: "security",
+        title: format!("pvmctl bench security, {}, {rounds} rounds", host.date),
+        sides: ("pVM", "baseline (unconfined pVM, or a Linux process)"),
+        groups,
+        samples,
+    }
+}
 
 /// One confined-versus-unconfined measurement.
 struct Cost {
@@ -276,6 +319,7 @@ pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         .iter()
         .map(|(name, pvm, linux)| (*name, Stats::new(pvm), Stats::new(linux)))
         .collect();
+    figures(&host, args.rounds, &costs, &controls).write(&args.figures)?;
     if args.json {
         let json = serde_json::json!({
             "bench": "security",
