@@ -522,3 +522,64 @@ fn benches_find_their_guests_when_they_run() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert!(json["rows"].as_array().is_some_and(|r| !r.is_empty()), "{json:#}");
 }
+
+/// The CPUs a monitor may run on (`Cpus_allowed_list` of /proc/PID/status).
+fn cpus_of(id: u64) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{id}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn cpuset_cpus_confines_a_family_and_cpu_spread_pins_each_pvm() {
+    let test = "cli-cpus";
+    // The first two CPUs this test may use (one, on a one-CPU machine).
+    let allowed = hypervisor_ext::placement::allowed_cpus().unwrap();
+    let cpus = &allowed[..allowed.len().min(2)];
+    let list = hypervisor_ext::placement::format_cpu_list(cpus);
+    let cpu = |i: usize| cpus[i % cpus.len()].to_string();
+
+    // A set alone: every monitor of the family may run on all of it.
+    let mut family = Running::start(test, &["--cpuset-cpus", &list], "forktest", &["idle", "2"]);
+    family.expect("idle: 2 children forked");
+    let rows = ps_until(test, false, |rows| rows.len() == 3);
+    for id in ids(&rows) {
+        assert_eq!(cpus_of(id), list, "pVM {id}");
+    }
+    ctl(test, &["kill", "--family", &family.id().to_string()]).expect_status(0);
+    family.finish();
+
+    // Spread: the root on the first CPU, its k-th child k+1 places after it.
+    let args = ["--cpuset-cpus", list.as_str(), "--cpu-spread"];
+    let mut family = Running::start(test, &args, "forktest", &["idle", "3"]);
+    family.expect("idle: 3 children forked");
+    let root = u64::from(family.id());
+    let rows = ps_until(test, false, |rows| rows.len() == 4);
+    assert_eq!(cpus_of(root), cpu(0));
+    let mut children: Vec<u64> = ids(&rows).into_iter().filter(|&id| id != root).collect();
+    // Forked in pid order.
+    children.sort_unstable();
+    for (k, id) in children.into_iter().enumerate() {
+        assert_eq!(cpus_of(id), cpu(k + 1), "child {k} ({id})");
+    }
+    ctl(test, &["kill", "--family", &root.to_string()]).expect_status(0);
+    family.finish();
+
+    // Errors: a CPU this process may not use (pvmctl's error), a malformed list and a spread
+    // without a set (command-line errors).
+    let noop = guest("noop");
+    let out = ctl(test, &["run", "--cpuset-cpus", "1023", noop.to_str().unwrap()]);
+    out.expect_status(125);
+    assert!(out.stderr.contains("CPU 1023 is not available"), "{out:#?}");
+    for bad in [
+        vec!["run", "--cpuset-cpus", "2-1", "noop"],
+        vec!["run", "--cpuset-cpus", "x", "noop"],
+        vec!["run", "--cpu-spread", "noop"],
+    ] {
+        ctl(test, &bad).expect_status(2);
+    }
+}

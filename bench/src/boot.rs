@@ -83,6 +83,7 @@ pub(crate) fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         libs: Default::default(),
         net: Default::default(),
         console_log: false,
+        placement: None,
     };
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     let devnull = File::options()

@@ -57,6 +57,7 @@ impl Monitor {
         };
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
+        let child_cpu = self.placement.as_ref().and_then(|p| p.next_child());
         let inherited = signals::snapshot();
         // Signals wait until both sides are consistent again (in the child: until its VM runs).
         let held = signals::hold();
@@ -75,7 +76,7 @@ impl Monitor {
             Ok(Forked::Child) => {
                 signals::forget_inherited(inherited);
                 drop(from_child);
-                let started = self.become_child(&state, to_parent, lease, t0);
+                let started = self.become_child(&state, to_parent, lease, t0, child_cpu);
                 drop(held);
                 if let Err(e) = started {
                     // The parent already has our id; tell it (and the user) how we ended.
@@ -94,6 +95,9 @@ impl Monitor {
                 drop(to_parent);
                 // The child holds its lease now; our copies go.
                 drop(lease);
+                if let Some(p) = &mut self.placement {
+                    p.forked();
+                }
                 self.family.add_child(child, from_child);
                 tracing::debug!(
                     child,
@@ -126,8 +130,15 @@ impl Monitor {
         to_parent: std::fs::File,
         lease: Lease,
         t0: u64,
+        cpu: Option<usize>,
     ) -> Result<(), MonitorError> {
         let id = sys::getpid();
+        // Its own CPU first (`--cpu-spread`): everything after runs there.
+        if let (Some(p), Some(index)) = (&mut self.placement, cpu) {
+            if let Err(e) = p.become_child(index) {
+                tracing::warn!(error = %e, "fork: the child stays on its parent's CPUs");
+            }
+        }
         // The parent's entry (inherited, still locked by the parent) is the template of ours.
         let template = self.family.entry.as_ref().map(|h| h.entry.clone());
         self.control = None;

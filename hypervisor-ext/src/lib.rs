@@ -21,6 +21,7 @@ pub mod loader;
 mod monitor;
 pub mod net;
 pub mod outcome;
+pub mod placement;
 pub mod registry;
 mod rundir;
 mod seccomp;

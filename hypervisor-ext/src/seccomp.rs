@@ -181,6 +181,9 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_rseq, any()); // glibc, in a new thread
     r.insert(libc::SYS_sigaltstack, any()); // std, in a new thread (its stack-overflow guard)
     r.insert(libc::SYS_sched_getaffinity, any()); // glibc, in a new thread (read-only)
+                                                  // placement.rs: a forked child pins itself to its CPU (`--cpu-spread`); pid 0 is the
+                                                  // caller only, never another process.
+    r.insert(libc::SYS_sched_setaffinity, one_of(0, Len::Dword, &[0])?);
     r.insert(
         libc::SYS_prctl,
         one_of(0, Len::Dword, &[libc::PR_SET_NAME as u64])?,

@@ -1413,3 +1413,24 @@ pub fn other_lock_in(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<Opt
     }
     Ok(Some((fl.l_start as u64, fl.l_len as u64)))
 }
+
+/// The CPUs this process may run on (`sched_getaffinity`).
+pub fn cpu_affinity() -> io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect())
+}
+
+/// Runs this process's calling thread (and what it forks or spawns later) on `cpus` only
+/// (`sched_setaffinity` of the caller, never of another process).
+pub fn set_cpu_affinity(cpus: &[usize]) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        if cpu >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        set.set(cpu);
+    }
+    Ok(rustix::thread::sched_setaffinity(None, &set)?)
+}

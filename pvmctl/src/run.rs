@@ -6,6 +6,7 @@ use clap::Args;
 use hypervisor_ext::dl::LibConfig;
 use hypervisor_ext::net::{NetConfig, Publish};
 use hypervisor_ext::outcome::report_line;
+use hypervisor_ext::placement::Placement;
 use hypervisor_ext::{
     default_mem_total, parse_mem_size, parse_size, Limits, Monitor, MonitorConfig, MonitorError, Outcome,
 };
@@ -65,6 +66,15 @@ pub struct RunArgs {
     /// Most live connections of the family's published ports; more clients are refused.
     #[arg(long, value_name = "N", default_value_t = hypervisor_ext::net::DEFAULT_MAX_CONNS)]
     max_conns: usize,
+    /// Run the family's monitors on these host CPUs only (a list such as 0-3,6, as `docker run
+    /// --cpuset-cpus` and `taskset` take it); the host scheduler places each within the set.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    cpuset_cpus: Option<CpuList>,
+    /// Pin each pVM of the family to one CPU of --cpuset-cpus: the root to the first, a pVM's
+    /// k-th child to the CPU k+1 places after its parent's (wrapping), so a parent and its first
+    /// child run on different CPUs when the set has two.
+    #[arg(long, requires = "cpuset_cpus")]
+    cpu_spread: bool,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -84,6 +94,17 @@ impl RunDir {
     pub fn path(&self) -> PathBuf {
         hypervisor_ext::registry::default_dir()
     }
+}
+
+/// The CPUs of `--cpuset-cpus` (one value: clap would read a bare `Vec` as many).
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+/// Parses the CPU list of `--cpuset-cpus`.
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    hypervisor_ext::placement::parse_cpu_list(text)
+        .map(CpuList)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `NAME=FILE` of `--lib`.
@@ -122,6 +143,9 @@ pub enum RunError {
     /// The registry cannot be read.
     #[error(transparent)]
     Registry(#[from] hypervisor_ext::registry::RegistryError),
+    /// `--cpuset-cpus` names a CPU this process may not use.
+    #[error(transparent)]
+    Cpus(#[from] hypervisor_ext::placement::CpuListError),
     /// `-d` could not put the pVM in the background.
     #[error("cannot run in the background: {0}")]
     Detach(std::io::Error),
@@ -181,6 +205,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, RunError> {
             max_conns: args.max_conns,
         },
         console_log: args.detach,
+        placement: match args.cpuset_cpus {
+            Some(CpuList(cpus)) => Some(Placement::new(cpus, args.cpu_spread)?),
+            None => None,
+        },
     };
     if args.detach {
         detach(&config.run_dir)?;

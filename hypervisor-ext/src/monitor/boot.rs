@@ -157,6 +157,15 @@ impl Monitor {
         let _ = sys::set_name(MONITOR_NAME);
         check_mem_size(config.mem_size)?;
         image.check_fits(config.mem_size)?;
+        let placed = |p: &crate::placement::Placement, r: std::io::Result<()>| {
+            r.map_err(|source| MonitorError::Placement {
+                cpus: crate::placement::format_cpu_list(p.cpus()),
+                source,
+            })
+        };
+        if let Some(p) = &config.placement {
+            placed(p, p.enter_family())?;
+        }
         // The family's network backend is forked now, while this process is small and
         // single-threaded, and the published ports are bound before the guest runs.
         let net = if config.net.publish.is_empty() && config.net.connect.is_empty() {
@@ -164,6 +173,9 @@ impl Monitor {
         } else {
             Some(crate::net::start(&config.net, config.confine)?)
         };
+        if let Some(p) = &config.placement {
+            placed(p, p.settle_root())?;
+        }
         let kvm = vstate::open_kvm()?;
         let registry = Registry::open(&config.run_dir)?;
         let id = sys::getpid();
@@ -294,6 +306,7 @@ impl Monitor {
             handled_signals: 0,
             bench_fd: config.bench_fd,
             fork_started_ns: None,
+            placement: config.placement.clone(),
             times: BootTimes {
                 create_vm,
                 first_hypercall: None,

@@ -72,6 +72,14 @@ pub enum MonitorError {
     /// Networking could not start.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// The monitor cannot run on the CPUs asked for.
+    #[error("cannot run on CPUs {cpus}: {source}")]
+    Placement {
+        /// The CPUs.
+        cpus: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// KVM_RUN failed.
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
@@ -118,6 +126,8 @@ pub struct MonitorConfig {
     pub net: crate::net::NetConfig,
     /// The console is a detached family's log file: keep it bounded (`console_log`).
     pub console_log: bool,
+    /// The host CPUs the family runs on (`--cpuset-cpus`, `--cpu-spread`); anywhere if none.
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// Boot timestamps (a boot-timer in the Firecracker sense).
@@ -165,6 +175,8 @@ pub struct Monitor {
     pub(crate) bench_fd: Option<RawFd>,
     /// Set in a forked child until its first hypercall: when the parent's fork hypercall came.
     pub(crate) fork_started_ns: Option<u64>,
+    /// The host CPUs it runs on, if the operator chose them.
+    pub(crate) placement: Option<crate::placement::Placement>,
     times: BootTimes,
 }
 
