@@ -480,11 +480,20 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("bench,row,side,round,sample,metric,value"));
     let rows: Vec<&str> = lines.collect();
+    // Latency rows: 6, plus the pipe round trips pinned to one core and to two (spin and not).
+    let cpus = hypervisor_ext::placement::allowed_cpus().unwrap().len().min(2);
+    let latency_rows = 6 + 2 * cpus;
     assert_eq!(
         rows.len(),
-        6 * 2 * 2 + 2 * 2,
-        "(6 latency rows x 2 metrics + 2 throughput rows) x 2 sides: {csv}"
+        (latency_rows * 2 + 2) * 2,
+        "(latency rows x 2 metrics + 2 throughput rows) x 2 sides: {csv}"
     );
+    for pinned in ["same core", "two cores"].into_iter().take(cpus) {
+        assert!(
+            text.contains(&format!("pipe round trip, {pinned}, spin")),
+            "{pinned} in the chart"
+        );
+    }
     assert!(rows.iter().all(|l| l.starts_with("ipc,")), "{csv}");
     assert!(rows.iter().all(|l| l
         .rsplit(',')
@@ -581,5 +590,42 @@ fn cpuset_cpus_confines_a_family_and_cpu_spread_pins_each_pvm() {
         vec!["run", "--cpu-spread", "noop"],
     ] {
         ctl(test, &bad).expect_status(2);
+    }
+}
+
+#[test]
+fn every_bench_writes_its_samples_as_csv_and_draws_a_chart() {
+    let test = "cli-bench-figures";
+    let dir = run_dir(test);
+    for (bench, args) in [
+        ("boot", vec!["--iterations", "50"]),
+        ("fork", vec!["--iterations", "100"]),
+        ("density", vec!["--count", "4"]),
+        ("security", vec!["--rounds", "1"]),
+        ("dynlink", vec!["--rounds", "1"]),
+        ("net", vec!["--rounds", "1"]),
+    ] {
+        let svg = dir.join(format!("{bench}.svg"));
+        let csv = dir.join(format!("{bench}.csv"));
+        let mut all = vec!["bench", bench];
+        all.extend(args);
+        all.extend(["--svg", svg.to_str().unwrap(), "--csv", csv.to_str().unwrap()]);
+        let out = ctl(test, &all);
+        out.expect_status(0);
+        let chart = std::fs::read_to_string(&svg).unwrap_or_else(|e| panic!("{bench}: the chart: {e}"));
+        assert!(chart.starts_with("<svg"), "{bench}: an SVG document");
+        assert!(chart.contains("pvmctl bench"), "{bench}: titled");
+        // The background and a bar at least.
+        assert!(chart.matches("<rect").count() >= 2, "{bench}: bars drawn");
+        let text = std::fs::read_to_string(&csv).unwrap_or_else(|e| panic!("{bench}: the CSV: {e}"));
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("bench,row,side,round,sample,metric,value"));
+        let rows: Vec<&str> = lines.collect();
+        assert!(!rows.is_empty(), "{bench}: samples");
+        for line in &rows {
+            assert!(line.starts_with(&format!("{bench},")), "{bench}: {line}");
+            let value = line.rsplit(',').next().unwrap();
+            assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{bench}: {line}");
+        }
     }
 }

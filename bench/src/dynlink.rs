@@ -533,7 +533,11 @@ fn figures(
     }
     Figures {
         bench: "dynlink",
-        title: format!("pvmctl bench dynlink, {}, {rounds} rounds", host.date),
+        title: format!(
+            "pvmctl bench dynlink, {}, {}",
+            host.date,
+            crate::rounds_text(rounds)
+        ),
         sides: ("pVM", "Linux (dlopen, dlclose) or a direct call"),
         groups,
         samples,

@@ -157,6 +157,11 @@ pub struct Figures {
 const COLOURS: [RGBColor; 2] = [RGBColor(52, 101, 164), RGBColor(230, 126, 34)];
 /// Above this many dots in a bar they are drawn smaller.
 const MANY_DOTS: usize = 40;
+/// Most dots drawn for a bar: a larger set is drawn as this many evenly spaced quantiles, which
+/// keeps the shape of the distribution and leaves the bar readable.
+const MAX_DOTS: usize = 200;
+/// About how wide a character of the title is, in pixels.
+const TITLE_CHAR_WIDTH: u32 = 8;
 /// Chart width per group and the margins around them, in pixels.
 const GROUP_WIDTH: u32 = 170;
 const MIN_WIDTH: u32 = 900;
@@ -232,25 +237,23 @@ impl Figures {
             return Err("nothing was measured".into());
         }
         let widest = panels.iter().map(|(_, g)| g.len()).max().unwrap_or(1) as u32;
-        let width = (GROUP_WIDTH * widest + 120).max(MIN_WIDTH);
-        let height = TITLE_HEIGHT + PANEL_HEIGHT * panels.len() as u32;
-        let root = SVGBackend::new(path, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
         let (pvm, baseline) = self.sides;
         let sides = if self.groups.iter().any(|g| g.baseline.is_some()) {
             format!("{pvm} (blue) and {baseline} (orange)")
         } else {
             format!("{pvm} (blue)")
         };
-        let root = root
-            .titled(
-                &format!(
-                    "{}: {sides}; bars: median, whiskers: p99, dots: samples",
-                    self.title
-                ),
-                ("sans-serif", 15),
-            )
-            .map_err(|e| err(&e))?;
+        let title = format!(
+            "{}: {sides}; bars: median, whiskers: p99, dots: samples",
+            self.title
+        );
+        let width = (GROUP_WIDTH * widest + 120)
+            .max(MIN_WIDTH)
+            .max(TITLE_CHAR_WIDTH * title.len() as u32);
+        let height = TITLE_HEIGHT + PANEL_HEIGHT * panels.len() as u32;
+        let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root.titled(&title, ("sans-serif", 15)).map_err(|e| err(&e))?;
         let areas = root.split_evenly((panels.len(), 1));
         for (area, (kind, groups)) in areas.iter().zip(&panels) {
             let (caption, unit, log) = match kind {
@@ -343,16 +346,16 @@ fn panel(
                             ])
                             .map_err(|e| err(&e))?;
                     }
-                    let (radius, style) = if bar.dots.len() > MANY_DOTS {
+                    let dots = quantiles(&bar.dots, MAX_DOTS);
+                    let (radius, style) = if dots.len() > MANY_DOTS {
                         (1, BLACK.mix(0.5).filled())
                     } else {
                         (2, BLACK.filled())
                     };
-                    let spread = bar.dots.len().max(1) as f64;
+                    let spread = dots.len().max(1) as f64;
                     chart
                         .draw_series(
-                            bar.dots
-                                .iter()
+                            dots.iter()
                                 .enumerate()
                                 .filter(|(_, d)| d.is_finite() && **d > 0.0)
                                 .map(|(j, d)| {
@@ -377,6 +380,18 @@ fn panel(
             .map_err(|e| err(&e))?;
         body!(chart, 0.0)
     }
+}
+
+/// `values` as they are if there are at most `most`, else `most` evenly spaced quantiles of them
+/// (the smallest and the largest included), in order.
+fn quantiles(values: &[f64], most: usize) -> Vec<f64> {
+    if values.len() <= most || most < 2 {
+        return values.to_vec();
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let last = sorted.len() - 1;
+    (0..most).map(|i| sorted[i * last / (most - 1)]).collect()
 }
 
 #[cfg(test)]
@@ -450,6 +465,14 @@ mod tests {
         }
         // Three bars plus the background.
         assert!(svg.matches("<rect").count() >= 4);
+    }
+
+    #[test]
+    fn large_sets_are_drawn_as_quantiles() {
+        let values: Vec<f64> = (0..1000).rev().map(f64::from).collect();
+        let q = quantiles(&values, 5);
+        assert_eq!(q, [0.0, 249.0, 499.0, 749.0, 999.0]);
+        assert_eq!(quantiles(&[3.0, 1.0], 5), [3.0, 1.0]);
     }
 
     #[test]

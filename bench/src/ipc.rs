@@ -465,11 +465,18 @@ struct GuestOutput {
 
 /// Runs `pvmctl run --run-dir RUN_DIR GUEST -- ARGS` in its own process group; kills the group
 /// if it has not ended within [`RUN_TIMEOUT`].
-fn run_guest(exe: &Path, run_dir: &Path, guest: &Path, args: &[&str]) -> Result<GuestOutput, IpcBenchError> {
+fn run_guest(
+    exe: &Path,
+    run_dir: &Path,
+    guest: &Path,
+    opts: &[String],
+    args: &[&str],
+) -> Result<GuestOutput, IpcBenchError> {
     let mut cmd = Command::new(exe);
     cmd.arg("run")
         .arg("--run-dir")
         .arg(run_dir)
+        .args(opts)
         .arg(guest)
         .arg("--")
         .args(args)
@@ -478,7 +485,8 @@ fn run_guest(exe: &Path, run_dir: &Path, guest: &Path, args: &[&str]) -> Result<
         .stderr(Stdio::piped())
         .process_group(0);
     let name = guest.file_name().unwrap_or(guest.as_os_str()).to_string_lossy();
-    let command = format!("pvmctl run {name} -- {}", args.join(" "));
+    let opts_text: String = opts.iter().map(|o| format!("{o} ")).collect();
+    let command = format!("pvmctl run {opts_text}{name} -- {}", args.join(" "));
     let mut child = cmd.spawn().map_err(|source| IpcBenchError::Spawn {
         command: command.clone(),
         source,
@@ -578,15 +586,89 @@ struct PvmEnv {
     ipcbench: PathBuf,
 }
 
+/// Where the two sides of a round trip run. Left to the host scheduler, two processes that
+/// wake each other land on one core in some runs and on two in others, and a pipe round trip
+/// differs several times between the two; pinned, each row measures one placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Where the host scheduler puts them.
+    Free,
+    /// Both on this CPU.
+    SameCore(usize),
+    /// The parent (the root pVM, or this process) on the first, the child on the second.
+    CrossCore(usize, usize),
+}
+
+impl Place {
+    /// The placements measured: free, then pinned to the first CPU this process may use, then
+    /// across the first two (when there are two).
+    fn pinned() -> (Option<Place>, Option<Place>) {
+        let cpus = hypervisor_ext::placement::allowed_cpus().unwrap_or_default();
+        (
+            cpus.first().map(|&c| Place::SameCore(c)),
+            (cpus.len() >= 2).then(|| Place::CrossCore(cpus[0], cpus[1])),
+        )
+    }
+
+    /// `pvmctl run` options that place the family so.
+    fn run_opts(self) -> Vec<String> {
+        match self {
+            Place::Free => Vec::new(),
+            Place::SameCore(cpu) => vec!["--cpuset-cpus".into(), cpu.to_string()],
+            Place::CrossCore(a, b) => vec!["--cpuset-cpus".into(), format!("{a},{b}"), "--cpu-spread".into()],
+        }
+    }
+
+    /// (the parent's CPU, the child's), if pinned.
+    fn cpus(self) -> Option<(usize, usize)> {
+        match self {
+            Place::Free => None,
+            Place::SameCore(c) => Some((c, c)),
+            Place::CrossCore(a, b) => Some((a, b)),
+        }
+    }
+}
+
+/// Pins this thread to one CPU until dropped, then restores what it could run on.
+struct PinnedHere {
+    before: rustix::thread::CpuSet,
+}
+
+impl PinnedHere {
+    fn new(cpu: usize) -> Result<PinnedHere, IpcBenchError> {
+        let sys = |source: rustix::io::Errno| IpcBenchError::Sys {
+            call: "sched_setaffinity",
+            what: "pinning",
+            source: source.into(),
+        };
+        let before = rustix::thread::sched_getaffinity(None).map_err(sys)?;
+        rustix::thread::sched_setaffinity(None, &cpu_set(cpu)).map_err(sys)?;
+        Ok(PinnedHere { before })
+    }
+}
+
+impl Drop for PinnedHere {
+    fn drop(&mut self) {
+        let _ = rustix::thread::sched_setaffinity(None, &self.before);
+    }
+}
+
+/// The set of one CPU.
+fn cpu_set(cpu: usize) -> rustix::thread::CpuSet {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    set
+}
+
 impl PvmEnv {
     /// `pingpong -- ROUNDS [--no-spin]`.
-    fn pipe(&self, rounds: usize, spin: bool) -> Result<Latency, IpcBenchError> {
+    fn pipe(&self, rounds: usize, spin: bool, place: Place) -> Result<Latency, IpcBenchError> {
         let rounds_arg = rounds.to_string();
         let mut args = vec![rounds_arg.as_str()];
         if !spin {
             args.push("--no-spin");
         }
-        let out = run_guest(&self.exe, &self.run_dir, &self.pingpong, &args)?;
+        let out = run_guest(&self.exe, &self.run_dir, &self.pingpong, &place.run_opts(), &args)?;
         let line = parse_pingpong(&out.stdout)
             .filter(|l| l.rounds == rounds as u64 && l.size == 1)
             .ok_or_else(|| IpcBenchError::NoResult {
@@ -615,7 +697,7 @@ impl PvmEnv {
         if !spin {
             args.push("--no-spin");
         }
-        let out = run_guest(&self.exe, &self.run_dir, &self.ipcbench, &args)?;
+        let out = run_guest(&self.exe, &self.run_dir, &self.ipcbench, &[], &args)?;
         let bytes = mib << 20;
         let line = parse_stream(&out.stdout)
             .filter(|l| l.bytes == bytes)
@@ -637,7 +719,7 @@ impl PvmEnv {
         if !spin {
             args.push("--no-spin");
         }
-        let out = run_guest(&self.exe, &self.run_dir, &self.ipcbench, &args)?;
+        let out = run_guest(&self.exe, &self.run_dir, &self.ipcbench, &[], &args)?;
         let line = parse_mq(&out.stdout)
             .filter(|l| l.rounds == rounds as u64)
             .ok_or_else(|| IpcBenchError::NoResult {
@@ -653,7 +735,13 @@ impl PvmEnv {
 
     fn signal(&self, rounds: usize) -> Result<Latency, IpcBenchError> {
         let rounds_arg = rounds.to_string();
-        let out = run_guest(&self.exe, &self.run_dir, &self.ipcbench, &["signal", &rounds_arg])?;
+        let out = run_guest(
+            &self.exe,
+            &self.run_dir,
+            &self.ipcbench,
+            &[],
+            &["signal", &rounds_arg],
+        )?;
         let line = parse_signal(&out.stdout)
             .filter(|l| l.rounds == rounds as u64)
             .ok_or_else(|| IpcBenchError::NoResult {
@@ -810,8 +898,13 @@ fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// 1-byte round trips over two pipes; the parent times each with CLOCK_MONOTONIC.
-fn linux_pipe(rounds: usize) -> Result<Latency, IpcBenchError> {
+fn linux_pipe(rounds: usize, place: Place) -> Result<Latency, IpcBenchError> {
     const WHAT: &str = "pipe round trip";
+    let _pinned = place
+        .cpus()
+        .map(|(parent, _)| PinnedHere::new(parent))
+        .transpose()?;
+    let child_cpus = place.cpus().map(|(_, child)| cpu_set(child));
     let (ping_r, ping_w) = pipe(WHAT)?;
     let (pong_r, pong_w) = pipe(WHAT)?;
     let (ping_r_fd, ping_w_fd, pong_r_fd, pong_w_fd) = (
@@ -822,6 +915,12 @@ fn linux_pipe(rounds: usize) -> Result<Latency, IpcBenchError> {
     );
     let mut samples = Vec::with_capacity(rounds);
     let child = Forked::spawn(WHAT, || {
+        // On its own CPU, if placed (a system call on a set made before the fork).
+        if let Some(set) = &child_cpus {
+            if rustix::thread::sched_setaffinity(None, set).is_err() {
+                return 1;
+            }
+        }
         // SAFETY: in the forked child: closes its copies of the parent's ends, so that either
         // side sees end of file when the other goes.
         unsafe {
@@ -1197,6 +1296,10 @@ fn linux_signal(rounds: usize) -> Result<Latency, IpcBenchError> {
 struct Measurements {
     pvm_pipe: Series<Latency>,
     pvm_pipe_no_spin: Series<Latency>,
+    /// Pinned: [same core, across two cores].
+    pvm_pipe_pinned: [Series<Latency>; 2],
+    pvm_pipe_no_spin_pinned: [Series<Latency>; 2],
+    linux_pipe_pinned: [Series<Latency>; 2],
     pvm_stream: Series<Throughput>,
     pvm_stream_no_spin: Series<Throughput>,
     pvm_signal: Series<Latency>,
@@ -1213,6 +1316,12 @@ impl Measurements {
         [
             &self.pvm_pipe.error,
             &self.pvm_pipe_no_spin.error,
+            &self.pvm_pipe_pinned[0].error,
+            &self.pvm_pipe_pinned[1].error,
+            &self.pvm_pipe_no_spin_pinned[0].error,
+            &self.pvm_pipe_no_spin_pinned[1].error,
+            &self.linux_pipe_pinned[0].error,
+            &self.linux_pipe_pinned[1].error,
             &self.pvm_stream.error,
             &self.pvm_stream_no_spin.error,
             &self.pvm_signal.error,
@@ -1238,16 +1347,31 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         ipcbench: guest("ipcbench")?,
     };
     let rounds = args.rounds;
+    let (same_core, cross_core) = Place::pinned();
     let mut m = Measurements::default();
     for round in 1..=rounds {
         eprintln!("pvmctl bench ipc: round {round}/{rounds}: pipe round trips, throughput, message queue, signals...");
-        m.pvm_pipe
-            .record("pVM pipe round trip", || env.pipe(PVM_PIPE_ROUNDS, true));
-        m.pvm_pipe_no_spin.record("pVM pipe round trip --no-spin", || {
-            env.pipe(PVM_PIPE_NO_SPIN_ROUNDS, false)
+        m.pvm_pipe.record("pVM pipe round trip", || {
+            env.pipe(PVM_PIPE_ROUNDS, true, Place::Free)
         });
-        m.linux_pipe
-            .record("Linux pipe round trip", || linux_pipe(LINUX_PIPE_ROUNDS));
+        m.pvm_pipe_no_spin.record("pVM pipe round trip --no-spin", || {
+            env.pipe(PVM_PIPE_NO_SPIN_ROUNDS, false, Place::Free)
+        });
+        m.linux_pipe.record("Linux pipe round trip", || {
+            linux_pipe(LINUX_PIPE_ROUNDS, Place::Free)
+        });
+        for (i, place) in [same_core, cross_core].into_iter().enumerate() {
+            let Some(place) = place else { continue };
+            m.pvm_pipe_pinned[i].record("pVM pipe round trip, pinned", || {
+                env.pipe(PVM_PIPE_ROUNDS, true, place)
+            });
+            m.pvm_pipe_no_spin_pinned[i].record("pVM pipe round trip --no-spin, pinned", || {
+                env.pipe(PVM_PIPE_NO_SPIN_ROUNDS, false, place)
+            });
+            m.linux_pipe_pinned[i].record("Linux pipe round trip, pinned", || {
+                linux_pipe(LINUX_PIPE_ROUNDS, place)
+            });
+        }
         m.pvm_stream
             .record("pVM pipe throughput", || env.stream(PVM_STREAM_MIB, true));
         m.pvm_stream_no_spin.record("pVM pipe throughput --no-spin", || {
@@ -1456,7 +1580,7 @@ const ROW_SIGNAL_ONE_WAY: usize = 7;
 impl IpcReport {
     fn rows(&self) -> Vec<Row> {
         let m = &self.m;
-        vec![
+        let mut rows = vec![
             Row {
                 name: "pipe round trip, 1 B (pVM: adaptive spin)",
                 pvm_how: format!("pingpong -- {PVM_PIPE_ROUNDS}"),
@@ -1515,7 +1639,42 @@ impl IpcReport {
                 pvm: Side::latency(&m.pvm_signal, true),
                 linux: Side::latency(&m.linux_signal, true),
             },
-        ]
+        ];
+        // Pinned: the same round trips with both sides on one CPU, and across two.
+        let (same_core, cross_core) = Place::pinned();
+        let names = [
+            [
+                "pipe round trip, 1 B, same core (pVM: adaptive spin)",
+                "pipe round trip, 1 B, same core (pVM: spinning off)",
+            ],
+            [
+                "pipe round trip, 1 B, two cores (pVM: adaptive spin)",
+                "pipe round trip, 1 B, two cores (pVM: spinning off)",
+            ],
+        ];
+        for (i, place) in [same_core, cross_core].into_iter().enumerate() {
+            let Some((parent, child)) = place.and_then(Place::cpus) else {
+                continue;
+            };
+            let opts = place.map(|p| p.run_opts().join(" ")).unwrap_or_default();
+            let linux_how =
+                format!("two pipes, N = {LINUX_PIPE_ROUNDS}, parent on CPU {parent}, child on CPU {child}");
+            rows.push(Row {
+                name: names[i][0],
+                pvm_how: format!("pingpong -- {PVM_PIPE_ROUNDS}, {opts}"),
+                linux_how: linux_how.clone(),
+                pvm: Side::latency(&m.pvm_pipe_pinned[i], false),
+                linux: Side::latency(&m.linux_pipe_pinned[i], false),
+            });
+            rows.push(Row {
+                name: names[i][1],
+                pvm_how: format!("pingpong -- {PVM_PIPE_NO_SPIN_ROUNDS} --no-spin, {opts}"),
+                linux_how: format!("{linux_how} (the same runs)"),
+                pvm: Side::latency(&m.pvm_pipe_no_spin_pinned[i], false),
+                linux: Side::latency(&m.linux_pipe_pinned[i], false),
+            });
+        }
+        rows
     }
 
     fn targets() -> [Target; 5] {
@@ -1611,7 +1770,11 @@ impl IpcReport {
         }
         Figures {
             bench: "ipc",
-            title: format!("pvmctl bench ipc, {}, {} rounds", self.host.date, self.rounds),
+            title: format!(
+                "pvmctl bench ipc, {}, {}",
+                self.host.date,
+                crate::rounds_text(self.rounds)
+            ),
             sides: ("pVM", "Linux"),
             groups,
             samples,
@@ -1755,6 +1918,12 @@ impl IpcReport {
             "runs": {
                 "pvm_pipe_round_trip": lat(&m.pvm_pipe),
                 "pvm_pipe_round_trip_no_spin": lat(&m.pvm_pipe_no_spin),
+                "pvm_pipe_round_trip_same_core": lat(&m.pvm_pipe_pinned[0]),
+                "pvm_pipe_round_trip_two_cores": lat(&m.pvm_pipe_pinned[1]),
+                "pvm_pipe_round_trip_no_spin_same_core": lat(&m.pvm_pipe_no_spin_pinned[0]),
+                "pvm_pipe_round_trip_no_spin_two_cores": lat(&m.pvm_pipe_no_spin_pinned[1]),
+                "linux_pipe_round_trip_same_core": lat(&m.linux_pipe_pinned[0]),
+                "linux_pipe_round_trip_two_cores": lat(&m.linux_pipe_pinned[1]),
                 "pvm_pipe_throughput": thr(&m.pvm_stream),
                 "pvm_pipe_throughput_no_spin": thr(&m.pvm_stream_no_spin),
                 "pvm_signal_round_trip": lat(&m.pvm_signal),
@@ -1965,8 +2134,19 @@ mod tests {
 
     #[test]
     fn linux_baselines_run() {
-        let pipe = linux_pipe(200).expect("pipe round trips");
+        let pipe = linux_pipe(200, Place::Free).expect("pipe round trips");
         assert!(pipe.median_ns > 0.0 && pipe.p99_ns >= pipe.median_ns);
+        // Pinned, and this thread's CPUs are given back afterwards.
+        let before = hypervisor_ext::placement::allowed_cpus().expect("affinity");
+        let (same, cross) = Place::pinned();
+        for place in [same, cross].into_iter().flatten() {
+            let pipe = linux_pipe(200, place).expect("pinned pipe round trips");
+            assert!(pipe.median_ns > 0.0);
+            assert_eq!(
+                hypervisor_ext::placement::allowed_cpus().expect("affinity"),
+                before
+            );
+        }
         let stream = linux_stream(4).expect("pipe throughput");
         assert_eq!(stream.bytes, 4 << 20);
         let mq = linux_mq(200).expect("message queue round trips");

@@ -25,7 +25,9 @@ mod stats;
 
 pub(crate) use child::{Child, ChildStatus};
 pub(crate) use host::HostInfo;
-pub(crate) use stats::{format_us, median, parse_at_least, round3, sig3, verdict, write_targets, Stats};
+pub(crate) use stats::{
+    format_us, median, parse_at_least, round3, rounds_text, sig3, verdict, write_targets, Stats,
+};
 
 /// Benchmarks.
 #[derive(Subcommand)]

@@ -525,7 +525,11 @@ fn figures(
     }
     Figures {
         bench: "net",
-        title: format!("pvmctl bench net, {}, {rounds} rounds", HostInfo::get().date),
+        title: format!(
+            "pvmctl bench net, {}, {}",
+            HostInfo::get().date,
+            crate::rounds_text(rounds)
+        ),
         sides: ("pVM", "redis-server or Linux loopback"),
         groups,
         samples,

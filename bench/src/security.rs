@@ -84,7 +84,11 @@ fn figures(
     }
     Figures {
         bench: "security",
-        title: format!("pvmctl bench security, {}, {rounds} rounds", host.date),
+        title: format!(
+            "pvmctl bench security, {}, {}",
+            host.date,
+            crate::rounds_text(rounds)
+        ),
         sides: ("pVM", "baseline (unconfined pVM, or a Linux process)"),
         groups,
         samples,

@@ -65,6 +65,15 @@ pub(crate) fn sig3(value: f64) -> String {
     format!("{rounded:.d$}")
 }
 
+/// "1 round", "5 rounds".
+pub(crate) fn rounds_text(n: u32) -> String {
+    if n == 1 {
+        "1 round".into()
+    } else {
+        format!("{n} rounds")
+    }
+}
+
 /// `value` rounded to 3 decimals (nanoseconds, for microsecond values).
 pub(crate) fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
