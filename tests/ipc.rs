@@ -346,3 +346,26 @@ fn poll_watches_pipe_ends_too() {
     }
     assert_no_leaks(test);
 }
+
+#[test]
+fn a_family_on_one_host_cpu_does_not_spin() {
+    let budget = |test: &str, opts: &[&str]| {
+        let out = run_guest(test, opts, "ipctest", &["spin-budget"]);
+        out.expect_status(0);
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("spin budget: "))
+            .and_then(|l| l.strip_suffix(" cycles"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no budget printed: {out:#?}"))
+    };
+    let cpus = hypervisor_ext::placement::allowed_cpus().unwrap();
+    let one = cpus[0].to_string();
+    // One CPU: a spinning waiter would only keep its peer from running.
+    assert_eq!(budget("spin-one-cpu", &["--cpuset-cpus", &one]), 0);
+    if cpus.len() >= 2 {
+        let two = format!("{},{}", cpus[0], cpus[1]);
+        // Two: the default spin.
+        assert!(budget("spin-two-cpus", &["--cpuset-cpus", &two, "--cpu-spread"]) > 0);
+    }
+}

@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -128,7 +128,7 @@ pub mod layout {
     const _: () = assert!(LIB_SLOT_SIZE.is_multiple_of(LARGE_PAGE_SIZE));
 }
 
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 96);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 104);
 
 /// Hypercall numbers.
 #[repr(u64)]
@@ -853,8 +853,12 @@ pub struct BootInfo {
     pub args_addr: u64,
     /// Length in bytes of the argument bytes.
     pub args_len: u64,
+    /// Host CPUs the family's monitors may run on (`pvmctl run --cpuset-cpus`, else the root
+    /// monitor's affinity at boot); 0 if unknown. With one, two pVMs never run at the same time,
+    /// so a waiter that spins only delays the peer it waits for: the runtime does not spin.
+    pub host_cpus: u64,
 }
-// SAFETY: repr(C), twelve 8-byte integers, no padding.
+// SAFETY: repr(C), thirteen 8-byte integers, no padding.
 unsafe impl Plain for BootInfo {}
 
 /// The section of a guest image listing what it exports to the libraries it loads (a table of

@@ -76,8 +76,15 @@ static SPIN_CYCLES: AtomicU64 = AtomicU64::new(DEFAULT_SPIN_CYCLES);
 /// is running, small enough not to burn a core for an idle peer.
 pub const DEFAULT_SPIN_CYCLES: u64 = 250_000;
 
+/// How long (in TSC cycles) a waiting reader or writer spins before it sleeps ([`set_spin`]).
+pub fn spin_budget() -> u64 {
+    spin_cycles()
+}
+
 /// Sets how long (in TSC cycles) a waiting reader or writer spins before it sleeps in its
-/// monitor; 0: never spin.
+/// monitor; 0: never spin. The default is [`DEFAULT_SPIN_CYCLES`], or 0 when the family runs on
+/// one host CPU (`pvmctl run --cpuset-cpus 0`, or a one-CPU host), where spinning only delays
+/// the peer.
 pub fn set_spin(cycles: u64) {
     SPIN_CYCLES.store(cycles, Ordering::Relaxed);
 }

@@ -63,6 +63,10 @@ extern "C" fn rt_start(boot: *const BootInfo) -> ! {
         hypercall::exit(127);
     }
     BOOT_INFO.store(boot as *mut BootInfo, Ordering::Relaxed);
+    // On one host CPU a waiter that spins only keeps the peer it waits for from running.
+    if info.host_cpus == 1 {
+        crate::ipc::set_spin(0);
+    }
     if info.heap_end > info.heap_start {
         // SAFETY: the monitor maps [heap_start, heap_end) read-write for the guest and nothing
         // else uses it; init runs once, before any allocation.

@@ -39,8 +39,12 @@ fn main() -> i32 {
         "hold-child" => hold_child(),
         "reuse" => reuse(arg),
         "poll" => poll(),
+        "spin-budget" => {
+            pvm::println!("spin budget: {} cycles", ipc::spin_budget());
+            Ok(())
+        }
         _ => {
-            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other|poll");
+            pvm::eprintln!("usage: ipctest pipe|broken|nonblock|interrupt|default-action|chld|kill-other ID|peer-death-reader|peer-death-writer|scribble|hostile|handled-term|mq|mq-scribble|mq-scribble-recv|mq-paused|shm|hold|open-other|poll|spin-budget");
             return 2;
         }
     };

@@ -227,12 +227,17 @@ impl Monitor {
         let mut mem = GuestMemory::new(config.mem_size)?;
         // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
         mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
+        // The family's CPUs (under --cpu-spread this monitor is already on one of them).
+        let host_cpus = match &config.placement {
+            Some(p) => p.cpus().len(),
+            None => sys::cpu_affinity().map_or(0, |cpus| cpus.len()),
+        };
         let create_vm = Instant::now();
         // The supported CPUID comes from a second thread while this one builds the VM; the
         // thread is joined before the monitor runs (and long before any fork).
         let (cpuid, built) = std::thread::scope(|s| {
             let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
-            let built = Self::build_vm(&kvm, &mut mem, image, &config.args, ids);
+            let built = Self::build_vm(&kvm, &mut mem, image, &config.args, ids, host_cpus);
             (
                 cpuid
                     .join()
@@ -322,6 +327,7 @@ impl Monitor {
         image: &Image,
         args: &[String],
         ids: Ids,
+        host_cpus: usize,
     ) -> Result<(VmFd, VcpuFd, Space), MonitorError> {
         let vm = vm::create_vm(kvm)?;
         Space::register_ram(&vm, mem)?;
@@ -339,12 +345,18 @@ impl Monitor {
         image.load(mem)?;
         let space = Space::build(mem, image)?;
         arch::write_descriptor_tables(mem)?;
-        write_boot_info(mem, image, args, ids)?;
+        write_boot_info(mem, image, args, ids, host_cpus)?;
         Ok((vm, vcpu, space))
     }
 }
 
-fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) -> Result<(), MonitorError> {
+fn write_boot_info(
+    mem: &GuestMemory,
+    image: &Image,
+    args: &[String],
+    ids: Ids,
+    host_cpus: usize,
+) -> Result<(), MonitorError> {
     let header = size_of::<BootInfo>() as u64;
     let mut bytes = Vec::new();
     for a in args {
@@ -371,6 +383,7 @@ fn write_boot_info(mem: &GuestMemory, image: &Image, args: &[String], ids: Ids) 
         argc: args.len() as u64,
         args_addr: layout::BOOT_INFO_ADDR + header,
         args_len: bytes.len() as u64,
+        host_cpus: host_cpus as u64,
     };
     mem.write_obj(layout::BOOT_INFO_ADDR, &info, Access::Monitor)?;
     mem.write_bytes(info.args_addr, &bytes, Access::Monitor)?;
