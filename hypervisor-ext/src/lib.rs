@@ -32,6 +32,13 @@ pub mod trust;
 mod update;
 pub mod vstate;
 
+/// The host system calls pvmctl makes itself (`run -d` forks and waits for its child), from
+/// `sys`, the one module that makes host calls (the rest of it is the monitor's own and stays
+/// private).
+pub mod host {
+    pub use crate::sys::{fork, waitpid, Forked, WaitStatus};
+}
+
 pub use family::{default_mem_total, Ids, KillTarget, Limits, OutcomeRecord};
 pub use ipc::{Named, Opened};
 pub use ledger::{usage_of as ledger_usage, LedgerError, Usage};

@@ -227,9 +227,8 @@ mod tests {
         let err = dir.open_file("planted", Open::ReadWrite).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
         // A FIFO is refused without blocking.
-        let fifo = std::ffi::CString::new(p.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let rw = rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR;
+        rustix::fs::mkfifoat(rustix::fs::CWD, p.join("fifo"), rw).unwrap();
         let err = dir.open_file("fifo", Open::Read).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
         assert!(dir.open_file("target", Open::Read).is_ok());

@@ -130,11 +130,11 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::F_GETFD,         // std checks descriptors it closes (debug builds)
         libc::F_GETFL,         // rustix reads a directory's flags before listing it
         libc::F_GETLK,         // registry: who holds an entry (sys::process_lock_holder)
-        libc::F_SETLK,         // registry: an entry's lock (sys::lock_process)
+        libc::F_SETLK,         // registry: an entry's lock (sys::lock_process, rustix)
         libc::F_OFD_SETLK,     // ledger: leases and its mutex (sys::lock_range, unlock_range)
         libc::F_OFD_GETLK,     // ledger: recounting its leases (sys::other_lock_in)
         libc::F_SETOWN,        // control socket: SIGIO to this monitor (sys::sigio_on_input)
-        libc::F_SETFL,         // control socket: O_ASYNC (sys::sigio_on_input)
+        libc::F_SETFL,         // control socket: O_ASYNC (sys::sigio_on_input, rustix)
         libc::F_DUPFD_CLOEXEC, // dl: second handles on the trust and library stores (try_clone)
     ]
     .map(|c| c as u64);
@@ -211,10 +211,9 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_rt_sigsuspend, any());
     r.insert(libc::SYS_rt_sigreturn, any());
     // Waiting: IPC futexes (sys::futex_wait/wake), std's locks, liveness polls (sys::hung_up),
-    // the teardown helper's poll.
+    // the teardown helper's wait (sys::wait_gone_raw). rustix polls with `ppoll`; no `poll`.
     r.insert(libc::SYS_futex, any());
     r.insert(libc::SYS_ppoll, any());
-    r.insert(libc::SYS_poll, any());
     r.insert(libc::SYS_sched_yield, any()); // registry and ledger: retries (sys::yield_now)
     r.insert(libc::SYS_clock_gettime, any()); // sys::monotonic_ns (when the vDSO falls back)
     r.insert(libc::SYS_getrandom, any()); // std's hash seeds

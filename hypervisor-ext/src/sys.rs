@@ -1,10 +1,14 @@
 //! Every host system call the monitor makes outside KVM's ioctls (which go through `kvm-ioctls`),
 //! in one place, so that the seccomp allow-list (`seccomp.rs`) can be read against it.
 //!
-//! Typed wrappers come from `rustix`. Raw `libc` is used only where rustix has no call, and each
-//! such function says why: `fork` and `clone` (rustix offers them only to programs without std),
-//! signal handlers and masks (same), `fcntl` byte-range and open-file-description locks (rustix
-//! locks whole files only and cannot query a lock's holder), `close_range` and `mallopt`.
+//! Typed wrappers come from `rustix` (its `linux_raw` backend: the system call itself, not
+//! glibc's wrapper, so the number the allow-list names is the one rustix issues). Raw `libc` is
+//! used only where rustix 1.1 has no call, and each such function says why (`libc: ...`): `fork`
+//! and `clone` (rustix offers them only to programs without std), signal handlers and masks
+//! (same), `F_GETLK` and open-file-description locks (rustix's `fcntl_lock` takes a whole-file
+//! process lock only, and cannot ask who holds one), `F_SETOWN`, `tgkill`, POSIX timers,
+//! `close_range`, `mallopt`, and vectored transfers from and to memory shared with a guest
+//! (rustix's take slices, which such memory cannot soundly be).
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -78,6 +82,23 @@ pub unsafe fn clone_helper(
         return Err(io::Error::last_os_error());
     }
     Ok(pid as u32)
+}
+
+/// Waits until the process `pidfd` refers to is gone (a pidfd reads ready then), retrying
+/// after signals (any other error ends the wait), with nothing but the `ppoll` system call:
+/// for a [`clone_helper`] on its bare stack. rustix's `linux_raw` backend issues it inline and
+/// returns the error, where glibc's `syscall()` would store it in errno (thread-local storage,
+/// which such a helper must not touch: its thread pointer is its parent's).
+///
+/// # Safety
+/// `pidfd` must stay open until this returns.
+pub unsafe fn wait_gone_raw(pidfd: RawFd) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    // SAFETY: as the caller promised.
+    let pidfd = unsafe { BorrowedFd::borrow_raw(pidfd) };
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    // Any other error would repeat for ever: give up then (the last exit tears the VM down).
+    while poll(&mut fds, None) == Err(rustix::io::Errno::INTR) {}
 }
 
 /// Ends this process at once, running no destructors. libc: rustix offers `exit_group` only to
@@ -194,7 +215,7 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Closes every descriptor from `first` on except `keep`. libc: rustix has no `close_range`.
+/// Closes every descriptor from `first` on except `keep`. libc: rustix 1.1 has no `close_range`.
 pub fn close_fds_from(first: RawFd, keep: Option<RawFd>) {
     let close = |lo: RawFd, hi: RawFd| {
         if lo <= hi {
@@ -214,10 +235,10 @@ pub fn close_fds_from(first: RawFd, keep: Option<RawFd>) {
 
 /// Closes the standard descriptors (right before the process exits).
 pub fn close_stdio() {
-    // libc: rustix's `close` takes ownership of an OwnedFd; these are not owned by anything.
     for fd in 0..=2 {
-        // SAFETY: closing 0-2 right before exit; nothing uses them afterwards.
-        unsafe { libc::close(fd) };
+        // SAFETY: closing 0-2 right before exit; nothing uses them afterwards (no `OwnedFd` owns
+        // them: std's handles borrow them and are not used again).
+        unsafe { rustix::io::close(fd) };
     }
 }
 
@@ -590,18 +611,14 @@ pub fn unix_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
 }
 
 /// Makes input on `fd` (a connection on a listening socket) raise SIGIO in this process
-/// (`O_ASYNC`, `F_SETOWN`). libc: rustix has no `F_SETOWN`.
+/// (`F_SETOWN`, then `O_ASYNC`). libc for `F_SETOWN`: rustix has no call for it.
 pub fn sigio_on_input(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: fcntl commands on an open descriptor with integer arguments.
-    let ok = unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, libc::getpid()) == 0
-            && libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: an fcntl command with an integer argument on an open descriptor.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, me) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(rustix::fs::fcntl_setfl(fd, OFlags::ASYNC | OFlags::NONBLOCK)?)
 }
 
 /// A pending connection on the non-blocking listener `fd`, if any (close-on-exec; it blocks).
@@ -780,8 +797,9 @@ pub enum Moved {
 }
 
 /// Receives from the non-blocking socket `fd` straight into `runs` (memory shared with a
-/// guest, given as raw runs: no Rust reference to it is formed). libc: rustix's vectored calls
-/// take slices, which shared memory cannot soundly be.
+/// guest, given as raw runs: no Rust reference to it is formed). libc: rustix's `readv` takes
+/// `IoSliceMut`s, that is `&mut [u8]`, which memory a guest may write at any moment cannot
+/// soundly be (the promise of a `&mut` is that nothing else touches it).
 pub fn recv_into_runs(fd: BorrowedFd<'_>, runs: &[(*mut u8, usize)]) -> io::Result<Moved> {
     let iov: Vec<libc::iovec> = runs
         .iter()
@@ -816,7 +834,8 @@ fn moved(call: impl Fn() -> isize) -> io::Result<Moved> {
 }
 
 /// Sends from `runs` (memory shared with a guest, as raw runs) on the non-blocking socket
-/// `fd`, without SIGPIPE. libc: as [`recv_into_runs`].
+/// `fd`, without SIGPIPE. libc: as [`recv_into_runs`] (rustix's `sendmsg` takes `IoSlice`s,
+/// `&[u8]`, whose bytes must not change while it is borrowed).
 pub fn send_from_runs(fd: BorrowedFd<'_>, runs: &[(*const u8, usize)]) -> io::Result<Moved> {
     let mut iov: Vec<libc::iovec> = runs
         .iter()
@@ -983,10 +1002,11 @@ pub fn gettid() -> u32 {
 }
 
 /// Sends `sig` to thread `tid` of this process (a helper thread kicking the vCPU thread).
-/// libc: rustix has no `tgkill`.
+/// libc: rustix has no `tgkill` (it is on its `not_implemented::yet` list).
 pub fn signal_thread(tid: u32, sig: i32) -> io::Result<()> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
     // SAFETY: tgkill with integer arguments.
-    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, sig) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_tgkill, me, tid as libc::pid_t, sig) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -994,7 +1014,8 @@ pub fn signal_thread(tid: u32, sig: i32) -> io::Result<()> {
 
 /// A one-shot timer that signals SIGIO to the thread that made it (the vCPU thread: a deadline
 /// reaches the vCPU loop even while the guest runs without exits). libc: rustix has no POSIX
-/// timers. Not inherited by a forked child.
+/// timers (`timer_create`; its `timerfd` cannot signal a thread). Not inherited by a forked
+/// child.
 #[derive(Debug)]
 pub struct Timer {
     id: libc::timer_t,
@@ -1338,6 +1359,9 @@ pub enum LockHolder {
     Unknown,
 }
 
+// libc for the locks below but `lock_process`: rustix's `fcntl_lock` takes a whole-file
+// process-owned lock only; `F_GETLK` and the open-file-description commands on byte ranges have
+// no rustix call.
 fn flock(l_type: i32, start: u64, len: u64) -> libc::flock {
     // SAFETY: a zeroed flock is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -1361,7 +1385,11 @@ fn fcntl_lock(fd: BorrowedFd<'_>, cmd: i32, fl: &mut libc::flock) -> io::Result<
 /// vanishes when the process dies and is not inherited by fork; it is *also released when the
 /// process closes any descriptor of the file*, so the holder must never open the file again.
 pub fn lock_process(fd: BorrowedFd<'_>) -> io::Result<()> {
-    fcntl_lock(fd, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 0))
+    // `F_SETLK` of a write lock on bytes 0 to the end, for ever (`l_len` 0).
+    Ok(rustix::fs::fcntl_lock(
+        fd,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )?)
 }
 
 /// Who holds a process-owned lock on any part of `fd` (`F_GETLK`).

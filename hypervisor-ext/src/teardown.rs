@@ -7,27 +7,20 @@
 //! the helper, which waits on a pidfd for the monitor to be gone, does the teardown when it
 //! exits itself (reparented to the subreaper or init, which reaps it).
 use std::io::Write;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 
 use crate::sys;
 
 const HELPER_STACK: usize = 16 * 1024;
 
 extern "C" fn teardown_helper(arg: *mut libc::c_void) -> libc::c_int {
-    let mut pfd = libc::pollfd {
-        fd: arg as usize as libc::c_int,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // Raw system calls only: this runs on a bare stack in a process sharing the monitor's
-    // memory, so it must not touch libc or Rust state (errno, locks, the allocator).
-    loop {
-        // SAFETY: polls one valid pollfd on this stack.
-        let r = unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1, -1) };
-        if r >= 0 {
-            break;
-        }
-    }
+    // Raw system calls only: this runs on a bare stack in a process that shares the monitor's
+    // memory but is no thread of its runtime (its thread pointer is the monitor thread's), so
+    // it must not touch libc or Rust state (errno, locks, the allocator): `sys::wait_gone_raw`
+    // is one inline `ppoll`.
+    // SAFETY: the pidfd the monitor opened and left open for this helper, which shares its
+    // file table: open until the helper exits.
+    unsafe { sys::wait_gone_raw(arg as usize as RawFd) };
     0
 }
 

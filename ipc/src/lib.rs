@@ -51,13 +51,13 @@ pub struct PipeRing {
     pub magic: AtomicU64,
     /// Data bytes (a power of two).
     pub capacity: AtomicU64,
-    _pad0: [u64; 6],
+    _pad0: [AtomicU64; 6],
     /// Bytes written since the pipe was created.
     pub head: AtomicU64,
-    _pad1: [u64; 7],
+    _pad1: [AtomicU64; 7],
     /// Bytes read since the pipe was created.
     pub tail: AtomicU64,
-    _pad2: [u64; 7],
+    _pad2: [AtomicU64; 7],
     /// The reader sleeps in the monitor (or is about to): a writer must notify.
     pub reader_sleeping: AtomicU32,
     /// The writer sleeps in the monitor (or is about to): a reader must notify.
@@ -71,7 +71,15 @@ pub struct PipeRing {
     pub writer_closed: AtomicU32,
     /// Set by a reader that will read no more (a client that is gone): writes fail.
     pub reader_closed: AtomicU32,
+    _pad3: [AtomicU32; 10],
 }
+
+// Every byte of a header is in an atomic, padding included (the `_pad` fields are atomics and
+// fill the struct to its size, so it has no implicit padding): a `&PipeRing` then asserts
+// nothing about bytes a peer may write at any moment. With plain padding, forming the
+// reference counts as a non-atomic read of those bytes, a data race with a peer's write (Miri
+// found it: `hostile_tests`).
+const _: () = assert!(core::mem::size_of::<PipeRing>() == 8 * 4 + 8 * 20 + 4 * 6 + 4 * 10);
 
 /// Byte offset of [`PipeRing::data_seq`] in the region (the reader's monitor sleeps on it).
 pub const PIPE_DATA_SEQ_OFFSET: usize = core::mem::offset_of!(PipeRing, data_seq);
@@ -303,13 +311,13 @@ pub struct QueueHeader {
     pub capacity: AtomicU64,
     /// Largest message.
     pub msg_size: AtomicU64,
-    _pad0: [u64; 5],
+    _pad0: [AtomicU64; 5],
     /// Next cell to fill.
     pub enqueue_pos: AtomicU64,
-    _pad1: [u64; 7],
+    _pad1: [AtomicU64; 7],
     /// Next cell to drain.
     pub dequeue_pos: AtomicU64,
-    _pad2: [u64; 7],
+    _pad2: [AtomicU64; 7],
     /// Receivers asleep (or about to be) in their monitors.
     pub recv_waiters: AtomicU32,
     /// Senders asleep (or about to be).
@@ -318,7 +326,11 @@ pub struct QueueHeader {
     pub recv_seq: AtomicU32,
     /// Bumped by a receiver that saw sleeping senders (the senders' futex word).
     pub send_seq: AtomicU32,
+    _pad3: [AtomicU64; 6],
 }
+
+// All atomic, no implicit padding: as for [`PipeRing`].
+const _: () = assert!(core::mem::size_of::<QueueHeader>() == 8 * 5 + 8 * 19 + 4 * 4 + 8 * 6);
 
 /// Byte offset of [`QueueHeader::recv_seq`] in the region (the monitor sleeps on it).
 pub const QUEUE_RECV_SEQ_OFFSET: usize = core::mem::offset_of!(QueueHeader, recv_seq);
@@ -606,7 +618,9 @@ mod tests {
         };
         let mut next = 0u8;
         let mut expect = 0u8;
-        for round in 0..100 {
+        // Under Miri (slow: every byte is interpreted) 12 rounds still wrap three times.
+        let rounds = if cfg!(miri) { 12 } else { 100 };
+        for round in 0..rounds {
             let chunk: vec::Vec<u8> = (0..1000 + round)
                 .map(|_| {
                     next = next.wrapping_add(1);
@@ -626,20 +640,22 @@ mod tests {
 
     #[test]
     fn queue_keeps_messages_and_boundaries_under_contention() {
+        // Fewer under Miri, which interprets every step (and checks every interleaving it runs).
+        const PER_PRODUCER: u32 = if cfg!(miri) { 100 } else { 1000 };
         let cap = 16u64;
         let size = queue_region_size(cap, 64) as usize;
         let layout = std::alloc::Layout::from_size_align(size, 4096).unwrap();
-        // SAFETY: a non-zero size; the region is leaked, so every view stays valid.
-        let addr = unsafe { std::alloc::alloc_zeroed(layout) } as usize;
-        let base = move || addr as *mut u8;
-        // SAFETY: zeroed, page-aligned, big enough, never freed.
+        // SAFETY: a non-zero size; freed at the end, after the producers are joined.
+        let region = hostile_tests::Shared(unsafe { std::alloc::alloc_zeroed(layout) });
+        let base = move || region.get();
+        // SAFETY: zeroed, page-aligned, big enough, freed only after every view is gone.
         unsafe { Queue::init(base(), cap, 64) };
         let producers: std::vec::Vec<_> = (0..3u8)
             .map(|p| {
                 std::thread::spawn(move || {
                     // SAFETY: as above.
                     let q = unsafe { Queue::attach(base(), cap, 64) };
-                    for i in 0..1000u32 {
+                    for i in 0..PER_PRODUCER {
                         let msg = [p, (i % 251) as u8, (i / 251) as u8];
                         while !q.send(&msg[..1 + (i % 3) as usize]).unwrap() {
                             std::thread::yield_now();
@@ -652,7 +668,7 @@ mod tests {
         let q = unsafe { Queue::attach(base(), cap, 64) };
         let mut counts = [0u32; 3];
         let mut buf = [0u8; 64];
-        while counts.iter().sum::<u32>() < 3000 {
+        while counts.iter().sum::<u32>() < 3 * PER_PRODUCER {
             match q.receive(&mut buf).unwrap() {
                 Some(len) => {
                     assert!((1..=3).contains(&len));
@@ -664,7 +680,7 @@ mod tests {
         for t in producers {
             t.join().unwrap();
         }
-        assert_eq!(counts, [1000, 1000, 1000]);
+        assert_eq!(counts, [PER_PRODUCER; 3]);
         assert_eq!(q.receive(&mut buf).unwrap(), None);
         // A scribbled length is caught.
         assert!(q.send(&[1, 2, 3]).unwrap());
@@ -679,6 +695,9 @@ mod tests {
                 && !valid_queue(16, 0)
                 && !valid_queue(16, 5000)
         );
+        // SAFETY: allocated above with this layout; the producers were joined, and `q` (a view
+        // without a destructor) is not used after this.
+        unsafe { std::alloc::dealloc(base(), layout) };
     }
 
     #[test]

@@ -255,25 +255,22 @@ const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// session of its own; the parent prints the root's id once it is registered (running), or,
 /// if it ended first, what it wrote, and exits with its status. Call single-threaded.
 fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
+    use hypervisor_ext::host::{self, Forked};
     // SAFETY: pvmctl is single-threaded here (the build's output relay was joined).
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        return Err(RunError::Detach(std::io::Error::last_os_error()));
-    }
-    if child == 0 {
-        let log = hypervisor_ext::console_log::create(run_dir, std::process::id())
-            .map_err(|e| RunError::Detach(std::io::Error::other(e)))?;
-        hypervisor_ext::console_log::detach_onto(&log).map_err(RunError::Detach)?;
-        return Ok(());
-    }
-    let child = child as u32;
+    let child = match unsafe { host::fork() }.map_err(RunError::Detach)? {
+        Forked::Child => {
+            let log = hypervisor_ext::console_log::create(run_dir, std::process::id())
+                .map_err(|e| RunError::Detach(std::io::Error::other(e)))?;
+            hypervisor_ext::console_log::detach_onto(&log).map_err(RunError::Detach)?;
+            return Ok(());
+        }
+        Forked::Parent(child) => child,
+    };
     let registry = hypervisor_ext::registry::Registry::open(run_dir)?;
     let deadline = std::time::Instant::now() + DETACH_TIMEOUT;
     loop {
-        let mut status = 0;
-        // SAFETY: waits for our own child without blocking.
-        let reaped = unsafe { libc::waitpid(child as i32, &mut status, libc::WNOHANG) };
-        if reaped == child as i32 {
+        // Without blocking; an error (a signal) is only another turn of the loop.
+        if let Ok(Some((_, status))) = host::waitpid(Some(child), true) {
             // It ended before it was seen running: its id (its log stays), and what it said.
             println!("{child}");
             if let Ok(fd) = hypervisor_ext::console_log::open(run_dir, child) {
@@ -281,10 +278,9 @@ fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
                 let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
                 eprint!("{text}");
             }
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                i32::from(crate::EXIT_PVMCTL_ERROR)
+            let code = match status.signal() {
+                None => status.code(),
+                Some(_) => i32::from(crate::EXIT_PVMCTL_ERROR),
             };
             std::process::exit(code);
         }
