@@ -495,15 +495,7 @@ fn figures(
             baseline: Some(Bar::of_samples(linux)),
         });
         for (metric, values) in [("run_median_us", medians), ("run_p99_us", p99s)] {
-            for (r, v) in values.into_iter().enumerate() {
-                samples.push(Samples {
-                    row: (*name).into(),
-                    side: "pvm",
-                    round: r as u32 + 1,
-                    metric,
-                    values: vec![v],
-                });
-            }
+            samples.extend(Samples::per_round(name, "pvm", metric, &values));
         }
     }
     samples.push(Samples::of_durations("dlopen + dlsym", "linux", 1, dlopen));
@@ -523,13 +515,8 @@ fn figures(
         baseline: Some(Bar::of_figures(&us(direct_ns))),
     });
     for (side, values) in [("pvm", handle_ns), ("direct", direct_ns)] {
-        samples.push(Samples {
-            row: "call through a handle (pvm) or direct".into(),
-            side,
-            round: 1,
-            metric: "run_mean_ns",
-            values: values.to_vec(),
-        });
+        let row = "call through a handle (pvm) or direct";
+        samples.extend(Samples::per_round(row, side, "run_mean_ns", values));
     }
     Figures {
         bench: "dynlink",

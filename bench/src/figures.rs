@@ -138,6 +138,25 @@ impl Samples {
     }
 }
 
+impl Samples {
+    /// One figure per round (`per_round[0]` is round 1's): a run's median, a rate...
+    pub fn per_round<'a>(
+        row: &str,
+        side: &'static str,
+        metric: &'static str,
+        per_round: &'a [f64],
+    ) -> impl Iterator<Item = Samples> + 'a {
+        let row = row.to_string();
+        per_round.iter().enumerate().map(move |(i, &v)| Samples {
+            row: row.clone(),
+            side,
+            round: i as u32 + 1,
+            metric,
+            values: vec![v],
+        })
+    }
+}
+
 /// A benchmark's figures.
 #[derive(Clone, Debug)]
 pub struct Figures {
@@ -324,9 +343,16 @@ fn panel(
                 .draw()
                 .map_err(|e| err(&e))?;
             for (g, group) in groups.iter().enumerate() {
-                for (k, bar) in bars(group).iter().enumerate() {
+                let sides = bars(group);
+                // A bar without its pair stands in the middle of its group.
+                let alone = sides.iter().filter(|b| b.is_some()).count() == 1;
+                for (k, bar) in sides.iter().enumerate() {
                     let Some(bar) = bar else { continue };
-                    let x0 = g as f64 - 0.38 + 0.38 * k as f64;
+                    let x0 = if alone {
+                        g as f64 - 0.17
+                    } else {
+                        g as f64 - 0.38 + 0.38 * k as f64
+                    };
                     let x1 = x0 + 0.34;
                     chart
                         .draw_series([Rectangle::new(

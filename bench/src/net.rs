@@ -471,15 +471,7 @@ fn figures(
                     ("p50_us", |r: &Redis| r.p50_ms * 1e3),
                     ("p99_us", |r: &Redis| r.p99_ms * 1e3),
                 ] {
-                    for (i, v) in per_round(p, who, t, f).into_iter().enumerate() {
-                        samples.push(Samples {
-                            row: row.clone(),
-                            side,
-                            round: i as u32 + 1,
-                            metric,
-                            values: vec![v],
-                        });
-                    }
+                    samples.extend(Samples::per_round(&row, side, metric, &per_round(p, who, t, f)));
                 }
             }
         }
@@ -492,15 +484,7 @@ fn figures(
         baseline: Some(Bar::of_figures(&mb(linux_streams))),
     });
     for (side, values) in [("pvm", streams), ("linux", linux_streams)] {
-        for (i, v) in mb(values).into_iter().enumerate() {
-            samples.push(Samples {
-                row: "stream".into(),
-                side,
-                round: i as u32 + 1,
-                metric: "mb_per_s",
-                values: vec![v],
-            });
-        }
+        samples.extend(Samples::per_round("stream", side, "mb_per_s", &mb(values)));
     }
     let all = |runs: &[Vec<Duration>]| runs.concat();
     for (label, linux) in [
