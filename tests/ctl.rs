@@ -466,7 +466,7 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     assert!(text.starts_with("<svg"), "an SVG document");
     for label in [
         "latency (lower is better)",
-        "throughput (higher is better)",
+        "GB/s (higher is better)",
         "pipe round trip, spin",
         "signal round trip",
     ] {

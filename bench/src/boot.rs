@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -70,7 +69,8 @@ pub(crate) fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
     }
     let image = Image::open(&image_path)?;
     // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
-    let run_dir = std::env::temp_dir().join(format!("pvm-bench-{}", std::process::id()));
+    let scratch = crate::scratch("boot", false)?;
+    let run_dir = scratch.path().to_path_buf();
     let config = MonitorConfig {
         mem_size: DEFAULT_MEM_SIZE,
         args: vec!["noop".into()],
@@ -127,7 +127,7 @@ pub(crate) fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
         }
     }
     drop(exit0);
-    let _ = fs::remove_dir_all(&run_dir);
+    drop(scratch);
 
     let rows: Vec<(&str, Stats)> = ROW_NAMES
         .iter()
@@ -248,41 +248,29 @@ fn exit0_elf() -> Vec<u8> {
 }
 
 /// An executable file in the temporary directory, deleted on drop.
-struct TempExecutable {
-    path: PathBuf,
-}
+struct TempExecutable(tempfile::TempPath);
 
 impl TempExecutable {
     fn create(bytes: &[u8]) -> Result<TempExecutable, BenchError> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pvmctl-bench-exit0-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let file = TempExecutable {
-            path: std::env::temp_dir().join(name),
-        };
-        let io_error = |action, source| BenchError::Io {
+        let dir = std::env::temp_dir();
+        let io_error = |action, path: &Path, source| BenchError::Io {
             action,
-            path: file.path.clone(),
+            path: path.to_path_buf(),
             source,
         };
-        // The file is closed before it is executed (else execv fails with ETXTBSY).
-        fs::write(&file.path, bytes).map_err(|e| io_error("write", e))?;
-        fs::set_permissions(&file.path, fs::Permissions::from_mode(0o755))
-            .map_err(|e| io_error("chmod", e))?;
-        Ok(file)
+        let mut file = tempfile::Builder::new()
+            .prefix("pvmctl-bench-exit0-")
+            .permissions(fs::Permissions::from_mode(0o755))
+            .tempfile_in(&dir)
+            .map_err(|e| io_error("create a file in", &dir, e))?;
+        file.write_all(bytes)
+            .map_err(|e| io_error("write", file.path(), e))?;
+        // Closed before it is executed (else execv fails with ETXTBSY).
+        Ok(TempExecutable(file.into_temp_path()))
     }
 
     fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempExecutable {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        &self.0
     }
 }
 

@@ -10,6 +10,52 @@ use std::time::{Duration, Instant};
 
 use crate::BenchError;
 
+/// `sig` as rustix's signal type.
+fn typed_signal(sig: i32) -> io::Result<rustix::process::Signal> {
+    rustix::process::Signal::from_named_raw(sig).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `pid` as rustix's pid type: positive only (0 or a negative value would name a group).
+fn typed_pid(pid: u32) -> io::Result<rustix::process::Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+}
+
+/// Sends `sig` to process `pid` (one process, never a group).
+pub(crate) fn signal(pid: u32, sig: i32) -> io::Result<()> {
+    Ok(rustix::process::kill_process(
+        typed_pid(pid)?,
+        typed_signal(sig)?,
+    )?)
+}
+
+/// Sends `sig` to every process of group `pgid`.
+pub(crate) fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
+    Ok(rustix::process::kill_process_group(
+        typed_pid(pgid)?,
+        typed_signal(sig)?,
+    )?)
+}
+
+/// `waitpid` for child `pid`, retried on EINTR: its raw wait status, or None with `nohang`
+/// while it runs.
+pub(crate) fn wait_child(pid: u32, nohang: bool) -> io::Result<Option<i32>> {
+    let opts = if nohang {
+        rustix::process::WaitOptions::NOHANG
+    } else {
+        rustix::process::WaitOptions::empty()
+    };
+    loop {
+        match rustix::process::waitpid(Some(typed_pid(pid)?), opts) {
+            Ok(reaped) => return Ok(reaped.map(|(_, status)| status.as_raw())),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Exit status of a child whose `execv` failed.
 pub(crate) const EXEC_FAILED: i32 = 127;
 
@@ -103,22 +149,13 @@ impl Child {
         if pid < 0 {
             return Err(self.process_error("fork"));
         }
-        let mut status: libc::c_int = 0;
-        loop {
-            // SAFETY: waits for our own child; `status` is a valid out-pointer.
-            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-            if r == pid {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(BenchError::Process {
-                    call: "waitpid",
-                    program: self.program.clone(),
-                    source: err,
-                });
-            }
-        }
+        let status = wait_child(pid as u32, false)
+            .map_err(|source| BenchError::Process {
+                call: "waitpid",
+                program: self.program.clone(),
+                source,
+            })?
+            .unwrap_or_default();
         let elapsed = start.elapsed();
         match ChildStatus::from_wait_status(status) {
             ChildStatus::Exited(0) => Ok(elapsed),

@@ -238,16 +238,14 @@ fn parse_ns(text: &str, key: &str) -> Option<f64> {
 /// `pvmctl bench dynlink`.
 pub fn dynlink(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
-    let dir = std::env::temp_dir().join(format!("pvm-bench-dynlink-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| step("temporary directory")(e.to_string()))?;
-    let result = run(&exe, &dir, &args);
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(format!("/dev/shm/pvm-bench-dynlink-{}", std::process::id()));
-    result
+    let dir = crate::scratch("dynlink", false)?;
+    // The runtime directory where pvm's default puts it: a tmpfs ($XDG_RUNTIME_DIR, /run) when
+    // there is one (/dev/shm stands for it), else the temporary directory.
+    let run_dir = crate::scratch("dynlink-run", true)?;
+    run(&exe, dir.path(), run_dir.path(), &args)
 }
 
-fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
+fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError> {
     std::fs::write(dir.join("bench.c"), source()).map_err(|e| step("write bench.c")(e.to_string()))?;
     std::fs::write(dir.join("pvmlib.ld"), include_str!("../../pvm-runtime/pvmlib.ld"))
         .map_err(|e| step("write pvmlib.ld")(e.to_string()))?;
@@ -255,16 +253,9 @@ fn run(exe: &Path, dir: &Path, args: &RoundsArgs) -> Result<ExitCode, BenchError
     let script = format!("-Wl,-T,{}", dir.join("pvmlib.ld").display());
     let lib = cc(dir, "libbench.so", &["-nostdlib", &script])?;
     let size = std::fs::metadata(&lib).map(|m| m.len()).unwrap_or(0);
-    // The runtime directory where pvm's default puts it: a tmpfs ($XDG_RUNTIME_DIR, /run) when
-    // there is one (/dev/shm stands for it), else the temporary directory.
-    let run_dir = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from(format!("/dev/shm/pvm-bench-dynlink-{}", std::process::id()))
-    } else {
-        dir.join("run")
-    };
     let env = Env {
         dir: dir.to_path_buf(),
-        run_dir,
+        run_dir: run_dir.to_path_buf(),
         trust: dir.join("trust").join("trusted"),
         lib,
         guest: guest_path("dlbench").map_err(DynlinkBenchError::from)?,

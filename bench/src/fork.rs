@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -397,23 +397,20 @@ fn parse_summary(output: &str) -> Option<LoopSummary> {
 
 /// A pipe (read end, write end), both close-on-exec.
 fn pipe() -> Result<(File, File), ForkBenchError> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(ForkBenchError::sys("pipe2"));
-    }
-    // SAFETY: both descriptors were just created and nothing else owns them.
-    let ends = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    Ok(ends)
+    let (r, w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| ForkBenchError::Sys {
+            call: "pipe2",
+            source: e.into(),
+        })?;
+    Ok((File::from(r), File::from(w)))
 }
 
 /// Clears close-on-exec on `file`, so that exec'd children inherit it.
 fn set_inheritable(file: &File) -> Result<(), ForkBenchError> {
-    // SAFETY: F_SETFD on an open descriptor with an integer argument.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-        return Err(ForkBenchError::sys("fcntl(F_SETFD)"));
-    }
-    Ok(())
+    rustix::io::fcntl_setfd(file, rustix::io::FdFlags::empty()).map_err(|e| ForkBenchError::Sys {
+        call: "fcntl(F_SETFD)",
+        source: e.into(),
+    })
 }
 
 /// A thread reading `file` to its end.
@@ -436,21 +433,13 @@ fn join_reader(
 
 /// `waitpid(pid)`, retried on EINTR.
 fn wait_pid(pid: libc::pid_t) -> Result<ChildStatus, ForkBenchError> {
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waits for our own child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            return Ok(ChildStatus::from_wait_status(status));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(ForkBenchError::Sys {
-                call: "waitpid",
-                source: err,
-            });
-        }
-    }
+    let status = crate::child::wait_child(pid as u32, false)
+        .map_err(|source| ForkBenchError::Sys {
+            call: "waitpid",
+            source,
+        })?
+        .unwrap_or_default();
+    Ok(ChildStatus::from_wait_status(status))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,20 +544,20 @@ impl Mapping {
     /// Maps `mib` MiB and writes a byte into every 4 KiB page.
     fn touched(mib: u64) -> Result<Mapping, ForkBenchError> {
         let len = (mib as usize) << 20;
+        use rustix::mm::{MapFlags, ProtFlags};
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(ForkBenchError::sys("mmap"));
         }
+        .map_err(|e| ForkBenchError::Sys {
+            call: "mmap",
+            source: e.into(),
+        })?;
         let mapping = Mapping { ptr: ptr.cast(), len };
         for offset in (0..len).step_by(PAGE_SIZE) {
             // SAFETY: `offset` is inside the writable mapping of `len` bytes.
@@ -581,7 +570,7 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping created in `touched`, which nothing references.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -711,7 +700,8 @@ pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
     guest("forkbench")?;
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
-    let run_dir = std::env::temp_dir().join(format!("pvm-bench-fork-{}", std::process::id()));
+    let scratch = crate::scratch("fork", false)?;
+    let run_dir = scratch.path().to_path_buf();
     eprintln!(
         "pvmctl bench fork: warm-up, then {n} forks per row: pVM and Linux with {}, then Linux \
          fork+exit+wait...",
@@ -736,7 +726,7 @@ pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
         let exit_wait = linux_fork_exit_wait(n)?;
         Ok::<_, BenchError>((footprints, exit_wait))
     })();
-    let _ = fs::remove_dir_all(&run_dir);
+    drop(scratch);
     let (footprints, exit_wait) = result?;
     let total: Duration = exit_wait.iter().sum();
     let report = ForkReport {
@@ -1207,8 +1197,7 @@ impl FamilyGuard {
 
     /// SIGKILL to the whole process group (the root leads it), then reaps the root.
     fn kill(&mut self) -> Option<ChildStatus> {
-        // SAFETY: kill has no memory-safety preconditions; the group is the one we created.
-        unsafe { libc::kill(-(self.root() as libc::pid_t), libc::SIGKILL) };
+        let _ = crate::child::signal_group(self.root(), libc::SIGKILL);
         self.wait().ok()
     }
 
@@ -1388,10 +1377,10 @@ fn density_run(exe: &Path, forktest: &Path, count: u32) -> Result<DensityRun, Be
 
     // Stop: SIGTERM to the root, which forwards it to its family and waits for it.
     let stop_start = Instant::now();
-    // SAFETY: kill has no memory-safety preconditions; `root` is our unreaped child.
-    if unsafe { libc::kill(root as libc::pid_t, libc::SIGTERM) } != 0 {
-        return Err(ForkBenchError::sys("kill(SIGTERM)").into());
-    }
+    crate::child::signal(root, libc::SIGTERM).map_err(|source| ForkBenchError::Sys {
+        call: "kill(SIGTERM)",
+        source,
+    })?;
     let deadline = stop_start + STOP_TIMEOUT;
     loop {
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -1461,10 +1450,12 @@ pub fn density(args: DensityArgs) -> Result<ExitCode, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     // Orphans of the measured families (the root's VM-teardown helper) come to us, so that we
     // can wait for the teardown to end before the next run reads MemAvailable.
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(ForkBenchError::sys("prctl(PR_SET_CHILD_SUBREAPER)").into());
-    }
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| {
+        ForkBenchError::Sys {
+            call: "prctl(PR_SET_CHILD_SUBREAPER)",
+            source: e.into(),
+        }
+    })?;
     let mut runs = Vec::new();
     for &count in &args.counts {
         eprintln!("pvmctl bench density: {count} idle pVMs...");

@@ -19,9 +19,9 @@
 //! (throughput: the median of the rounds' GB/s); every round's values are in the JSON output.
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
@@ -525,9 +525,9 @@ fn run_guest(
             Ok(Event::Stdout(r)) => stdout = Some(r),
             Ok(Event::Stderr(r)) => stderr = Some(r),
             Err(RecvTimeoutError::Timeout) if !timed_out => {
-                // SAFETY: kill has no memory-safety preconditions; the group is the one created
-                // for this child (it leads it), and its processes are all ours to end.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                // The group is the one created for this child (it leads it), and its processes
+                // are all ours to end.
+                let _ = crate::child::signal_group(pgid as u32, libc::SIGKILL);
                 timed_out = true;
                 deadline = Instant::now() + KILL_GRACE;
             }
@@ -769,14 +769,13 @@ fn sys_error(call: &'static str, what: &'static str) -> IpcBenchError {
 
 /// A pipe (read end, write end), both close-on-exec.
 fn pipe(what: &'static str) -> Result<(File, File), IpcBenchError> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(sys_error("pipe2", what));
-    }
-    // SAFETY: both descriptors were just created and nothing else owns them.
-    let ends = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    Ok(ends)
+    let (r, w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| IpcBenchError::Sys {
+            call: "pipe2",
+            what,
+            source: e.into(),
+        })?;
+    Ok((File::from(r), File::from(w)))
 }
 
 /// A forked child of a baseline: killed and reaped on drop unless waited for.
@@ -809,41 +808,29 @@ impl Forked {
         })
     }
 
-    /// `waitpid` with `flags`, retried on EINTR: how it ended, or None (WNOHANG, still running).
-    fn wait_flags(&mut self, flags: libc::c_int) -> Result<Option<ChildStatus>, IpcBenchError> {
+    /// `waitpid`, retried on EINTR: how it ended, or None (`nohang`, still running).
+    fn wait_flags(&mut self, nohang: bool) -> Result<Option<ChildStatus>, IpcBenchError> {
         if self.status.is_some() {
             return Ok(self.status);
         }
-        let mut status: libc::c_int = 0;
-        loop {
-            // SAFETY: waits for our own child; `status` is a valid out-pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, flags) };
-            if r == self.pid {
-                self.status = Some(ChildStatus::from_wait_status(status));
-                return Ok(self.status);
-            }
-            if r == 0 {
-                return Ok(None);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(IpcBenchError::Sys {
-                    call: "waitpid",
-                    what: self.what,
-                    source: err,
-                });
-            }
-        }
+        let status =
+            crate::child::wait_child(self.pid as u32, nohang).map_err(|source| IpcBenchError::Sys {
+                call: "waitpid",
+                what: self.what,
+                source,
+            })?;
+        self.status = status.map(ChildStatus::from_wait_status);
+        Ok(self.status)
     }
 
     /// How it ended, if it has.
     fn try_wait(&mut self) -> Result<Option<ChildStatus>, IpcBenchError> {
-        self.wait_flags(libc::WNOHANG)
+        self.wait_flags(true)
     }
 
     /// Waits for the child; it must exit with status 0.
     fn wait(mut self) -> Result<(), IpcBenchError> {
-        match self.wait_flags(0)? {
+        match self.wait_flags(false)? {
             Some(ChildStatus::Exited(0)) => Ok(()),
             Some(status) => Err(IpcBenchError::LinuxChild {
                 what: self.what,
@@ -860,9 +847,8 @@ impl Forked {
 impl Drop for Forked {
     fn drop(&mut self) {
         if self.status.is_none() {
-            // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-            let _ = self.wait_flags(0);
+            let _ = crate::child::signal(self.pid as u32, libc::SIGKILL);
+            let _ = self.wait_flags(false);
         }
     }
 }
@@ -1095,11 +1081,11 @@ fn linux_mq(rounds: usize) -> Result<Latency, IpcBenchError> {
         0
     })?;
     // The parent's receives give up after MQ_TIMEOUT_S: the child may have died.
-    // SAFETY: timespec is plain old data: all zeroes is a valid value.
-    let mut deadline: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut deadline) };
-    deadline.tv_sec += MQ_TIMEOUT_S;
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    let deadline = libc::timespec {
+        tv_sec: now.tv_sec + MQ_TIMEOUT_S,
+        tv_nsec: now.tv_nsec,
+    };
     let mut samples = Vec::with_capacity(rounds);
     let mut msg = [0u8; MQ_MSGSIZE];
     for round in 0..rounds {
@@ -1240,8 +1226,7 @@ fn linux_signal(rounds: usize) -> Result<Latency, IpcBenchError> {
     // The child signals this thread (tgkill): a process-directed signal could go to another
     // thread of ours, which does not block it.
     let parent_pid = std::process::id() as libc::pid_t;
-    // SAFETY: gettid has no preconditions.
-    let parent_tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+    let parent_tid = rustix::thread::gettid().as_raw_nonzero().get();
     let (setup, wait_mask) = SignalSetup::install(WHAT)?;
     USR1_COUNT.store(0, Ordering::SeqCst);
     // The child inherits the handler, the blocked mask and a zero count.
@@ -1264,10 +1249,11 @@ fn linux_signal(rounds: usize) -> Result<Latency, IpcBenchError> {
     let mut seen = 0;
     for round in 0..rounds {
         let t0 = monotonic_ns();
-        // SAFETY: kill has no memory-safety preconditions; `child.pid` is our unreaped child.
-        if unsafe { libc::kill(child.pid, libc::SIGUSR1) } != 0 {
-            return Err(sys_error("kill", WHAT));
-        }
+        crate::child::signal(child.pid as u32, libc::SIGUSR1).map_err(|source| IpcBenchError::Sys {
+            call: "kill",
+            what: WHAT,
+            source,
+        })?;
         while USR1_COUNT.load(Ordering::SeqCst) == seen {
             // SAFETY: no descriptors; waits with a valid mask and timeout, like sigsuspend.
             let r = unsafe { libc::ppoll(std::ptr::null_mut(), 0, &SIGNAL_POLL, &wait_mask) };
@@ -1339,10 +1325,11 @@ impl Measurements {
 
 /// Runs `pvmctl bench ipc`.
 pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
+    let scratch = crate::scratch("ipc", false)?;
     let env = PvmEnv {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
-        run_dir: std::env::temp_dir().join(format!("pvm-bench-ipc-{}", std::process::id())),
+        run_dir: scratch.path().to_path_buf(),
         pingpong: guest("pingpong")?,
         ipcbench: guest("ipcbench")?,
     };
@@ -1392,7 +1379,7 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         m.linux_signal
             .record("Linux signal round trip", || linux_signal(LINUX_SIGNAL_ROUNDS));
     }
-    let _ = fs::remove_dir_all(&env.run_dir);
+    drop(scratch);
     let report = IpcReport {
         host: HostInfo::get(),
         rounds,

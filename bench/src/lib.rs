@@ -3,6 +3,12 @@
 //! `pvmctl bench` is the entry point: pvmctl parses [`BenchCommand`] and calls [`bench`]. Every
 //! benchmark prints a table (or `--json`), and can write its samples as CSV (`--csv FILE`) and
 //! draw pvm and the baseline side by side as an SVG chart (`--svg FILE`), see [`figures`].
+//!
+//! Host calls go through rustix where it has them (signals to processes and groups, waits,
+//! pipes, mappings, clocks, CPU affinity, uname). Raw libc is left only where rustix has no call
+//! a std program may use, each at its use: `fork` and what a forked child does before it execs
+//! or exits, signal handlers and masks, real-time signals, `tgkill`, POSIX message queues and
+//! `dlopen` (the Linux baselines themselves).
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,6 +139,29 @@ pub enum BenchError {
     #[error(transparent)]
     Figures(#[from] figures::FigureError),
 }
+
+/// A private scratch directory for one benchmark run (mode 0700, as a runtime directory must
+/// be), removed with everything in it when dropped, on every path out. On a tmpfs (`/dev/shm`,
+/// where there is one) if `tmpfs`: where pvm's default runtime directory is on most hosts.
+pub(crate) fn scratch(what: &str, tmpfs: bool) -> Result<tempfile::TempDir, BenchError> {
+    let base = match std::path::Path::new(TMPFS) {
+        shm if tmpfs && shm.is_dir() => shm.to_path_buf(),
+        _ => std::env::temp_dir(),
+    };
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(&format!("pvm-bench-{what}-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&base)
+        .map_err(|source| BenchError::Io {
+            action: "make a directory in",
+            path: base,
+            source,
+        })
+}
+
+/// A tmpfs most Linux hosts have.
+const TMPFS: &str = "/dev/shm";
 
 /// Where pvmctl's build put the example guests and libraries: the last place a benchmark looks
 /// for them (see [`guest_path`]).

@@ -12,6 +12,7 @@
 //!   in `read` (as a typical server).
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -91,8 +92,7 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = crate::child::signal(self.0.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -301,25 +301,17 @@ pub fn net(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         }
     }
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("pvm-bench-net-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = crate::scratch("net", true)?;
+    let dir = scratch.path().to_path_buf();
     for sub in ["run", "trust"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| step("make the run directory")(e.to_string()))?;
+        // Private, as the runtime requires (mode 0700).
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.join(sub))
+            .map_err(|e| step("make the run directory")(e.to_string()))?;
     }
-    // Private directories, as the runtime requires (mode 0700).
-    let _ = Command::new("chmod").args(["-R", "700"]).arg(&dir).status();
-    let env = Env {
-        dir: dir.clone(),
-        exe,
-    };
-    let result = run(&env, &args);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let env = Env { dir, exe };
+    run(&env, &args)
 }
 
 fn run(env: &Env, args: &RoundsArgs) -> Result<ExitCode, BenchError> {

@@ -155,8 +155,7 @@ fn parse_time(output: &str) -> Option<Duration> {
 /// Time from sending `sig` to `child` until it is gone.
 fn time_to_exit(child: &mut Child, sig: i32) -> Duration {
     let t = Instant::now();
-    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-    unsafe { libc::kill(child.id() as i32, sig) };
+    let _ = crate::child::signal(child.id(), sig);
     let _ = child.wait();
     t.elapsed()
 }
@@ -214,6 +213,7 @@ fn start_linux_spinner() -> Result<Child, BenchError> {
 fn time_to_pause(run_dir: &Path, child: &Child) -> Duration {
     let entry = run_dir.join(format!("{}.json", child.id()));
     let t = Instant::now();
+    // libc: the pause signal is a real-time one, which rustix's safe signal type does not name.
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
     unsafe { libc::kill(child.id() as i32, hypervisor_ext::signals::pause_signal()) };
     while t.elapsed() < Duration::from_secs(5) {
@@ -228,8 +228,8 @@ fn time_to_pause(run_dir: &Path, child: &Child) -> Duration {
 /// `pvmctl bench security`.
 pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
-    let run_dir = std::env::temp_dir().join(format!("pvm-bench-security-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let scratch = crate::scratch("security", false)?;
+    let run_dir = scratch.path().to_path_buf();
     let ipcbench = guest_path("ipcbench").map_err(SecurityBenchError::from)?;
     let forkbench = guest_path("forkbench").map_err(SecurityBenchError::from)?;
     let spin = guest_path("spin").map_err(SecurityBenchError::from)?;
@@ -297,8 +297,7 @@ pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         time_to_exit(&mut pvm, libc::SIGKILL);
         let mut linux = start_linux_spinner()?;
         let t = Instant::now();
-        // SAFETY: as above.
-        unsafe { libc::kill(linux.id() as i32, libc::SIGSTOP) };
+        let _ = crate::child::signal(linux.id(), libc::SIGSTOP);
         // A stopped process shows `T` in /proc.
         let stat = format!("/proc/{}/stat", linux.id());
         while !std::fs::read_to_string(&stat)
@@ -309,7 +308,7 @@ pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         controls[2].2.push(t.elapsed());
         time_to_exit(&mut linux, libc::SIGKILL);
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    drop(scratch);
 
     let host = HostInfo::get();
     let cost_rows: Vec<(&str, Stats, Stats, f64)> = costs
