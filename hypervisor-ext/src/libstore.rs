@@ -95,33 +95,51 @@ impl SharedPart {
         Ok(Some(part))
     }
 
-    /// Writes the file (under a temporary name), maps what this monitor wrote (nothing to
-    /// compare), then publishes it under its name for the next monitors.
+    /// Writes the file under a temporary name and publishes it under its name for the next
+    /// monitors, then maps what this monitor wrote (nothing to compare). If another monitor
+    /// published the same library meanwhile, this one uses that file instead (checked), so the
+    /// host keeps one copy: replacing it would leave the first monitor with an unlinked copy of
+    /// its own for its whole life.
     fn create(dir: &RunDir, name: &str, image: &[u8], at: NonNull<u8>) -> io::Result<SharedPart> {
-        let tmp = format!(".{name}.{}.tmp", sys::getpid());
-        let _ = dir.remove(&tmp);
-        let fd = sys::open_at(dir.fd(), &tmp, Open::ExclusiveReadOnly)?;
-        let written = sys::write_at(fd.as_fd(), image, 0)
-            .and_then(|()| sys::share_lock_range(fd.as_fd(), 0, 0).map(drop))
-            // SAFETY: `at` is the library's own place in a window reservation (the caller's).
-            // Nothing to compare: only the guest's touches fault pages in (a few, not all).
-            .and_then(|()| unsafe {
-                sys::map_fixed_file_read(at, image.len(), fd.as_fd(), Populate::OnTouch)
-            });
-        if let Err(e) = written {
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let tmp = format!(".{name}.{}.tmp", sys::getpid());
             let _ = dir.remove(&tmp);
-            return Err(e);
+            let fd = sys::open_at(dir.fd(), &tmp, Open::ExclusiveReadOnly)?;
+            let written = sys::write_at(fd.as_fd(), image, 0)
+                .and_then(|()| sys::share_lock_range(fd.as_fd(), 0, 0).map(drop))
+                .and_then(|()| sys::rename_at_noreplace(dir.fd(), &tmp, name));
+            match written {
+                Ok(()) => {
+                    // SAFETY: `at` is the library's own place in a window reservation (the
+                    // caller's). Only the guest's touches fault pages in (a few, not all).
+                    unsafe { sys::map_fixed_file_read(at, image.len(), fd.as_fd(), Populate::OnTouch)? };
+                    return Ok(SharedPart {
+                        host: at,
+                        len: image.len(),
+                        _fd: fd,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let _ = dir.remove(&tmp);
+                    // Published meanwhile: theirs, if it checks out (a bad one is removed, and
+                    // this monitor tries again).
+                    if let Some(theirs) = Self::open_existing(dir, name, image, at)? {
+                        return Ok(theirs);
+                    }
+                }
+                Err(e) => {
+                    let _ = dir.remove(&tmp);
+                    return Err(e);
+                }
+            }
         }
-        let part = SharedPart {
-            host: at,
-            len: image.len(),
-            _fd: fd,
-        };
-        // Replacing a file another monitor published meanwhile is harmless: the same bytes.
-        sys::rename_at(dir.fd(), &tmp, name)?;
-        Ok(part)
+        // Another writer keeps putting bad files under the name: give up loading.
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
     }
 }
+
+/// How many times a monitor publishes a store file when others keep taking the name.
+const PUBLISH_ATTEMPTS: usize = 4;
 
 impl Drop for SharedPart {
     fn drop(&mut self) {
@@ -168,6 +186,39 @@ pub fn sweep(dir: &RunDir) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monitor_that_loses_the_race_to_publish_uses_the_winners_file() {
+        let path = std::env::temp_dir().join(format!("pvm-libstore-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = RunDir::open(&path).unwrap();
+        let image = vec![0x90u8; 8192];
+        let d = crate::trust::digest(b"race");
+        let place = sys::reserve(2 * 8192).unwrap();
+        // SAFETY: offsets inside the reservation.
+        let (pa, pb) = unsafe { (place, place.add(8192)) };
+        // Both found no file and write their own; the first publishes.
+        let a = SharedPart::create(&dir, &hex(&d), &image, pa).unwrap();
+        let b = SharedPart::create(&dir, &hex(&d), &image, pb).unwrap();
+        // One file, mapped by both; nobody maps an unlinked copy.
+        let names: Vec<String> = std::fs::read_dir(&path)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [hex(&d)], "no second copy, no temporary file");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let store: Vec<&str> = maps
+            .lines()
+            .filter(|l| l.contains(path.to_str().unwrap()))
+            .collect();
+        assert_eq!(store.len(), 2, "{store:#?}");
+        assert!(store.iter().all(|l| !l.ends_with("(deleted)")), "{store:#?}");
+        let inode = |l: &str| l.split_whitespace().nth(4).map(str::to_string);
+        assert_eq!(inode(store[0]), inode(store[1]), "the same file: {store:#?}");
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&path);
+    }
 
     #[test]
     fn one_file_per_digest_checked_replaced_and_swept() {

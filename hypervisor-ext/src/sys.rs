@@ -1196,6 +1196,18 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
     Ok(rustix::fs::renameat(dir, from, dir, to)?)
 }
 
+/// Renames `from` to `to` in `dir` unless `to` exists (`EEXIST` then): `renameat2` with
+/// `RENAME_NOREPLACE`, atomic against another process doing the same.
+pub fn rename_at_noreplace(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::fs::renameat_with(
+        dir,
+        from,
+        dir,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )?)
+}
+
 /// Opens a file by path for reading (a library the operator named, before confinement).
 pub fn open_read(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(
