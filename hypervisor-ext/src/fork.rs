@@ -112,11 +112,11 @@ impl Monitor {
 
     /// Completes the pending exit and captures the vCPU state.
     fn prepare_fork(&mut self) -> Result<VcpuState, MonitorError> {
-        vcpu::complete_pending_exit(&mut self.vcpu)?;
         let setup = match self.capture_setup.take() {
             Some(setup) => setup,
             None => CaptureSetup::probe(&self.kvm, &self.vcpu)?,
         };
+        vcpu::complete_pending_exit(&mut self.vcpu, setup.sync_regs())?;
         let state = VcpuState::capture(&setup, &self.vcpu);
         self.capture_setup = Some(setup);
         Ok(state?)

@@ -358,7 +358,7 @@ impl Monitor {
 
     /// Sends the vCPU to `rip` (the runtime's hook escape).
     pub(crate) fn redirect_vcpu(&mut self, rip: u64) {
-        if vcpu::complete_pending_exit(&mut self.vcpu).is_err() {
+        if vcpu::complete_pending_exit(&mut self.vcpu, false).is_err() {
             return;
         }
         if let Ok(mut regs) = self.vcpu.get_regs() {

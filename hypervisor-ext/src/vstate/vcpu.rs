@@ -4,7 +4,7 @@ use kvm_bindings::{
     kvm_debugregs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId,
     Msrs, KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 
 use super::KvmError;
 use crate::arch;
@@ -61,13 +61,29 @@ pub fn setup_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, entry: &EntryState) -> Result<()
     vcpu.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))
 }
 
+/// The state `KVM_CAP_SYNC_REGS` hands back in `kvm_run` when a `KVM_RUN` returns: regs, sregs
+/// and vCPU events, the three a fork would otherwise read with three ioctls.
+const SYNC_REGS: [SyncReg; 3] = [SyncReg::Register, SyncReg::SystemRegister, SyncReg::VcpuEvents];
+
 /// Lets KVM finish the exit the vCPU is in (the MMIO store of a hypercall), so that the captured
 /// state resumes after the instruction: KVM_RUN with `immediate_exit` set completes it and
-/// returns EINTR without entering the guest.
-pub fn complete_pending_exit(vcpu: &mut VcpuFd) -> Result<(), KvmError> {
+/// returns EINTR without entering the guest. With `sync`, that same KVM_RUN also stores the
+/// registers, system registers and events in `kvm_run` ([`VcpuState::capture`] reads them
+/// there); only for this run, so that the vCPU loop's exits do not pay for the copy.
+pub fn complete_pending_exit(vcpu: &mut VcpuFd, sync: bool) -> Result<(), KvmError> {
+    if sync {
+        for reg in SYNC_REGS {
+            vcpu.set_sync_valid_reg(reg);
+        }
+    }
     vcpu.set_kvm_immediate_exit(1);
     let r = vcpu.run().map(|_| ());
     vcpu.set_kvm_immediate_exit(0);
+    if sync {
+        for reg in SYNC_REGS {
+            vcpu.clear_sync_valid_reg(reg);
+        }
+    }
     match r {
         Err(e) if e.errno() != libc::EINTR => Err(KvmError::Ioctl {
             op: "KVM_RUN (complete exit)",
@@ -90,7 +106,16 @@ pub struct VcpuState {
 }
 
 /// What capturing a vCPU needs to know about the host, found once per family (a forked child
-/// inherits it): the MSRs to carry and which optional state KVM offers.
+/// inherits it): the MSRs to carry, which optional state KVM offers, and the state a guest at
+/// CPL3 cannot change, read once.
+///
+/// The guest's code runs at CPL3 (on PVM always; on hardware KVM the app runs at CPL3 and only
+/// pvm's own exception stubs at CPL0, which touch neither): it cannot execute `xsetbv` or move
+/// to a debug register, so XCR0 and the debug registers stay what the monitor set at boot. (DR6
+/// changes on a debug exception, which ends the pVM.) They are read at the first fork and
+/// reused; the registers, system registers and events come with the KVM_RUN that completes the
+/// fork's exit when KVM has `KVM_CAP_SYNC_REGS` (else three ioctls), and the MSRs (the TSC moves)
+/// and the XSAVE area (the guest's FPU and vector registers) are read at every fork.
 #[derive(Clone, Debug)]
 pub struct CaptureSetup {
     /// MSRs that can be read back: the host's MSR index list less those KVM refuses to read.
@@ -98,8 +123,12 @@ pub struct CaptureSetup {
     /// KVM_GET/SET_XSAVE with the 4 KiB `kvm_xsave` holds the whole XSAVE state (and then the
     /// legacy FPU ioctls are redundant).
     xsave: bool,
-    /// KVM_GET/SET_XCRS are available.
-    xcrs: bool,
+    /// XCR0 and friends, if KVM_GET/SET_XCRS are available.
+    xcrs: Option<kvm_xcrs>,
+    /// The debug registers.
+    debug_regs: kvm_debugregs,
+    /// KVM stores regs, sregs and events in `kvm_run` on request (`KVM_CAP_SYNC_REGS`).
+    sync_regs: bool,
 }
 
 impl CaptureSetup {
@@ -119,11 +148,26 @@ impl CaptureSetup {
             // KVM stops at the first MSR it cannot read: skip it and go on.
             indices.drain(..(n + 1).min(indices.len()));
         }
+        let sync_mask = SYNC_REGS.iter().fold(0u64, |m, r| m | *r as u64);
+        let offered = u64::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0);
         Ok(CaptureSetup {
             msrs: readable,
             xsave: kvm.check_extension(Cap::Xsave) && kvm.check_extension_int(Cap::Xsave2) <= 4096,
-            xcrs: kvm.check_extension(Cap::Xcrs),
+            xcrs: if kvm.check_extension(Cap::Xcrs) {
+                Some(vcpu.get_xcrs().map_err(KvmError::ioctl("KVM_GET_XCRS"))?)
+            } else {
+                None
+            },
+            debug_regs: vcpu
+                .get_debug_regs()
+                .map_err(KvmError::ioctl("KVM_GET_DEBUGREGS"))?,
+            sync_regs: offered & sync_mask == sync_mask,
         })
+    }
+
+    /// Whether [`complete_pending_exit`] should ask KVM for the registers.
+    pub fn sync_regs(&self) -> bool {
+        self.sync_regs
     }
 }
 
@@ -142,9 +186,10 @@ fn msrs_for(indices: &[u32]) -> Result<Msrs, KvmError> {
 }
 
 impl VcpuState {
-    /// Captures the state of a vCPU whose pending exit was completed. Every ioctl costs ~8 us
-    /// where the host is itself virtualized, so nothing is read twice: with XSAVE the legacy
-    /// FPU state is part of it.
+    /// Captures the state of a vCPU whose pending exit was completed (with `setup.sync_regs()`,
+    /// by [`complete_pending_exit`] asked to sync). Every ioctl costs ~8 us where the host is
+    /// itself virtualized, so nothing is read twice or read at all when it cannot have changed
+    /// (see [`CaptureSetup`]): with XSAVE the legacy FPU state is part of it.
     pub fn capture(setup: &CaptureSetup, vcpu: &VcpuFd) -> Result<VcpuState, KvmError> {
         let mut msrs = msrs_for(&setup.msrs)?;
         let n = vcpu
@@ -169,24 +214,26 @@ impl VcpuState {
                 None,
             )
         };
-        let xcrs = if setup.xcrs {
-            Some(vcpu.get_xcrs().map_err(KvmError::ioctl("KVM_GET_XCRS"))?)
+        let (regs, sregs, events) = if setup.sync_regs {
+            let synced = vcpu.sync_regs();
+            (synced.regs, synced.sregs, synced.events)
         } else {
-            None
+            (
+                vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?,
+                vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?,
+                vcpu.get_vcpu_events()
+                    .map_err(KvmError::ioctl("KVM_GET_VCPU_EVENTS"))?,
+            )
         };
         Ok(VcpuState {
-            regs: vcpu.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?,
-            sregs: vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?,
+            regs,
+            sregs,
             fpu,
             xsave,
-            xcrs,
+            xcrs: setup.xcrs,
             msrs,
-            events: vcpu
-                .get_vcpu_events()
-                .map_err(KvmError::ioctl("KVM_GET_VCPU_EVENTS"))?,
-            debug_regs: vcpu
-                .get_debug_regs()
-                .map_err(KvmError::ioctl("KVM_GET_DEBUGREGS"))?,
+            events,
+            debug_regs: setup.debug_regs,
         })
     }
 
