@@ -69,7 +69,7 @@ pub(crate) fn boot(args: BootArgs) -> Result<ExitCode, BenchError> {
     }
     let image = Image::open(&image_path)?;
     // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
-    let scratch = crate::scratch("boot", false)?;
+    let scratch = crate::scratch("boot", true)?;
     let run_dir = scratch.path().to_path_buf();
     let config = MonitorConfig {
         mem_size: DEFAULT_MEM_SIZE,

@@ -700,7 +700,7 @@ pub fn fork(args: ForkArgs) -> Result<ExitCode, BenchError> {
     guest("forkbench")?;
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
     // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.
-    let scratch = crate::scratch("fork", false)?;
+    let scratch = crate::scratch("fork", true)?;
     let run_dir = scratch.path().to_path_buf();
     eprintln!(
         "pvmctl bench fork: warm-up, then {n} forks per row: pVM and Linux with {}, then Linux \

@@ -1325,7 +1325,7 @@ impl Measurements {
 
 /// Runs `pvmctl bench ipc`.
 pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
-    let scratch = crate::scratch("ipc", false)?;
+    let scratch = crate::scratch("ipc", true)?;
     let env = PvmEnv {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         // A private registry, so that the benchmark's pVMs do not show in the user's `pvmctl ps`.

@@ -228,7 +228,7 @@ fn time_to_pause(run_dir: &Path, child: &Child) -> Duration {
 /// `pvmctl bench security`.
 pub fn security(args: RoundsArgs) -> Result<ExitCode, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::CurrentExe)?;
-    let scratch = crate::scratch("security", false)?;
+    let scratch = crate::scratch("security", true)?;
     let run_dir = scratch.path().to_path_buf();
     let ipcbench = guest_path("ipcbench").map_err(SecurityBenchError::from)?;
     let forkbench = guest_path("forkbench").map_err(SecurityBenchError::from)?;

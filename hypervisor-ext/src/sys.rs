@@ -1474,3 +1474,12 @@ pub fn set_cpu_affinity(cpus: &[usize]) -> io::Result<()> {
     }
     Ok(rustix::thread::sched_setaffinity(None, &set)?)
 }
+
+/// Whether `path` is on a tmpfs (`statfs`); false when it cannot be asked.
+pub fn is_tmpfs(path: &std::path::Path) -> bool {
+    /// `TMPFS_MAGIC` of linux/magic.h.
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
+}

@@ -22,7 +22,7 @@ pub const EXIT_PVMCTL_ERROR: u8 = 125;
 )]
 struct Cli {
     /// Runtime directory of the pVM registry, before or after the command [default:
-    /// $PVM_RUN_DIR, $XDG_RUNTIME_DIR/pvm, /run/pvm for root, /tmp/pvm-UID]
+    /// $PVM_RUN_DIR, $XDG_RUNTIME_DIR/pvm, /run/pvm for root if /run is a tmpfs, /dev/shm/pvm-UID]
     #[arg(long, global = true, value_name = "DIR")]
     run_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
