@@ -39,8 +39,11 @@ pub struct BootArgs {
 const MIN_ITERATIONS: usize = 50;
 /// Unrecorded iterations run first (page cache, KVM module state, CPU frequency).
 const WARMUP_ITERATIONS: usize = 5;
-/// The target: `pvmctl run` of a no-op guest within this factor of a Linux fork + exec.
+/// The target (issue 11): a warm `pvmctl run` of a no-op guest (a monitor from a pool) within
+/// this factor of a Linux fork + exec. There is no pool yet, so row (a) is a cold start.
 const TARGET_RATIO: f64 = 2.0;
+/// The target (issue 11) for a cold start (no pool).
+const COLD_TARGET_RATIO: f64 = 5.0;
 
 /// The rows of `bench boot`, in table order.
 const ROW_RUN: usize = 0;
@@ -287,8 +290,8 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn verdict(ratio: f64) -> &'static str {
-        verdict(ratio <= TARGET_RATIO)
+    fn verdict(ratio: f64, target: f64) -> &'static str {
+        verdict(ratio <= target)
     }
 
     fn table(&self) -> String {
@@ -321,11 +324,12 @@ impl Report<'_> {
         }
         out += &format!(
             "\n(a)/(c): median {}x, p99 {}x\n\
-             target (a) <= {TARGET_RATIO}x (c): {} on medians, {} on p99s\n",
+             target, cold start (a) <= {COLD_TARGET_RATIO}x (c): {} on medians, {} on p99s\n\
+             target, warm start <= {TARGET_RATIO}x (c): not measured (no pool of warm monitors yet; (a) is cold)\n",
             sig3(self.median_ratio),
             sig3(self.p99_ratio),
-            Self::verdict(self.median_ratio),
-            Self::verdict(self.p99_ratio)
+            Self::verdict(self.median_ratio, COLD_TARGET_RATIO),
+            Self::verdict(self.p99_ratio, COLD_TARGET_RATIO)
         );
         out
     }
@@ -361,10 +365,14 @@ impl Report<'_> {
                 "run_over_exec_p99": round3(self.p99_ratio),
             },
             "target": {
-                "description": "(a) pvmctl run <= 2x (c) linux fork+exec",
+                "description": "(a) pvmctl run, cold, <= 5x (c) linux fork+exec",
+                "max_ratio": COLD_TARGET_RATIO,
+                "met_median": self.median_ratio <= COLD_TARGET_RATIO,
+                "met_p99": self.p99_ratio <= COLD_TARGET_RATIO,
+            },
+            "warm_target": {
+                "description": "a warm pvmctl run <= 2x (c): not measured, no pool yet",
                 "max_ratio": TARGET_RATIO,
-                "met_median": self.median_ratio <= TARGET_RATIO,
-                "met_p99": self.p99_ratio <= TARGET_RATIO,
             },
         })
     }

@@ -146,11 +146,11 @@ impl Monitor {
         signals::disarm_kick();
         let new_vm = vm::create_vm(&self.kvm)?;
         self.space.register_all(&new_vm, &self.mem)?;
-        let new_vcpu = vcpu::create_vcpu(&new_vm)?;
+        let mut new_vcpu = vcpu::create_vcpu(&new_vm)?;
         new_vcpu
             .set_cpuid2(&self.cpuid)
             .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
-        state.restore(&new_vcpu)?;
+        state.restore(&mut new_vcpu)?;
         // The inherited fds are useless here (EIO); dropping them closes them and unmaps the
         // old kvm_run page without any ioctl.
         drop(std::mem::replace(&mut self.vcpu, new_vcpu));

@@ -103,6 +103,9 @@ pub struct VcpuState {
     msrs: Msrs,
     events: kvm_vcpu_events,
     debug_regs: kvm_debugregs,
+    /// KVM takes regs, sregs and events through `kvm_run` (`KVM_CAP_SYNC_REGS`): the restore
+    /// hands them over there, applied by the new vCPU's first KVM_RUN, instead of three ioctls.
+    sync_regs: bool,
 }
 
 /// What capturing a vCPU needs to know about the host, found once per family (a forked child
@@ -234,15 +237,30 @@ impl VcpuState {
             msrs,
             events,
             debug_regs: setup.debug_regs,
+            sync_regs: setup.sync_regs,
         })
     }
 
-    /// Restores the state into a fresh vCPU (after its CPUID was set), checking every call.
-    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), KvmError> {
-        vcpu.set_sregs(&self.sregs)
-            .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&self.regs)
-            .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+    /// Restores the state into a fresh vCPU (after its CPUID was set), checking every call. With
+    /// `KVM_CAP_SYNC_REGS`, regs, sregs and events go into `kvm_run` marked dirty, and the
+    /// vCPU's first KVM_RUN applies them (after the MSRs, XSAVE, XCRs and debug registers set
+    /// here, which none of them depends on; KVM checks them then as the ioctls would, and a
+    /// refusal fails that KVM_RUN).
+    pub fn restore(&self, vcpu: &mut VcpuFd) -> Result<(), KvmError> {
+        if self.sync_regs {
+            let synced = vcpu.sync_regs_mut();
+            synced.regs = self.regs;
+            synced.sregs = self.sregs;
+            synced.events = self.events;
+            for reg in SYNC_REGS {
+                vcpu.set_sync_dirty_reg(reg);
+            }
+        } else {
+            vcpu.set_sregs(&self.sregs)
+                .map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&self.regs)
+                .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+        }
         if let Some(fpu) = &self.fpu {
             vcpu.set_fpu(fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))?;
         }
@@ -255,8 +273,10 @@ impl VcpuState {
             vcpu.set_xcrs(xcrs).map_err(KvmError::ioctl("KVM_SET_XCRS"))?;
         }
         self.restore_msrs(vcpu)?;
-        vcpu.set_vcpu_events(&self.events)
-            .map_err(KvmError::ioctl("KVM_SET_VCPU_EVENTS"))?;
+        if !self.sync_regs {
+            vcpu.set_vcpu_events(&self.events)
+                .map_err(KvmError::ioctl("KVM_SET_VCPU_EVENTS"))?;
+        }
         vcpu.set_debug_regs(&self.debug_regs)
             .map_err(KvmError::ioctl("KVM_SET_DEBUGREGS"))?;
         Ok(())
