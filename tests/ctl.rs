@@ -474,19 +474,38 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     }
     // Bars: a pVM and a Linux one per row at least.
     assert!(text.matches("<rect").count() >= 16, "bars drawn");
-    // The figures: a header, then per row, side and round the run's median and p99 (latency)
-    // or its GB/s (throughput).
+    // The figures: a header, then per row, side and round the run's median and p99 and every
+    // round trip (latency), or its GB/s (throughput).
     let csv = std::fs::read_to_string(&csv).expect("the CSV");
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("bench,row,side,round,sample,metric,value"));
     let rows: Vec<&str> = lines.collect();
+    // (row, side, metric) -> how many lines.
+    let mut counts = std::collections::BTreeMap::<(String, String, String), usize>::new();
+    for line in &rows {
+        // bench,"row",side,round,sample,metric,value (the row is quoted; it has commas).
+        let (_, rest) = line.split_once(",\"").unwrap();
+        let (row, rest) = rest.split_once("\",").unwrap();
+        let fields: Vec<&str> = rest.split(',').collect();
+        *counts
+            .entry((row.to_string(), fields[0].to_string(), fields[3].to_string()))
+            .or_default() += 1;
+    }
     // Latency rows: 6, plus the pipe round trips pinned to one core and to two (spin and not).
     let cpus = hypervisor_ext::placement::allowed_cpus().unwrap().len().min(2);
     let latency_rows = 6 + 2 * cpus;
-    assert_eq!(
-        rows.len(),
-        (latency_rows * 2 + 2) * 2,
-        "(latency rows x 2 metrics + 2 throughput rows) x 2 sides: {csv}"
+    let per_metric = |metric: &str| counts.iter().filter(|((_, _, m), _)| m == metric).count();
+    assert_eq!(per_metric("run_median_us"), latency_rows * 2, "{counts:#?}");
+    assert_eq!(per_metric("run_p99_us"), latency_rows * 2, "{counts:#?}");
+    assert_eq!(per_metric("gb_per_s"), 2 * 2, "{counts:#?}");
+    // Every latency row and side has its raw samples, pVM and Linux alike (hundreds at least).
+    assert_eq!(per_metric("us"), latency_rows * 2, "{counts:#?}");
+    assert!(
+        counts
+            .iter()
+            .filter(|((_, _, m), _)| m == "us")
+            .all(|(_, &n)| n >= 500),
+        "{counts:#?}"
     );
     for pinned in ["same core", "two cores"].into_iter().take(cpus) {
         assert!(

@@ -39,6 +39,27 @@ unsafe impl Plain for u32 {}
 
 /// Guest memory layout. Guest virtual addresses equal guest physical addresses for guest RAM
 /// (an identity map), except the hypercall window.
+/// How a benchmark guest hands its raw samples to `pvmctl bench` on its console: lines of
+/// [`TAG`](samples::TAG) followed by at most [`PER_LINE`](samples::PER_LINE) decimal
+/// nanosecond values separated by spaces, printed after the guest's summary line (so printing
+/// costs nothing measured).
+pub mod samples {
+    /// The first word of a samples line.
+    pub const TAG: &str = "pvm-samples-ns:";
+    /// Values per line (one console write each).
+    pub const PER_LINE: usize = 512;
+
+    /// The values of `line` if it is a samples line; `None` for any other line, or if a value
+    /// is not a decimal number.
+    pub fn parse(line: &str, mut each: impl FnMut(u64)) -> Option<()> {
+        let rest = line.strip_prefix(TAG)?;
+        for word in rest.split_ascii_whitespace() {
+            each(word.parse().ok()?);
+        }
+        Some(())
+    }
+}
+
 pub mod layout {
     /// Size of a small page.
     pub const PAGE_SIZE: u64 = 0x1000;

@@ -1,12 +1,12 @@
 //! What every benchmark hands over for `--csv FILE` and `--svg FILE`: its samples, and its rows
 //! as pvm-against-baseline pairs, drawn the way a paper would show them.
 //!
-//! The CSV has one line per sample: `bench,row,side,round,sample,metric,value`. Where the host
-//! times each operation (boot, fork, the Linux baselines, loads, update pauses, network round
-//! trips) a line is one operation (`metric` `us`). Where a guest times a batch itself (the pVM
-//! IPC round trips: thousands of operations timed with the TSC inside the guest, which prints
-//! its summary), a line is one run's median or p99 (`run_median_us`, `run_p99_us`), and the
-//! baseline's row is written the same way as well as raw, so both sides compare alike.
+//! The CSV has one line per sample: `bench,row,side,round,sample,metric,value`, `metric` `us`
+//! for one operation: a boot, a fork's pause or child start, a round trip (pVM IPC guests time
+//! theirs with the TSC and print them after their summary in the format of `pvm_abi::samples`,
+//! sorted), a Linux baseline's, an update pause, a network round trip. Rows also have each
+//! run's `run_median_us`/`run_p99_us`, rates and amounts per round. The one batch without raw
+//! samples is the guest's library loads (`bench dynlink`: each run's median and p99).
 //!
 //! The chart has one panel for latencies (log scale, lower is better) and one per rate unit
 //! (linear, higher is better). Each row is a group: pvm's bar and the baseline's side by side;

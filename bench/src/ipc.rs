@@ -315,10 +315,12 @@ fn parse_round_trips(output: &str, template: &str) -> Option<SignalLine> {
 // Measurements.
 
 /// One run's latency distribution, in ns.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Latency {
     median_ns: f64,
     p99_ns: f64,
+    /// Every sample (a pVM guest's come sorted).
+    samples_ns: Vec<f64>,
 }
 
 impl Latency {
@@ -327,7 +329,39 @@ impl Latency {
         Latency {
             median_ns: s.median_us * 1e3,
             p99_ns: s.p99_us * 1e3,
+            samples_ns: samples.iter().map(|d| d.as_nanos() as f64).collect(),
         }
+    }
+
+    /// A guest's summary line's figures, and the samples it printed after it ([`pvm_abi::samples`]):
+    /// there must be one per round trip.
+    fn from_guest(
+        out: &GuestOutput,
+        median_ns: u64,
+        p99_ns: u64,
+        rounds: usize,
+    ) -> Result<Latency, IpcBenchError> {
+        let mut samples_ns = Vec::with_capacity(rounds);
+        for line in out.stdout.lines() {
+            if pvm_abi::samples::parse(line, |ns| samples_ns.push(ns as f64)).is_none()
+                && line.starts_with(pvm_abi::samples::TAG)
+            {
+                samples_ns.clear();
+                break;
+            }
+        }
+        if samples_ns.len() != rounds {
+            return Err(IpcBenchError::NoResult {
+                command: out.command.clone(),
+                expected: format!("{rounds} samples after `{}`", pvm_abi::samples::TAG),
+                output: out.all.clone(),
+            });
+        }
+        Ok(Latency {
+            median_ns: median_ns as f64,
+            p99_ns: p99_ns as f64,
+            samples_ns,
+        })
     }
 
     fn json(&self) -> serde_json::Value {
@@ -396,6 +430,8 @@ struct LatencySummary {
     medians_ns: Vec<f64>,
     /// Every run's p99, in run order.
     p99s_ns: Vec<f64>,
+    /// Every run's samples, in run order.
+    samples_ns: Vec<Vec<f64>>,
 }
 
 impl LatencySummary {
@@ -410,6 +446,7 @@ impl LatencySummary {
             p99_ns: runs.iter().map(|r| r.p99_ns).fold(f64::MIN, f64::max),
             medians_ns,
             p99s_ns: runs.iter().map(|r| r.p99_ns).collect(),
+            samples_ns: runs.iter().map(|r| r.samples_ns.clone()).collect(),
         })
     }
 
@@ -420,6 +457,11 @@ impl LatencySummary {
             p99_ns: self.p99_ns / 2.0,
             medians_ns: self.medians_ns.iter().map(|m| m / 2.0).collect(),
             p99s_ns: self.p99s_ns.iter().map(|m| m / 2.0).collect(),
+            samples_ns: self
+                .samples_ns
+                .iter()
+                .map(|run| run.iter().map(|n| n / 2.0).collect())
+                .collect(),
         }
     }
 }
@@ -664,7 +706,7 @@ impl PvmEnv {
     /// `pingpong -- ROUNDS [--no-spin]`.
     fn pipe(&self, rounds: usize, spin: bool, place: Place) -> Result<Latency, IpcBenchError> {
         let rounds_arg = rounds.to_string();
-        let mut args = vec![rounds_arg.as_str()];
+        let mut args = vec![rounds_arg.as_str(), "--samples"];
         if !spin {
             args.push("--no-spin");
         }
@@ -684,10 +726,7 @@ impl PvmEnv {
                 peer: line.peer,
             });
         }
-        Ok(Latency {
-            median_ns: line.median_ns as f64,
-            p99_ns: line.p99_ns as f64,
-        })
+        Latency::from_guest(&out, line.median_ns, line.p99_ns, rounds)
     }
 
     /// `ipcbench -- stream MIB [--no-spin]`.
@@ -715,7 +754,7 @@ impl PvmEnv {
     /// `ipcbench -- signal ROUNDS`: round trips.
     fn mq(&self, rounds: usize, spin: bool) -> Result<Latency, IpcBenchError> {
         let rounds_arg = rounds.to_string();
-        let mut args = vec!["mq", rounds_arg.as_str()];
+        let mut args = vec!["mq", rounds_arg.as_str(), "--samples"];
         if !spin {
             args.push("--no-spin");
         }
@@ -727,10 +766,7 @@ impl PvmEnv {
                 expected: format!("ipcbench mq: {rounds} round trips: median X ns, p99 Y ns"),
                 output: out.all.clone(),
             })?;
-        Ok(Latency {
-            median_ns: line.median_ns as f64,
-            p99_ns: line.p99_ns as f64,
-        })
+        Latency::from_guest(&out, line.median_ns, line.p99_ns, rounds)
     }
 
     fn signal(&self, rounds: usize) -> Result<Latency, IpcBenchError> {
@@ -740,7 +776,7 @@ impl PvmEnv {
             &self.run_dir,
             &self.ipcbench,
             &[],
-            &["signal", &rounds_arg],
+            &["signal", &rounds_arg, "--samples"],
         )?;
         let line = parse_signal(&out.stdout)
             .filter(|l| l.rounds == rounds as u64)
@@ -749,10 +785,7 @@ impl PvmEnv {
                 expected: format!("ipcbench signal: {rounds} round trips: median X ns, p99 Y ns"),
                 output: out.all.clone(),
             })?;
-        Ok(Latency {
-            median_ns: line.median_ns as f64,
-            p99_ns: line.p99_ns as f64,
-        })
+        Latency::from_guest(&out, line.median_ns, line.p99_ns, rounds)
     }
 }
 
@@ -1747,7 +1780,7 @@ impl IpcReport {
             Side::Measured(Summary::Latency(l), _) => Some(Bar {
                 median: l.median_ns / 1e3,
                 p99: Some(l.p99_ns / 1e3),
-                dots: l.medians_ns.iter().map(|n| n / 1e3).collect(),
+                dots: l.samples_ns.iter().flatten().map(|n| n / 1e3).collect(),
             }),
             Side::Measured(Summary::Throughput(t), _) => Some(Bar::of_figures(&t.runs_gbps)),
             Side::Failed(_) => None,
@@ -1776,6 +1809,17 @@ impl IpcReport {
                 };
                 for (metric, values) in runs {
                     samples.extend(Samples::per_round(r.name, side, metric, &values));
+                }
+                if let Side::Measured(Summary::Latency(l), _) = s {
+                    for (i, run) in l.samples_ns.iter().enumerate() {
+                        samples.push(Samples {
+                            row: r.name.into(),
+                            side,
+                            round: i as u32 + 1,
+                            metric: "us",
+                            values: run.iter().map(|n| n / 1e3).collect(),
+                        });
+                    }
                 }
             }
         }
@@ -2034,14 +2078,17 @@ mod tests {
             Latency {
                 median_ns: 300.0,
                 p99_ns: 900.0,
+                ..Default::default()
             },
             Latency {
                 median_ns: 100.0,
                 p99_ns: 2000.0,
+                ..Default::default()
             },
             Latency {
                 median_ns: 200.0,
                 p99_ns: 400.0,
+                ..Default::default()
             },
         ];
         let s = LatencySummary::new(&runs).expect("runs");
@@ -2052,6 +2099,7 @@ mod tests {
                 p99_ns: 2000.0,
                 medians_ns: vec![300.0, 100.0, 200.0],
                 p99s_ns: vec![900.0, 2000.0, 400.0],
+                samples_ns: vec![Vec::new(); 3],
             }
         );
         assert_eq!(s.clone().halved().median_ns, 100.0);
@@ -2074,6 +2122,7 @@ mod tests {
                     p99_ns,
                     medians_ns: vec![median_ns],
                     p99s_ns: vec![p99_ns],
+                    samples_ns: vec![vec![median_ns, p99_ns]],
                 }),
                 None,
             )
@@ -2107,12 +2156,14 @@ mod tests {
                 Ok(Latency {
                     median_ns: pvm,
                     p99_ns: pvm * 2.0,
+                    ..Default::default()
                 })
             });
             m.linux_pipe.record("test", || {
                 Ok(Latency {
                     median_ns: linux,
                     p99_ns: linux * 2.0,
+                    ..Default::default()
                 })
             });
         }

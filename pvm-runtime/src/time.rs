@@ -34,6 +34,19 @@ pub fn cycles() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Prints `samples` (nanoseconds) for `pvmctl bench` in the format of [`pvm_abi::samples`]: a
+/// benchmark guest calls it after its summary line.
+pub fn print_samples(samples: &[u64]) {
+    use core::fmt::Write as _;
+    for chunk in samples.chunks(pvm_abi::samples::PER_LINE) {
+        let mut line = alloc::string::String::from(pvm_abi::samples::TAG);
+        for s in chunk {
+            let _ = write!(line, " {s}");
+        }
+        crate::println!("{line}");
+    }
+}
+
 /// Runs `f(0..rounds)` and times each call with the cycle counter, converted to nanoseconds by
 /// calibrating against the host clock over the whole run (two hypercalls in all). Returns the
 /// samples sorted.

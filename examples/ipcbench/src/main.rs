@@ -9,6 +9,7 @@
 //!   round trip median and p99.
 //!
 //! Times come from the TSC (no exit), calibrated against the host clock over the whole run.
+//! `--samples` (after N) prints every round trip after the summary, for `pvmctl bench`.
 #![no_std]
 #![no_main]
 
@@ -22,7 +23,10 @@ use pvm::Fork;
 
 pvm::main!(main);
 
-/// Prints the median and p99 of sorted samples.
+/// `--samples`: print every sample after the summary (for `pvmctl bench`).
+static PRINT_SAMPLES: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Prints the median and p99 of sorted samples (and the samples, with `--samples`).
 fn report(what: &str, samples: &[u64]) {
     let n = samples.len();
     pvm::println!(
@@ -30,14 +34,21 @@ fn report(what: &str, samples: &[u64]) {
         samples[n / 2],
         samples[(n * 99 / 100).min(n - 1)]
     );
+    if PRINT_SAMPLES.load(Ordering::Relaxed) {
+        pvm::time::print_samples(samples);
+    }
 }
 
 fn main() -> i32 {
     let mut args = pvm::args().skip(1);
     let what = args.next().unwrap_or("");
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-    if args.next() == Some("--no-spin") {
-        ipc::set_spin(0);
+    for flag in args {
+        match flag {
+            "--no-spin" => ipc::set_spin(0),
+            "--samples" => PRINT_SAMPLES.store(true, Ordering::Relaxed),
+            _ => {}
+        }
     }
     let result = match (what, n) {
         ("stream", mib) if mib > 0 => stream(mib),

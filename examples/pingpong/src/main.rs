@@ -1,5 +1,6 @@
 //! Two pVMs bounce a byte N times (default 10000) over a pair of pipes; the parent prints the
-//! round-trip time. `--no-spin` makes every wait sleep in the monitor at once.
+//! round-trip time. `--no-spin` makes every wait sleep in the monitor at once; `--samples`
+//! prints every round trip too, for `pvmctl bench`.
 //!
 //! Round trips are timed with `pvm::time::time_each` (the TSC, no exit, calibrated against the
 //! host clock).
@@ -17,9 +18,11 @@ pvm::main!(main);
 fn main() -> Result<(), pvm::Error> {
     let mut rounds = 10_000usize;
     let mut size = 1usize;
+    let mut print_samples = false;
     for arg in pvm::args().skip(1) {
         match arg {
             "--no-spin" => ipc::set_spin(0),
+            "--samples" => print_samples = true,
             a if a.starts_with("--size=") => size = a[7..].parse().unwrap_or(1),
             a => rounds = a.parse().unwrap_or(rounds),
         }
@@ -57,6 +60,9 @@ fn main() -> Result<(), pvm::Error> {
             pvm::println!(
                 "pingpong: {rounds} round trips of {size} byte(s): median {median} ns, p99 {p99} ns, mean {mean} ns; peer {status}"
             );
+            if print_samples {
+                pvm::time::print_samples(&samples);
+            }
             Ok(())
         }
     }
