@@ -44,6 +44,27 @@ impl KvmError {
     }
 }
 
+/// Most attempts of a KVM call that a signal keeps interrupting.
+const EINTR_ATTEMPTS: u32 = 10_000;
+
+/// Runs a KVM call that fails with `EINTR` when a signal arrives meanwhile (`KVM_CREATE_VM`,
+/// `KVM_CREATE_VCPU` and memory slots check for pending signals while they set up), again until
+/// it is not interrupted: the monitor's signal handlers have no `SA_RESTART` (blocking calls
+/// must see signals), and a SIGCHLD or a Ctrl-C during a boot or a fork must not fail it (the
+/// handler has recorded the signal; the vCPU loop acts on it). Such a call has no effect when
+/// interrupted.
+pub(crate) fn retry_interrupted<T>(
+    mut call: impl FnMut() -> Result<T, kvm_ioctls::Error>,
+) -> Result<T, kvm_ioctls::Error> {
+    let mut attempts = 1;
+    loop {
+        match call() {
+            Err(e) if e.errno() == libc::EINTR && attempts < EINTR_ATTEMPTS => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
 /// Opens the KVM device (`/dev/kvm` or `$PVM_KVM_DEVICE`), turning the common failures into
 /// errors that say how to fix them.
 pub fn open_kvm() -> Result<Kvm, KvmError> {

@@ -161,7 +161,7 @@ fn set_slot_flags(
     // unmapped); slots never overlap (RAM below IPC_BASE, one IPC slot per IPC_SLOT_SIZE, library
     // parts inside their library's LIB_SLOT_SIZE in the code or data window). Deleting touches
     // no memory.
-    unsafe { vm.set_user_memory_region(region) }
+    super::retry_interrupted(|| unsafe { vm.set_user_memory_region(region) })
 }
 
 impl Space {

@@ -31,7 +31,7 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, KvmError> {
 
 /// Creates vCPU 0 (set it up with [`setup_vcpu`] before running it).
 pub fn create_vcpu(vm: &VmFd) -> Result<VcpuFd, KvmError> {
-    vm.create_vcpu(0).map_err(KvmError::ioctl("KVM_CREATE_VCPU"))
+    super::retry_interrupted(|| vm.create_vcpu(0)).map_err(KvmError::ioctl("KVM_CREATE_VCPU"))
 }
 
 /// Gives `vcpu` the CPUID and the registers to enter the guest at CPL3 in 64-bit mode.
