@@ -335,6 +335,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_leases_given_back_or_dropped_make_room() {
+        let _forks = sys::fork_test_lock();
         let dir = scratch("limits");
         let fam = FamilyLedger::new().unwrap();
         let a = Lease::acquire(&dir, &fam, want(2, 8, 64, 1024)).unwrap();
@@ -372,6 +373,7 @@ mod tests {
 
     #[test]
     fn a_lease_survives_in_a_forked_child_and_dies_with_it() {
+        let _forks = sys::fork_test_lock();
         let dir = scratch("fork");
         let fam = FamilyLedger::new().unwrap();
         let lease = Lease::acquire(&dir, &fam, want(4, 4, 32, 1024)).unwrap();

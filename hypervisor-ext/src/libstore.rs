@@ -189,6 +189,7 @@ mod tests {
 
     #[test]
     fn a_monitor_that_loses_the_race_to_publish_uses_the_winners_file() {
+        let _forks = sys::fork_test_lock();
         let path = std::env::temp_dir().join(format!("pvm-libstore-race-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         let dir = RunDir::open(&path).unwrap();
@@ -222,6 +223,7 @@ mod tests {
 
     #[test]
     fn one_file_per_digest_checked_replaced_and_swept() {
+        let _forks = sys::fork_test_lock();
         let path = std::env::temp_dir().join(format!("pvm-libstore-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         let dir = RunDir::open(&path).unwrap();

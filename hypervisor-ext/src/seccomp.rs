@@ -438,6 +438,7 @@ mod tests {
 
     /// Runs `body` in a forked child under `program`.
     fn confined_by(program: Filters, body: fn()) -> sys::WaitStatus {
+        let _forks = sys::fork_test_lock();
         // SAFETY: the child makes raw system calls only (no allocation, no locks) and exits.
         match unsafe { sys::fork() }.unwrap() {
             sys::Forked::Child => {

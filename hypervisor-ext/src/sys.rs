@@ -1483,3 +1483,13 @@ pub fn is_tmpfs(path: &std::path::Path) -> bool {
     #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
 }
+
+/// Held by unit tests that fork, and by those that count leases: a child forked by one test
+/// holds copies of every descriptor of the test process (another test's leases included) until
+/// it exits, so a test counting locks while another test's child lives would count that
+/// child's copies.
+#[cfg(test)]
+pub(crate) fn fork_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
