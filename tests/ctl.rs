@@ -641,6 +641,11 @@ fn every_bench_writes_its_samples_as_csv_and_draws_a_chart() {
         assert_eq!(lines.next(), Some("bench,row,side,round,sample,metric,value"));
         let rows: Vec<&str> = lines.collect();
         assert!(!rows.is_empty(), "{bench}: samples");
+        // pvm's side has samples of single operations (`us`), not only summaries.
+        assert!(
+            rows.iter().any(|l| l.contains(",pvm,") && l.contains(",us,")),
+            "{bench}: pvm's samples"
+        );
         for line in &rows {
             assert!(line.starts_with(&format!("{bench},")), "{bench}: {line}");
             let value = line.rsplit(',').next().unwrap();

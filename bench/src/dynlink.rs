@@ -225,6 +225,20 @@ impl Env {
     }
 }
 
+/// The samples (`pvm_abi::samples`) dlbench printed after its `SECTION:` summary line, in us.
+fn section_samples(out: &str, section: &str) -> Vec<f64> {
+    let mut current = "";
+    let mut us = Vec::new();
+    for line in out.lines() {
+        if let Some((name, _)) = line.split_once(": median") {
+            current = name;
+        } else if current == section {
+            let _ = pvm_abi::samples::parse(line, |ns| us.push(ns as f64 / 1e3));
+        }
+    }
+    us
+}
+
 fn parse_ns(text: &str, key: &str) -> Option<f64> {
     text.split(key)
         .nth(1)?
@@ -275,11 +289,15 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
     let calls = CALLS.to_string();
     let (mut cold, mut warm, mut linux) = (Vec::new(), Vec::new(), Vec::new());
     let (mut closes, mut linux_closes) = (Vec::new(), Vec::new());
+    // Every load and close the guest timed, per run, in us.
+    let (mut cold_raw, mut warm_raw, mut close_raw) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pauses, mut handle_ns, mut direct_ns) = (Vec::new(), Vec::new(), Vec::new());
     let mut native_ns = f64::MAX;
     for _ in 0..args.rounds {
         // Cold: nobody else has the library.
-        let out = run_dlbench(exe, &env, &["load", &loads])?;
+        let out = run_dlbench(exe, &env, &["load", &loads, "--samples"])?;
+        cold_raw.push(section_samples(&out, "load"));
+        close_raw.push(section_samples(&out, "close"));
         cold.push((
             parse_ns(&out, "median").unwrap_or(f64::NAN),
             parse_ns(&out, "p99").unwrap_or(f64::NAN),
@@ -291,10 +309,11 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
         ));
         // Warm: another pVM holds it.
         let mut holder = start_dlbench(exe, &env, "hold")?;
-        let out = run_dlbench(exe, &env, &["load", &loads]);
+        let out = run_dlbench(exe, &env, &["load", &loads, "--samples"]);
         let _ = holder.kill();
         let _ = holder.wait();
         let out = out?;
+        warm_raw.push(section_samples(&out, "load"));
         warm.push((
             parse_ns(&out, "median").unwrap_or(f64::NAN),
             parse_ns(&out, "p99").unwrap_or(f64::NAN),
@@ -343,9 +362,9 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
 
     let host = HostInfo::get();
     let pvm_runs = [
-        ("load + link + lookup, cold", &cold),
-        ("load + link + lookup, warm", &warm),
-        ("close", &closes),
+        ("load + link + lookup, cold", &cold, &cold_raw),
+        ("load + link + lookup, warm", &warm, &warm_raw),
+        ("close", &closes, &close_raw),
     ];
     figures(
         &host,
@@ -458,20 +477,23 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// A row the guest timed: its name, each run's (median, p99) in ns, each run's samples in us.
+type GuestRuns<'a> = (&'a str, &'a Vec<(f64, f64)>, &'a Vec<Vec<f64>>);
+
 /// The chart's rows: loads (cold, warm) and close against Linux's dlopen and dlclose, the update
 /// pause, and a call through a handle against a direct call. The guest times its loads in a
 /// batch and prints each run's median and p99 (ns); the host times each dlopen and each pause.
 fn figures(
     host: &HostInfo,
     rounds: u32,
-    pvm_runs: &[(&str, &Vec<(f64, f64)>); 3],
+    pvm_runs: &[GuestRuns<'_>; 3],
     [dlopen, dlclose]: [&[Duration]; 2],
     pauses: &[Duration],
     [handle_ns, direct_ns]: [&[f64]; 2],
 ) -> Figures {
     let mut groups = Vec::new();
     let mut samples = Vec::new();
-    for (i, (name, runs)) in pvm_runs.iter().enumerate() {
+    for (i, (name, runs, raw)) in pvm_runs.iter().enumerate() {
         let medians: Vec<f64> = runs.iter().map(|r| r.0 / 1e3).collect();
         let p99s: Vec<f64> = runs.iter().map(|r| r.1 / 1e3).collect();
         let linux = if i == 2 { dlclose } else { dlopen };
@@ -481,12 +503,21 @@ fn figures(
             pvm: Some(Bar {
                 median: median(&medians),
                 p99: Some(median(&p99s)),
-                dots: medians.clone(),
+                dots: raw.iter().flatten().copied().collect(),
             }),
             baseline: Some(Bar::of_samples(linux)),
         });
         for (metric, values) in [("run_median_us", medians), ("run_p99_us", p99s)] {
             samples.extend(Samples::per_round(name, "pvm", metric, &values));
+        }
+        for (r, run) in raw.iter().enumerate() {
+            samples.push(Samples {
+                row: (*name).into(),
+                side: "pvm",
+                round: r as u32 + 1,
+                metric: "us",
+                values: run.clone(),
+            });
         }
     }
     samples.push(Samples::of_durations("dlopen + dlsym", "linux", 1, dlopen));

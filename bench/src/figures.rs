@@ -4,9 +4,9 @@
 //! The CSV has one line per sample: `bench,row,side,round,sample,metric,value`, `metric` `us`
 //! for one operation: a boot, a fork's pause or child start, a round trip (pVM IPC guests time
 //! theirs with the TSC and print them after their summary in the format of `pvm_abi::samples`,
-//! sorted), a Linux baseline's, an update pause, a network round trip. Rows also have each
-//! run's `run_median_us`/`run_p99_us`, rates and amounts per round. The one batch without raw
-//! samples is the guest's library loads (`bench dynlink`: each run's median and p99).
+//! sorted; so do the library loads of `bench dynlink`), a Linux baseline's, an update pause, a
+//! network round trip. Rows also have each run's `run_median_us`/`run_p99_us`, and rates and
+//! amounts per round.
 //!
 //! The chart has one panel for latencies (log scale, lower is better) and one per rate unit
 //! (linear, higher is better). Each row is a group: pvm's bar and the baseline's side by side;

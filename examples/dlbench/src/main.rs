@@ -26,20 +26,22 @@ fn main() -> i32 {
     let mut args = pvm::args().skip(1);
     let what = args.next().unwrap_or("");
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+    let samples = args.next() == Some("--samples");
     match what {
-        "load" => load(n),
+        "load" => load(n, samples),
         "call" => call(n),
         "serve" => serve(),
         "hold" => hold(),
         _ => {
-            pvm::eprintln!("usage: dlbench load N | call N | serve | hold");
+            pvm::eprintln!("usage: dlbench load N [--samples] | call N | serve | hold");
             2
         }
     }
 }
 
-/// Times `n` loads (open + one lookup) and closes, separately.
-fn load(n: usize) -> i32 {
+/// Times `n` loads (open + one lookup) and closes, separately; with `samples`, prints every
+/// one after each summary (for `pvmctl bench`).
+fn load(n: usize, samples_too: bool) -> i32 {
     let mut opens = Vec::with_capacity(n);
     let mut closes = Vec::with_capacity(n);
     let clock = Instant::now();
@@ -74,6 +76,10 @@ fn load(n: usize) -> i32 {
         let ns = |c: u64| (c as f64 * ns_per_cycle) as u64;
         let p99 = samples[(n * 99).div_ceil(100).max(1) - 1];
         pvm::println!("{what}: median {} ns, p99 {} ns", ns(samples[n / 2]), ns(p99));
+        if samples_too {
+            let all: Vec<u64> = samples.iter().map(|&c| ns(c)).collect();
+            pvm::time::print_samples(&all);
+        }
     }
     0
 }
