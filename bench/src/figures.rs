@@ -88,11 +88,11 @@ impl Bar {
     }
 
     /// A bar from single figures (each round's rate, one amount): their median, no whisker.
-    pub fn of_figures(rates: &[f64]) -> Bar {
+    pub fn of_figures(figures: &[f64]) -> Bar {
         Bar {
-            median: crate::median(rates),
+            median: crate::median(figures),
             p99: None,
-            dots: rates.to_vec(),
+            dots: figures.to_vec(),
         }
     }
 }

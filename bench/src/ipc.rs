@@ -642,14 +642,14 @@ enum Place {
 }
 
 impl Place {
-    /// The placements measured: free, then pinned to the first CPU this process may use, then
+    /// The pinned placements measured: both sides on the first CPU this process may use, and
     /// across the first two (when there are two).
-    fn pinned() -> (Option<Place>, Option<Place>) {
+    fn pinned() -> [Option<Place>; 2] {
         let cpus = hypervisor_ext::placement::allowed_cpus().unwrap_or_default();
-        (
+        [
             cpus.first().map(|&c| Place::SameCore(c)),
             (cpus.len() >= 2).then(|| Place::CrossCore(cpus[0], cpus[1])),
-        )
+        ]
     }
 
     /// `pvmctl run` options that place the family so.
@@ -1367,7 +1367,7 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         ipcbench: guest("ipcbench")?,
     };
     let rounds = args.rounds;
-    let (same_core, cross_core) = Place::pinned();
+    let places = Place::pinned();
     let mut m = Measurements::default();
     for round in 1..=rounds {
         eprintln!("pvmctl bench ipc: round {round}/{rounds}: pipe round trips, throughput, message queue, signals...");
@@ -1380,7 +1380,7 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         m.linux_pipe.record("Linux pipe round trip", || {
             linux_pipe(LINUX_PIPE_ROUNDS, Place::Free)
         });
-        for (i, place) in [same_core, cross_core].into_iter().enumerate() {
+        for (i, place) in places.into_iter().enumerate() {
             let Some(place) = place else { continue };
             m.pvm_pipe_pinned[i].record("pVM pipe round trip, pinned", || {
                 env.pipe(PVM_PIPE_ROUNDS, true, place)
@@ -1417,6 +1417,7 @@ pub fn ipc(args: RoundsArgs) -> Result<ExitCode, BenchError> {
         host: HostInfo::get(),
         rounds,
         m,
+        places,
     };
     if args.json {
         println!("{}", report.json());
@@ -1588,6 +1589,8 @@ struct IpcReport {
     host: HostInfo,
     rounds: u32,
     m: Measurements,
+    /// Where the pinned rows ran: [both on one core, across two] (none where the CPUs lack).
+    places: [Option<Place>; 2],
 }
 
 /// The pinned rows: [same core, two cores] x [adaptive spin, spinning off].
@@ -1673,8 +1676,7 @@ impl IpcReport {
             },
         ];
         // Pinned: the same round trips with both sides on one CPU, and across two.
-        let (same_core, cross_core) = Place::pinned();
-        for (i, place) in [same_core, cross_core].into_iter().enumerate() {
+        for (i, place) in self.places.into_iter().enumerate() {
             let Some((parent, child)) = place.and_then(Place::cpus) else {
                 continue;
             };
@@ -2135,6 +2137,7 @@ mod tests {
             host: HostInfo::get(),
             rounds: 0,
             m: Measurements::default(),
+            places: [None; 2],
         };
         let rows = report.rows();
         assert!(rows[ROW_PIPE].name.starts_with("pipe round trip"));
@@ -2178,6 +2181,7 @@ mod tests {
             host: HostInfo::get(),
             rounds: 3,
             m,
+            places: [None; 2],
         };
         let rows = report.rows();
         assert_eq!(rows[ROW_PIPE].pvm.cells(), ("310 ns*".into(), "640 ns*".into()));
@@ -2200,8 +2204,7 @@ mod tests {
         assert!(pipe.median_ns > 0.0 && pipe.p99_ns >= pipe.median_ns);
         // Pinned, and this thread's CPUs are given back afterwards.
         let before = hypervisor_ext::placement::allowed_cpus().expect("affinity");
-        let (same, cross) = Place::pinned();
-        for place in [same, cross].into_iter().flatten() {
+        for place in Place::pinned().into_iter().flatten() {
             let pipe = linux_pipe(200, place).expect("pinned pipe round trips");
             assert!(pipe.median_ns > 0.0);
             assert_eq!(

@@ -144,7 +144,7 @@ pub enum BenchError {
 /// be), removed with everything in it when dropped, on every path out. On a tmpfs (`/dev/shm`,
 /// where there is one) if `tmpfs`: where pvm's default runtime directory is on most hosts.
 pub(crate) fn scratch(what: &str, tmpfs: bool) -> Result<tempfile::TempDir, BenchError> {
-    let base = match std::path::Path::new(TMPFS) {
+    let base = match std::path::Path::new(hypervisor_ext::registry::SHM) {
         shm if tmpfs && shm.is_dir() => shm.to_path_buf(),
         _ => std::env::temp_dir(),
     };
@@ -159,9 +159,6 @@ pub(crate) fn scratch(what: &str, tmpfs: bool) -> Result<tempfile::TempDir, Benc
             source,
         })
 }
-
-/// A tmpfs most Linux hosts have.
-const TMPFS: &str = "/dev/shm";
 
 /// Where pvmctl's build put the example guests and libraries: the last place a benchmark looks
 /// for them (see [`guest_path`]).

@@ -142,11 +142,6 @@ impl Placement {
         &self.cpus
     }
 
-    /// Whether each pVM has a CPU of its own.
-    pub fn spread(&self) -> bool {
-        self.spread
-    }
-
     /// The root, before anything else is started: this process (and so every process it forks,
     /// the network backend included) runs on the family's set.
     pub(crate) fn enter_family(&self) -> io::Result<()> {
@@ -178,11 +173,6 @@ impl Placement {
         self.index = index;
         self.children = 0;
         sys::set_cpu_affinity(&self.cpus[index..=index])
-    }
-
-    /// The CPU this pVM is pinned to, if spread.
-    pub fn pinned_cpu(&self) -> Option<usize> {
-        self.spread.then(|| self.cpus[self.index])
     }
 }
 

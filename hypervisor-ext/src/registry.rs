@@ -144,7 +144,7 @@ pub fn default_dir() -> PathBuf {
 }
 
 /// The shared memory tmpfs every Linux system mounts.
-const SHM: &str = "/dev/shm";
+pub const SHM: &str = "/dev/shm";
 
 /// The runtime directory without `$PVM_RUN_DIR`: `$XDG_RUNTIME_DIR/pvm` (a tmpfs of the user's
 /// own); for root `/run/pvm` when `/run` is a tmpfs; else `/dev/shm/pvm-<uid>` when that is a

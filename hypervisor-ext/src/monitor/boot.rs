@@ -47,41 +47,37 @@ pub enum MemSizeError {
     Unaligned(String),
 }
 
-/// The units sizes take (powers of 1024), longest spelling first for each.
-const UNITS: [(&[&str], u32); 5] = [
-    (&["TIB", "TB", "T"], 40),
-    (&["GIB", "GB", "G"], 30),
-    (&["MIB", "MB", "M"], 20),
-    (&["KIB", "KB", "K"], 10),
-    (&["B", ""], 0),
+/// The units sizes take (powers of 1024): how each is written back, its spellings (longest
+/// first), its shift.
+const UNITS: [(&str, &[&str], u32); 5] = [
+    ("T", &["TIB", "TB", "T"], 40),
+    ("G", &["GIB", "GB", "G"], 30),
+    ("M", &["MIB", "MB", "M"], 20),
+    ("K", &["KIB", "KB", "K"], 10),
+    ("", &["B", ""], 0),
 ];
 
-/// The unit suffix of `text` and its shift (`""`, 0 for plain bytes).
-fn unit_of(text: &str) -> (usize, &'static str, u32) {
-    let upper = text.trim().to_ascii_uppercase();
-    for (names, shift) in UNITS {
-        for name in names {
-            if upper.ends_with(name) && upper.len() > name.len() {
-                let display = match shift {
-                    40 => "T",
-                    30 => "G",
-                    20 => "M",
-                    10 => "K",
-                    _ => "",
-                };
-                return (text.trim().len() - name.len(), display, shift);
-            }
+/// Where the unit suffix of `text` starts, and its shift (0 for plain bytes).
+fn unit_of(text: &str) -> (usize, u32) {
+    let t = text.trim();
+    let upper = t.to_ascii_uppercase();
+    for (_, names, shift) in UNITS {
+        if let Some(name) = names
+            .iter()
+            .find(|n| upper.ends_with(*n) && upper.len() > n.len())
+        {
+            return (t.len() - name.len(), shift);
         }
     }
-    (text.trim().len(), "", 0)
+    (t.len(), 0)
 }
 
 /// `bytes` in the unit of `typed` (rounded down), or the largest smaller unit that does not
 /// round it to 0 (a host's 23.5 GiB said to someone who typed `1T` is `23G`).
 fn in_unit_of(typed: &str, bytes: u64) -> String {
-    let (_, _, typed_shift) = unit_of(typed);
-    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if shift <= typed_shift && bytes >> shift > 0 {
+    let (_, typed_shift) = unit_of(typed);
+    for (unit, _, shift) in UNITS {
+        if shift > 0 && shift <= typed_shift && bytes >> shift > 0 {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -92,7 +88,7 @@ fn in_unit_of(typed: &str, bytes: u64) -> String {
 pub fn parse_size(text: &str) -> Result<u64, MemSizeError> {
     let syntax = || MemSizeError::Syntax(text.to_string());
     let t = text.trim();
-    let (digits_end, _, shift) = unit_of(t);
+    let (digits_end, shift) = unit_of(t);
     let n: u64 = t[..digits_end].trim().parse().map_err(|_| syntax())?;
     n.checked_mul(1 << shift).ok_or_else(syntax)
 }
