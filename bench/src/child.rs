@@ -10,48 +10,31 @@ use std::time::{Duration, Instant};
 
 use crate::BenchError;
 
-/// `sig` as rustix's signal type.
-fn typed_signal(sig: i32) -> io::Result<rustix::process::Signal> {
-    rustix::process::Signal::from_named_raw(sig).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+/// Sends `sig` to process `pid` (one process, never a group; any signal, real-time ones too).
+pub(crate) fn signal(pid: u32, sig: i32) -> io::Result<()> {
+    hypervisor_ext::host::kill(pid, sig)
 }
 
-/// `pid` as rustix's pid type: positive only (0 or a negative value would name a group).
-fn typed_pid(pid: u32) -> io::Result<rustix::process::Pid> {
-    i32::try_from(pid)
+/// Sends `sig` to every process of group `pgid` (the monitor never signals a group, so this is
+/// the benches' own).
+pub(crate) fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let pgid = i32::try_from(pgid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
-}
-
-/// Sends `sig` to process `pid` (one process, never a group).
-pub(crate) fn signal(pid: u32, sig: i32) -> io::Result<()> {
-    Ok(rustix::process::kill_process(
-        typed_pid(pid)?,
-        typed_signal(sig)?,
-    )?)
-}
-
-/// Sends `sig` to every process of group `pgid`.
-pub(crate) fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
-    Ok(rustix::process::kill_process_group(
-        typed_pid(pgid)?,
-        typed_signal(sig)?,
-    )?)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let sig = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::kill_process_group(pgid, sig)?)
 }
 
 /// `waitpid` for child `pid`, retried on EINTR: its raw wait status, or None with `nohang`
 /// while it runs.
 pub(crate) fn wait_child(pid: u32, nohang: bool) -> io::Result<Option<i32>> {
-    let opts = if nohang {
-        rustix::process::WaitOptions::NOHANG
-    } else {
-        rustix::process::WaitOptions::empty()
-    };
     loop {
-        match rustix::process::waitpid(Some(typed_pid(pid)?), opts) {
-            Ok(reaped) => return Ok(reaped.map(|(_, status)| status.as_raw())),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        match hypervisor_ext::host::waitpid(Some(pid), nohang) {
+            Ok(reaped) => return Ok(reaped.map(|(_, status)| status.0)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! Host calls go through rustix where it has them (signals to processes and groups, waits,
 //! pipes, mappings, clocks, CPU affinity, uname). Raw libc is left only where rustix has no call
 //! a std program may use, each at its use: `fork` and what a forked child does before it execs
-//! or exits, signal handlers and masks, real-time signals, `tgkill`, POSIX message queues and
+//! or exits, signal handlers and masks, `tgkill`, POSIX message queues and
 //! `dlopen` (the Linux baselines themselves).
 use std::io;
 use std::path::PathBuf;

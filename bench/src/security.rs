@@ -213,9 +213,7 @@ fn start_linux_spinner() -> Result<Child, BenchError> {
 fn time_to_pause(run_dir: &Path, child: &Child) -> Duration {
     let entry = run_dir.join(format!("{}.json", child.id()));
     let t = Instant::now();
-    // libc: the pause signal is a real-time one, which rustix's safe signal type does not name.
-    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-    unsafe { libc::kill(child.id() as i32, hypervisor_ext::signals::pause_signal()) };
+    let _ = crate::child::signal(child.id(), hypervisor_ext::signals::pause_signal());
     while t.elapsed() < Duration::from_secs(5) {
         if std::fs::read_to_string(&entry).is_ok_and(|e| e.contains("\"paused\"")) {
             break;

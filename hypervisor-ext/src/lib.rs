@@ -36,7 +36,7 @@ pub mod vstate;
 /// `sys`, the one module that makes host calls (the rest of it is the monitor's own and stays
 /// private).
 pub mod host {
-    pub use crate::sys::{fork, waitpid, Forked, WaitStatus};
+    pub use crate::sys::{fork, kill, waitpid, Forked, WaitStatus};
 }
 
 pub use family::{default_mem_total, Ids, KillTarget, Limits, OutcomeRecord};

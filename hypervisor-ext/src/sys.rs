@@ -1462,6 +1462,11 @@ pub fn cpu_affinity() -> io::Result<Vec<usize>> {
         .collect())
 }
 
+/// How many CPUs this process may run on (`sched_getaffinity`; no list built, for boot).
+pub fn cpu_count() -> io::Result<usize> {
+    Ok(rustix::thread::sched_getaffinity(None)?.count() as usize)
+}
+
 /// Runs this process's calling thread (and what it forks or spawns later) on `cpus` only
 /// (`sched_setaffinity` of the caller, never of another process).
 pub fn set_cpu_affinity(cpus: &[usize]) -> io::Result<()> {

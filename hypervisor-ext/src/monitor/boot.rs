@@ -226,7 +226,7 @@ impl Monitor {
         // The family's CPUs (under --cpu-spread this monitor is already on one of them).
         let host_cpus = match &config.placement {
             Some(p) => p.cpus().len(),
-            None => sys::cpu_affinity().map_or(0, |cpus| cpus.len()),
+            None => sys::cpu_count().unwrap_or(0),
         };
         let create_vm = Instant::now();
         // The supported CPUID comes from a second thread while this one builds the VM; the
