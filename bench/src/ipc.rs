@@ -342,15 +342,12 @@ impl Latency {
         rounds: usize,
     ) -> Result<Latency, IpcBenchError> {
         let mut samples_ns = Vec::with_capacity(rounds);
-        for line in out.stdout.lines() {
-            if pvm_abi::samples::parse(line, |ns| samples_ns.push(ns as f64)).is_none()
-                && line.starts_with(pvm_abi::samples::TAG)
-            {
-                samples_ns.clear();
-                break;
-            }
-        }
-        if samples_ns.len() != rounds {
+        let well_formed = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(pvm_abi::samples::TAG))
+            .all(|l| pvm_abi::samples::parse(l, |ns| samples_ns.push(ns as f64)).is_some());
+        if !well_formed || samples_ns.len() != rounds {
             return Err(IpcBenchError::NoResult {
                 command: out.command.clone(),
                 expected: format!("{rounds} samples after `{}`", pvm_abi::samples::TAG),
