@@ -63,6 +63,9 @@ pub enum BenchCommand {
 /// Errors of benchmarks.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The warm pool of `bench boot` failed (what pvmctl or the pool said).
+    #[error("the bench's warm pool: {0}")]
+    Pool(String),
     /// The guest image does not exist.
     #[error(
         "guest image {0} does not exist: build the example guests with `cargo build` \

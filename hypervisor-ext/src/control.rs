@@ -170,7 +170,7 @@ impl ControlSocket {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let listener = sys::unix_listener(dir.fd(), &name)?;
+        let listener = sys::unix_listener(dir.fd(), &name, false)?;
         sys::sigio_on_input(listener.as_fd())?;
         Ok(ControlSocket { listener })
     }

@@ -22,6 +22,7 @@ mod monitor;
 pub mod net;
 pub mod outcome;
 pub mod placement;
+pub mod pool;
 pub mod registry;
 mod rundir;
 mod seccomp;

@@ -49,6 +49,16 @@ pub enum Forked {
     Child,
 }
 
+/// A descriptor every child forked through [`fork`] closes at once (-1: none).
+static CLOSE_IN_CHILDREN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Makes every child this process forks through [`fork`] close `fd` first: a descriptor that
+/// means "this process is alive" to whoever holds its other end (a warm pVM's connection to
+/// its `pvmctl run`), which a child's copy would keep from hanging up.
+pub fn close_in_forked_children(fd: RawFd) {
+    CLOSE_IN_CHILDREN.store(fd, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// `fork(2)`. libc: rustix offers fork only to programs that run without std.
 ///
 /// # Safety
@@ -57,7 +67,15 @@ pub unsafe fn fork() -> io::Result<Forked> {
     // SAFETY: the caller guarantees a single thread.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
+        0 => {
+            let fd = CLOSE_IN_CHILDREN.swap(-1, std::sync::atomic::Ordering::SeqCst);
+            if fd >= 0 {
+                // SAFETY: the descriptor registered by `close_in_forked_children`, which no
+                // object of the child owns (its owner is the parent's alone).
+                unsafe { rustix::io::close(fd) };
+            }
+            Ok(Forked::Child)
+        }
         child => Ok(Forked::Parent(child as u32)),
     }
 }
@@ -215,22 +233,25 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// Closes every descriptor from `first` on except `keep`. libc: rustix 1.1 has no `close_range`.
-pub fn close_fds_from(first: RawFd, keep: Option<RawFd>) {
+/// Closes every descriptor from `first` on except those of `keep`. libc: rustix 1.1 has no
+/// `close_range`.
+pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     let close = |lo: RawFd, hi: RawFd| {
         if lo <= hi {
             // SAFETY: closes descriptors this process owns and no live object refers to (the
-            // caller runs this before it opens anything past the standard ones).
+            // caller runs this before it opens anything past the standard ones, and keeps the
+            // descriptors of the objects it already has).
             unsafe { libc::close_range(lo as u32, hi as u32, 0) };
         }
     };
-    match keep {
-        Some(k) if k >= first => {
-            close(first, k - 1);
-            close(k + 1, RawFd::MAX);
-        }
-        _ => close(first, RawFd::MAX),
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
+    keep.sort_unstable();
+    let mut lo = first;
+    for k in keep {
+        close(lo, k - 1);
+        lo = k + 1;
     }
+    close(lo, RawFd::MAX);
 }
 
 /// Closes the standard descriptors (right before the process exits).
@@ -285,6 +306,12 @@ pub fn set_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) {
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(sig, &sa, std::ptr::null_mut());
     }
+}
+
+/// Puts back the default action of `sig`. libc: as [`set_signal_handler`].
+pub fn default_signal(sig: i32) {
+    // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
 }
 
 /// A set of signals. libc: rustix has no signal sets for programs that use std.
@@ -569,10 +596,11 @@ pub fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-/// The standard output or error descriptor.
+/// The standard input, output or error descriptor.
 pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
-    // Descriptors 1 and 2 stay open for the life of the monitor (only its exit closes them).
+    // Descriptors 0-2 stay open for the life of the process (only its exit closes them).
     match fd {
+        0 => rustix::stdio::stdin(),
         2 => rustix::stdio::stderr(),
         _ => rustix::stdio::stdout(),
     }
@@ -582,15 +610,15 @@ pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
 
 /// A listening Unix stream socket bound to `name` in the directory `dir` (through
 /// `/proc/self/fd/N/NAME`, so the verified directory, not a path looked up again, holds it);
-/// close-on-exec and non-blocking.
-pub fn unix_listener(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+/// close-on-exec, and non-blocking unless `blocking`.
+pub fn unix_listener(dir: BorrowedFd<'_>, name: &str, blocking: bool) -> io::Result<OwnedFd> {
     use rustix::net::{bind, listen, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let sock = socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let flags = if blocking {
+        SocketFlags::CLOEXEC
+    } else {
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK
+    };
+    let sock = socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
     let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
     bind(&sock, &SocketAddrUnix::new(path.as_str())?)?;
     listen(&sock, 16)?;
@@ -871,6 +899,14 @@ pub fn detach_stdin_stdout() {
     ) {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
+    }
+}
+
+/// Points standard input, output and error at `/dev/null` (a daemon's). Best effort.
+pub fn detach_stdio() {
+    detach_stdin_stdout();
+    if let Ok(null) = rustix::fs::open("/dev/null", OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let _ = rustix::stdio::dup2_stderr(&null);
     }
 }
 
@@ -1497,4 +1533,125 @@ pub fn is_tmpfs(path: &std::path::Path) -> bool {
 pub(crate) fn fork_test_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---- the warm pool ------------------------------------------------------------------------------
+
+/// Makes the kernel send `sig` to this process when its parent dies (`None`: nothing).
+pub fn set_parent_death_signal(sig: Option<i32>) -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(
+        sig.map(signal).transpose()?,
+    )?)
+}
+
+/// The parent's pid (0 when it is outside this pid namespace).
+pub fn getppid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// The device and inode of this process's executable: which build of pvmctl this is.
+pub fn exe_identity() -> io::Result<(u64, u64)> {
+    let st = rustix::fs::stat("/proc/self/exe")?;
+    // `st_dev`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// This process's file mode creation mask.
+pub fn umask() -> u32 {
+    let mask = rustix::process::umask(Mode::from_bits_truncate(0o022));
+    rustix::process::umask(mask);
+    mask.bits()
+}
+
+/// Sets this process's file mode creation mask.
+pub fn set_umask(mask: u32) {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
+}
+
+/// The working directory, as a descriptor (`O_PATH`) another process can `fchdir` to.
+pub fn cwd_fd() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Makes the directory `dir` the working directory.
+pub fn set_cwd(dir: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::process::fchdir(dir)?)
+}
+
+/// Makes `fds` this process's standard input, output and error.
+pub fn set_stdio(fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
+    rustix::stdio::dup2_stdin(fds[0])?;
+    rustix::stdio::dup2_stdout(fds[1])?;
+    rustix::stdio::dup2_stderr(fds[2])?;
+    Ok(())
+}
+
+/// Makes the kernel kill this process (`SIGKILL`) as soon as `fd`, a connected socket, has
+/// input or hangs up: `F_SETOWN` this process, `F_SETSIG` SIGKILL, `O_ASYNC`. libc: rustix has
+/// neither `F_SETOWN` nor `F_SETSIG`.
+pub fn kill_on_hangup(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    /// `F_SETSIG` of linux/fcntl.h (the libc crate does not define it).
+    const F_SETSIG: i32 = 10;
+    for (cmd, arg) in [(libc::F_SETOWN, me), (F_SETSIG, libc::SIGKILL)] {
+        // SAFETY: an fcntl command with an integer argument on an open descriptor.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(rustix::fs::fcntl_setfl(fd, OFlags::ASYNC)?)
+}
+
+/// Undoes [`kill_on_hangup`]: no signal on `fd`'s input any more.
+pub fn no_signal_on_io(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_setfl(fd, OFlags::empty())?)
+}
+
+/// Reads exactly `buf.len()` bytes from `fd`, retrying after signals; `Ok(false)` on end of
+/// file before the first byte, `UnexpectedEof` after it.
+pub fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::read(fd, &mut buf[done..]) {
+            Ok(0) if done == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// A connection on the listening socket `fd`, waiting for one (close-on-exec).
+pub fn accept_blocking(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(fd, rustix::net::SocketFlags::CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// `/proc/PID/comm` of process `id` (read it after opening a pidfd of `id`: a recycled pid then
+/// shows as another name or as gone).
+pub fn process_name(id: u32) -> io::Result<String> {
+    Ok(std::fs::read_to_string(format!("/proc/{id}/comm"))?
+        .trim_end()
+        .to_string())
+}
+
+/// Takes a process-owned write lock on the whole of `fd`, waiting for it.
+pub fn lock_process_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match rustix::fs::fcntl_lock(fd, rustix::fs::FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return Ok(other?),
+        }
+    }
 }

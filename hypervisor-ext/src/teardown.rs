@@ -29,6 +29,8 @@ extern "C" fn teardown_helper(arg: *mut libc::c_void) -> libc::c_int {
 pub fn exit_deferring_teardown(status: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    // A warm run's `pvmctl run` learns the status now (before the helper shares our files).
+    crate::pool::report_exit(status);
     if let Ok(pidfd) = sys::pidfd_open(sys::getpid()) {
         // The stack is leaked on purpose: the helper uses it after this process is gone.
         let stack: &'static mut [u8] = Box::leak(vec![0u8; HELPER_STACK].into_boxed_slice());

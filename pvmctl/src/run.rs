@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// child run on different CPUs when the set has two.
     #[arg(long, requires = "cpuset_cpus")]
     cpu_spread: bool,
+    /// Boot in this process even when a warm pool runs (`pvmctl pool start`). A warm run's
+    /// monitor is a process of the pool: it runs in the pool's cgroup, with its resource
+    /// limits and session; use this where the caller's own matter.
+    #[arg(long)]
+    cold: bool,
     #[command(flatten)]
     run_dir: RunDir,
     /// Guest image (a static ELF linked with the pvm runtime) or a guest crate directory.
@@ -282,11 +287,11 @@ fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
                 None => status.code(),
                 Some(_) => i32::from(crate::EXIT_PVMCTL_ERROR),
             };
-            std::process::exit(code);
+            exit(code);
         }
         if registry.list()?.iter().any(|e| e.id == child) {
             println!("{child}");
-            std::process::exit(0);
+            exit(0);
         }
         if std::time::Instant::now() > deadline {
             return Err(RunError::Detach(std::io::Error::from(
@@ -295,6 +300,15 @@ fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// Exits with `code`, telling a warm run's `pvmctl run` first.
+fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    hypervisor_ext::pool::report_exit(code);
+    std::process::exit(code)
 }
 
 /// `PVM_BENCH_FD`: the fd `pvmctl bench fork` passes for fork timing records.

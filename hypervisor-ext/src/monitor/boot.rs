@@ -2,6 +2,7 @@
 //! entry and the lease; then the monitor confines itself.
 use std::time::Instant;
 
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use pvm_abi::{layout, BootInfo, ABI_VERSION, BOOT_MAGIC};
 
@@ -143,8 +144,13 @@ impl Monitor {
     /// process from here on: confined (see [`MonitorConfig::confine`]), descriptors it did not
     /// open (but the bench's) are closed first, and the filter is installed once it is built.
     pub fn new(image: &Image, config: &MonitorConfig) -> Result<Monitor, MonitorError> {
+        // A warm pool member's VM, if this process is one and it fits (see `pool`).
+        let mut prebuilt = crate::pool::take_prebuilt().filter(|p| p.fits(config.mem_size));
         if config.confine {
-            sys::close_fds_from(3, config.bench_fd);
+            let mut keep: Vec<i32> = config.bench_fd.into_iter().collect();
+            keep.extend(crate::pool::client_fd());
+            keep.extend(prebuilt.iter().flat_map(Prebuilt::fds));
+            sys::close_fds_except(3, &keep);
         }
         // One malloc arena: the CPUID thread would otherwise get its own, whose pages every
         // forked child copies (glibc resets arena locks in the child after fork).
@@ -167,12 +173,22 @@ impl Monitor {
         let net = if config.net.publish.is_empty() && config.net.connect.is_empty() {
             None
         } else {
-            Some(crate::net::start(&config.net, config.confine)?)
+            // The backend keeps nothing of a VM built ahead (its descriptors, guest RAM).
+            Some(crate::net::start(&config.net, config.confine, || {
+                drop(prebuilt.take())
+            })?)
         };
         if let Some(p) = &config.placement {
             placed(p, p.settle_root())?;
         }
-        let kvm = vstate::open_kvm()?;
+        // The boot timer starts here: at KVM_CREATE_VM for a cold boot, at the take of the VM a
+        // pool member built ahead for a warm one. KVM comes first: without it nothing else
+        // matters, and its error says how to fix it.
+        let create_vm = Instant::now();
+        let mut prebuilt = match prebuilt {
+            Some(p) => p,
+            None => Prebuilt::new(config.mem_size)?,
+        };
         let registry = Registry::open(&config.run_dir)?;
         let id = sys::getpid();
         let ids = Ids {
@@ -197,16 +213,24 @@ impl Monitor {
             family.want(config.mem_size),
         )?;
         family.lease = Some(lease);
-        let monitor = Self::build(image, config, kvm, family, libs, net)?;
+        let seccomp = if config.confine {
+            Some(match prebuilt.seccomp.take() {
+                Some(f) => f,
+                None => crate::seccomp::program()?,
+            })
+        } else {
+            None
+        };
+        let monitor = Self::build(image, config, prebuilt, create_vm, family, libs, net)?;
         tracing::debug!(
             id = monitor.family.ids.id,
             mem = config.mem_size,
             image = %image.path.display(),
             "boot: pVM built"
         );
-        if config.confine {
+        if let Some(filters) = seccomp {
             // Built: from here on, only the calls a running monitor needs.
-            crate::seccomp::install(&crate::seccomp::program()?)?;
+            crate::seccomp::install(&filters)?;
         }
         Ok(monitor)
     }
@@ -214,34 +238,29 @@ impl Monitor {
     fn build(
         image: &Image,
         config: &MonitorConfig,
-        kvm: Kvm,
+        prebuilt: Prebuilt,
+        create_vm: Instant,
         mut family: Family,
         mut libs: crate::dl::Libraries,
         net: Option<crate::net::Network>,
     ) -> Result<Monitor, MonitorError> {
         let ids = family.ids;
-        let mut mem = GuestMemory::new(config.mem_size)?;
-        // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
-        mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
         // The family's CPUs (under --cpu-spread this monitor is already on one of them).
         let host_cpus = match &config.placement {
             Some(p) => p.cpus().len(),
             None => sys::cpu_count().unwrap_or(0),
         };
-        let create_vm = Instant::now();
-        // The supported CPUID comes from a second thread while this one builds the VM; the
-        // thread is joined before the monitor runs (and long before any fork).
-        let (cpuid, built) = std::thread::scope(|s| {
-            let cpuid = s.spawn(|| vcpu::supported_cpuid(&kvm));
-            let built = Self::build_vm(&kvm, &mut mem, image, &config.args, ids, host_cpus);
-            (
-                cpuid
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                built,
-            )
-        });
-        let (vm, vcpu, mut space) = built?;
+        let Prebuilt {
+            kvm,
+            vm,
+            vcpu,
+            mut mem,
+            cpuid,
+            ..
+        } = prebuilt;
+        // Huge pages for the heap, away from the chunks touched at boot (reserved area, image, stack).
+        mem.advise_huge_pages(image.end(), loader::image_limit(config.mem_size));
+        let mut space = Self::fill(&mut mem, image, &config.args, ids, host_cpus)?;
         if libs.allowed() {
             // A pVM that may load libraries gets its library windows now (two memory slots).
             let windows = space.enable_libraries(&vm).map_err(|e| {
@@ -255,14 +274,13 @@ impl Monitor {
             })?;
             libs.set_windows(windows);
         }
-        let cpuid = cpuid?;
         let entry = EntryState {
             rip: image.entry,
             rsp: mem.size(),
             rdi: layout::BOOT_INFO_ADDR,
             cr3: space.cr3(),
         };
-        vcpu::setup_vcpu(&vcpu, &cpuid, &entry)?;
+        vcpu::set_entry_state(&vcpu, &entry)?;
         let entry = family.registry.register(Entry {
             id: ids.id,
             parent: 0,
@@ -283,12 +301,6 @@ impl Monitor {
             ports: net.as_ref().map(|n| n.describe()).unwrap_or_default(),
         })?;
         family.entry = Some(entry);
-        sys::raise_fd_limit();
-        // When the host runs out of memory, guests go first: a pVM's memory is what its user
-        // asked for, the host's other processes are not.
-        sys::prefer_oom_kill(OOM_SCORE_ADJ);
-        // The root collects the family's orphans, as init would.
-        sys::set_child_subreaper().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
         Ok(Monitor {
             vcpu,
             vm,
@@ -315,34 +327,120 @@ impl Monitor {
         })
     }
 
-    /// Creates the VM with its memory slot and the vCPU, and fills guest memory (image, page
-    /// tables, descriptor tables, boot info); returns them and the address space.
-    fn build_vm(
-        kvm: &Kvm,
+    /// Fills guest memory: the image, page tables, descriptor tables, boot info; returns the
+    /// address space.
+    fn fill(
         mem: &mut GuestMemory,
         image: &Image,
         args: &[String],
         ids: Ids,
         host_cpus: usize,
-    ) -> Result<(VmFd, VcpuFd, Space), MonitorError> {
+    ) -> Result<Space, MonitorError> {
+        mem.populate(layout::IMAGE_BASE, image.end());
+        image.load(mem)?;
+        let space = Space::build(mem, image)?;
+        arch::write_descriptor_tables(mem)?;
+        write_boot_info(mem, image, args, ids, host_cpus)?;
+        Ok(space)
+    }
+}
+
+/// What a root pVM needs that does not depend on its image or arguments: the KVM handle, the VM
+/// with its RAM slot, the vCPU with its CPUID, guest RAM with the pages every boot touches
+/// already there, the seccomp filters compiled, the process set up (open-file limit, OOM score,
+/// subreaper). A cold boot builds it on the spot; a warm pool member builds it ahead and waits.
+pub(crate) struct Prebuilt {
+    // Drop order: vCPU and VM before memory.
+    vcpu: VcpuFd,
+    vm: VmFd,
+    mem: GuestMemory,
+    kvm: Kvm,
+    cpuid: CpuId,
+    /// The KVM device it was built on.
+    device: String,
+    /// The process that built it.
+    owner: u32,
+    /// The monitor's seccomp filters, compiled (installed once the pVM is built).
+    seccomp: Option<crate::seccomp::Filters>,
+}
+
+impl Prebuilt {
+    /// Builds it for `mem_size` bytes of guest RAM. The supported CPUID comes from a second
+    /// thread while this one builds the VM; it is joined before this returns (and so long
+    /// before the monitor runs or forks).
+    pub(crate) fn new(mem_size: u64) -> Result<Prebuilt, MonitorError> {
+        check_mem_size(mem_size)?;
+        let device = vstate::kvm_device();
+        let kvm = vstate::open_kvm()?;
+        let mem = GuestMemory::new(mem_size)?;
+        // The seccomp filters are compiled there too, after the query.
+        let (helper, built) = std::thread::scope(|s| {
+            let helper = s.spawn(|| {
+                let cpuid = vcpu::supported_cpuid(&kvm);
+                (cpuid, crate::seccomp::program())
+            });
+            let built = Self::create(&kvm, &mem);
+            (
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                built,
+            )
+        });
+        let (vm, vcpu) = built?;
+        let (cpuid, seccomp) = helper;
+        let cpuid = cpuid?;
+        vcpu::set_cpuid(&vcpu, &cpuid)?;
+        Self::prepare_process()?;
+        Ok(Prebuilt {
+            vcpu,
+            vm,
+            mem,
+            kvm,
+            cpuid,
+            device,
+            owner: sys::getpid(),
+            seccomp: seccomp.ok(),
+        })
+    }
+
+    /// What a root monitor's process needs whatever it runs.
+    fn prepare_process() -> Result<(), MonitorError> {
+        sys::raise_fd_limit();
+        // When the host runs out of memory, guests go first: a pVM's memory is what its user
+        // asked for, the host's other processes are not.
+        sys::prefer_oom_kill(OOM_SCORE_ADJ);
+        // The root collects the family's orphans, as init would.
+        sys::set_child_subreaper().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))
+    }
+
+    /// Creates the VM with its memory slot and the vCPU, and brings in the pages every pVM
+    /// touches at boot: descriptor tables, boot block and page tables, the top of the stack.
+    fn create(kvm: &Kvm, mem: &GuestMemory) -> Result<(VmFd, VcpuFd), MonitorError> {
         let vm = vm::create_vm(kvm)?;
         Space::register_ram(&vm, mem)?;
         let vcpu = vcpu::create_vcpu(&vm)?;
-        // The pages every pVM touches at boot: descriptor tables, boot block and page tables,
-        // the image, the top of the stack.
         mem.populate(layout::RESERVED_START, layout::STATUS_ADDR + layout::PAGE_SIZE);
         mem.populate(layout::BOOT_INFO_ADDR, layout::BOOT_INFO_ADDR + layout::PAGE_SIZE);
         mem.populate(
             layout::PAGE_TABLES_ADDR,
             layout::PAGE_TABLES_ADDR + 8 * layout::PAGE_SIZE,
         );
-        mem.populate(layout::IMAGE_BASE, image.end());
         mem.populate(mem.size() - 4 * layout::PAGE_SIZE, mem.size());
-        image.load(mem)?;
-        let space = Space::build(mem, image)?;
-        arch::write_descriptor_tables(mem)?;
-        write_boot_info(mem, image, args, ids, host_cpus)?;
-        Ok((vm, vcpu, space))
+        Ok((vm, vcpu))
+    }
+
+    /// Whether it can be a pVM of `mem_size` bytes in this process, on the KVM device this
+    /// process would open now (`$PVM_KVM_DEVICE` may have changed since it was built). A VM
+    /// belongs to the process that created it: a forked child (`run -d`) cannot use it.
+    pub(crate) fn fits(&self, mem_size: u64) -> bool {
+        self.mem.size() == mem_size && vstate::kvm_device() == self.device && sys::getpid() == self.owner
+    }
+
+    /// Its descriptors (kept when the monitor closes what it inherited).
+    pub(crate) fn fds(&self) -> [i32; 3] {
+        use std::os::fd::AsRawFd;
+        [self.kvm.as_raw_fd(), self.vm.as_raw_fd(), self.vcpu.as_raw_fd()]
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+pub(crate) use boot::Prebuilt;
 pub use boot::{parse_mem_size, parse_size, MemSizeError};
 
 use crate::arch;

@@ -132,8 +132,9 @@ pub struct Network {
 }
 
 /// Binds the published ports and starts the family's backend (a child process of this one,
-/// which must be single-threaded), confined by its own seccomp allow-list with `confine`.
-pub fn start(config: &NetConfig, confine: bool) -> Result<Network, NetError> {
+/// which must be single-threaded), confined by its own seccomp allow-list with `confine`. The
+/// backend runs `in_backend` first, to drop what it inherited and must not keep.
+pub fn start(config: &NetConfig, confine: bool, in_backend: impl FnOnce()) -> Result<Network, NetError> {
     let mut listeners = Vec::new();
     let mut published = Vec::new();
     for p in &config.publish {
@@ -146,6 +147,8 @@ pub fn start(config: &NetConfig, confine: bool) -> Result<Network, NetError> {
     // SAFETY: the caller is single-threaded (the monitor before it builds its VM).
     match unsafe { sys::fork() }.map_err(NetError::Backend)? {
         Forked::Child => {
+            // What the caller's process holds that the backend must not (run first).
+            in_backend();
             drop(mine);
             let _ = sys::set_name(BACKEND_NAME);
             // Not the console's: a family's output ends with its pVMs, not with the backend.

@@ -65,10 +65,15 @@ pub(crate) fn retry_interrupted<T>(
     }
 }
 
+/// The KVM device to open: `$PVM_KVM_DEVICE`, else `/dev/kvm`.
+pub fn kvm_device() -> String {
+    std::env::var("PVM_KVM_DEVICE").unwrap_or_else(|_| DEFAULT_KVM_DEVICE.to_string())
+}
+
 /// Opens the KVM device (`/dev/kvm` or `$PVM_KVM_DEVICE`), turning the common failures into
 /// errors that say how to fix them.
 pub fn open_kvm() -> Result<Kvm, KvmError> {
-    let path = std::env::var("PVM_KVM_DEVICE").unwrap_or_else(|_| DEFAULT_KVM_DEVICE.to_string());
+    let path = kvm_device();
     let Ok(cpath) = std::ffi::CString::new(path.clone()) else {
         return Err(KvmError::Missing(path));
     };

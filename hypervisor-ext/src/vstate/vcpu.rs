@@ -29,17 +29,18 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, KvmError> {
         .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))
 }
 
-/// Creates vCPU 0 (set it up with [`setup_vcpu`] before running it).
+/// Creates vCPU 0 (set it up with [`set_cpuid`] and [`set_entry_state`] before running it).
 pub fn create_vcpu(vm: &VmFd) -> Result<VcpuFd, KvmError> {
     super::retry_interrupted(|| vm.create_vcpu(0)).map_err(KvmError::ioctl("KVM_CREATE_VCPU"))
 }
 
-/// Gives `vcpu` the CPUID and the registers to enter the guest at CPL3 in 64-bit mode.
-pub fn setup_vcpu(vcpu: &VcpuFd, cpuid: &CpuId, entry: &EntryState) -> Result<(), KvmError> {
-    // CPUID first: KVM sizes the FPU/XSAVE state from it.
-    vcpu.set_cpuid2(cpuid)
-        .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
+/// Gives `vcpu` its CPUID: first, since KVM sizes the FPU/XSAVE state from it.
+pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), KvmError> {
+    vcpu.set_cpuid2(cpuid).map_err(KvmError::ioctl("KVM_SET_CPUID2"))
+}
 
+/// Gives `vcpu` (its CPUID set) the registers to enter the guest at CPL3 in 64-bit mode.
+pub fn set_entry_state(vcpu: &VcpuFd, entry: &EntryState) -> Result<(), KvmError> {
     let mut sregs = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
     arch::setup_sregs(&mut sregs, entry.cr3);
     vcpu.set_sregs(&sregs).map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
