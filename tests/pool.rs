@@ -346,3 +346,68 @@ fn pool_commands_say_what_is_wrong() {
     assert_no_leaks(test);
     assert_no_leaks("pool-cli-no-kvm");
 }
+
+#[test]
+fn a_warm_pvm_serves_a_published_port_and_its_backend_keeps_nothing_of_the_vm() {
+    use std::io::{Read, Write};
+    let test = "pool-net";
+    let (pool, _) = Pool::start(test, "1");
+    let mut pvm = Running::start(test, &["--publish=127.0.0.1:0:7"], "netecho", &["--conns", "1"]);
+    pvm.expect("listening on guest port 7");
+    assert_eq!(pool.served(), 1);
+    let rows = ps_json(test, false);
+    let root = rows
+        .iter()
+        .find(|r| r["name"] == "netecho")
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    let id = root["id"].as_u64().expect("an id") as u32;
+    let port: u16 = root["ports"][0]
+        .as_str()
+        .and_then(|p| p.split_once("->"))
+        .and_then(|(host, _)| host.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("{root:#?}"));
+    // The family's network backend, forked by the member after its VM was built ahead, holds
+    // none of it: no KVM descriptor, no mapping of guest RAM's size.
+    let backend = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (name, rest) = stat.split_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (name.ends_with("(pvm-net") && ppid == id).then_some(pid)
+        })
+        .expect("the family's backend runs");
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{backend}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect();
+    assert!(fds.iter().all(|t| !t.contains("kvm")), "{fds:#?}");
+    let maps = std::fs::read_to_string(format!("/proc/{backend}/maps")).unwrap();
+    let guest_ram = maps.lines().find(|l| {
+        let Some((range, _)) = l.split_once(' ') else {
+            return false;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let size = u64::from_str_radix(hi, 16).unwrap_or(0) - u64::from_str_radix(lo, 16).unwrap_or(0);
+        size == 64 << 20
+    });
+    assert_eq!(guest_ram, None, "{maps}");
+    // And the port serves.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(TIME_LIMIT)).unwrap();
+    s.write_all(b"warm").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut echoed = Vec::new();
+    s.read_to_end(&mut echoed).unwrap();
+    assert_eq!(echoed, b"warm");
+    pvm.finish().expect_status(0);
+    drop(pool);
+    assert_no_leaks(test);
+}
