@@ -74,8 +74,6 @@ impl Monitor {
                 }
             }
             Ok(Forked::Child) => {
-                // Allocate from pages of our own from here on, not from the parent's heap.
-                crate::heap::HEAP.fresh_region();
                 signals::forget_inherited(inherited);
                 drop(from_child);
                 let started = self.become_child(&state, to_parent, lease, t0, child_cpu);

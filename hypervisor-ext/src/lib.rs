@@ -13,7 +13,6 @@ pub mod dl;
 mod family;
 mod fork;
 mod guest_calls;
-pub mod heap;
 pub mod hypercall;
 mod ipc;
 mod ledger;

@@ -12,11 +12,6 @@ mod pool_cmd;
 mod run;
 mod signal;
 
-/// The monitors' allocator: a forked pVM's monitor allocates from a fresh region, not from the
-/// heap it shares with its parent (see `hypervisor_ext::heap`).
-#[global_allocator]
-static ALLOC: hypervisor_ext::heap::MonitorAlloc = hypervisor_ext::heap::MonitorAlloc;
-
 /// Exit status when pvmctl itself fails (bad image, KVM unavailable...), as container runtimes do.
 pub const EXIT_PVMCTL_ERROR: u8 = 125;
 
