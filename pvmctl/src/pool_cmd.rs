@@ -85,7 +85,11 @@ pub fn pool(cmd: PoolCommand) -> Result<ExitCode, PoolCmdError> {
                 size: args.size,
                 mem_size: args.mem,
             };
-            let pid = pool::start(&args.run_dir.path(), config, crate::pvmctl_main)?;
+            let job = pool::Job {
+                prepare: crate::prepare_run,
+                run: crate::pvmctl_main,
+            };
+            let pid = pool::start(&args.run_dir.path(), config, job)?;
             println!("{pid}");
         }
         PoolCommand::Stop(args) => {

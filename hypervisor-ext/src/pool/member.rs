@@ -91,6 +91,7 @@ pub(super) fn run(setup: Setup) -> ! {
             sys::exit_now(1);
         }
     }
+    (setup.job.prepare)();
     StatusMsg::Ready.send(setup.status.as_fd());
     let (conn, request, fds) = loop {
         let Ok(conn) = sys::accept_blocking(setup.listener.as_fd()) else {
@@ -130,7 +131,7 @@ pub(super) fn run(setup: Setup) -> ! {
             CLIENT.store(fd, Ordering::SeqCst);
             sys::close_in_forked_children(fd);
             let argv = request.argv.into_iter().map(OsString::from_vec).collect();
-            job(argv)
+            (job.run)(argv)
         }
         Err(e) => {
             let _ = sys::write_all(

@@ -45,8 +45,14 @@ const MEMBER_NAME: &CStr = c"pvm-warm";
 /// Exit status of a run the pool failed to start (as pvmctl's own failures).
 const EXIT_ERROR: u8 = 125;
 
-/// What a member runs for a client: pvmctl's main on the client's arguments; its exit status.
-pub type Job = fn(Vec<OsString>) -> u8;
+/// What a member runs for a client.
+#[derive(Clone, Copy)]
+pub struct Job {
+    /// Done ahead, once the member's VM is built (e.g. building the argument parser).
+    pub prepare: fn(),
+    /// pvmctl's main on the client's arguments; its exit status.
+    pub run: fn(Vec<OsString>) -> u8,
+}
 
 /// Errors of the pool's commands.
 #[derive(Debug, thiserror::Error)]
