@@ -43,6 +43,17 @@ impl Drop for Pool {
     }
 }
 
+/// The id of the live pVM named `name`.
+fn id_of(test: &str, name: &str) -> u32 {
+    let rows = ps_json(test, false);
+    let id = rows
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["id"].as_u64())
+        .unwrap_or_else(|| panic!("no pVM {name}: {rows:#?}"));
+    u32::try_from(id).expect("a pid")
+}
+
 /// Sends `sig` to process `pid`.
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
@@ -173,12 +184,7 @@ fn killing_the_pool_leaves_its_runs_running_and_nothing_else() {
     let mut spin = Running::start(test, &["--name", "survivor"], "spin", &[]);
     spin.expect("spinning");
     assert_eq!(pool.served(), 1);
-    let rows = ps_json(test, false);
-    let id = rows
-        .iter()
-        .find(|r| r["name"] == "survivor")
-        .and_then(|r| r["id"].as_u64())
-        .unwrap_or_else(|| panic!("{rows:#?}")) as u32;
+    let id = id_of(test, "survivor");
     signal(pid, libc::SIGKILL);
     wait_gone(pid);
     // The idle members die with the pool: soon only the run it handed out uses the directory.
@@ -218,12 +224,7 @@ fn killing_a_warm_runs_launcher_kills_its_pvm() {
     let (pool, _) = Pool::start(test, "1");
     let mut spin = Running::start(test, &["--name", "orphan"], "spin", &[]);
     spin.expect("spinning");
-    let rows = ps_json(test, false);
-    let id = rows
-        .iter()
-        .find(|r| r["name"] == "orphan")
-        .and_then(|r| r["id"].as_u64())
-        .unwrap_or_else(|| panic!("{rows:#?}")) as u32;
+    let id = id_of(test, "orphan");
     assert_ne!(
         id,
         spin.child.id(),
@@ -248,11 +249,7 @@ fn a_warm_pvm_killed_outright_ends_its_launcher() {
     let (pool, _) = Pool::start(test, "1");
     let mut spin = Running::start(test, &["--name", "victim"], "spin", &[]);
     spin.expect("spinning");
-    let id = ps_json(test, false)
-        .iter()
-        .find(|r| r["name"] == "victim")
-        .and_then(|r| r["id"].as_u64())
-        .expect("listed") as u32;
+    let id = id_of(test, "victim");
     ctl(test, &["kill", "-9", &id.to_string()]).expect_status(0);
     let out = spin.finish();
     out.expect_status(137).expect_no_host_panic();

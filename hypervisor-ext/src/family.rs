@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use pvm_abi::wait_kind;
 
-use crate::ledger::{FamilyLedger, Lease, LedgerError, Want};
+use crate::ledger::{FamilyLedger, Lease, LeaseFiles, LedgerError, Want};
 use crate::outcome::{Crash, Outcome};
 use crate::registry::{EntryHandle, Registry, SignalError};
 use crate::sys;
@@ -197,6 +197,15 @@ pub struct Family {
     pub to_parent: Option<File>,
     /// The kernel's OOM-kill count when last looked at (see [`Family::collect`]).
     oom_kills: Option<u64>,
+    /// What the next fork needs, made ahead (see [`Family::prepare_fork`]).
+    spare: Option<ForkSpare>,
+}
+
+/// What a fork needs that can be made before it: the child's lease descriptions and its
+/// outcome pipe.
+pub struct ForkSpare {
+    files: LeaseFiles,
+    pipe: (File, File),
 }
 
 impl Family {
@@ -212,6 +221,7 @@ impl Family {
             children: Vec::new(),
             to_parent: None,
             oom_kills: None,
+            spare: None,
         }
     }
 
@@ -226,11 +236,31 @@ impl Family {
     }
 
     /// The lease for a child about to be forked (held by nobody else until the fork).
-    pub fn admit_fork(&mut self, mem_size: u64) -> Result<Lease, LedgerError> {
+    pub fn admit_fork(&mut self, mem_size: u64) -> Result<(Lease, (File, File)), LedgerError> {
         if self.oom_kills.is_none() {
             self.oom_kills = sys::oom_kill_count();
         }
-        Lease::acquire(self.registry.dir(), &self.ledger, self.want(mem_size))
+        let ForkSpare { files, pipe } = match self.spare.take() {
+            Some(spare) => spare,
+            None => self.make_spare()?,
+        };
+        Ok((Lease::acquire_on(files, self.want(mem_size))?, pipe))
+    }
+
+    /// Makes what the next fork needs ahead, if it is not made yet: called where the monitor
+    /// waits anyway (a `wait` that blocks), so a parent that forks, waits and forks again pays
+    /// for neither in its pause. Best effort: the fork makes them itself otherwise.
+    pub fn prepare_fork(&mut self) {
+        if self.spare.is_none() {
+            self.spare = self.make_spare().ok();
+        }
+    }
+
+    fn make_spare(&self) -> std::io::Result<ForkSpare> {
+        Ok(ForkSpare {
+            files: LeaseFiles::open(self.registry.dir(), &self.ledger)?,
+            pipe: outcome_pipe()?,
+        })
     }
 
     /// In the parent after fork: remember the child.

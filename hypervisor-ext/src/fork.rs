@@ -13,7 +13,6 @@ use std::io::Write;
 use pvm_abi::{errno, layout, BootInfo, GuestStatus};
 
 use crate::control::ControlSocket;
-use crate::family::{outcome_pipe, FamilyError};
 use crate::ledger::{Lease, LedgerError};
 use crate::monitor::{Monitor, MonitorError, BENCH_PARENT_PAUSE};
 use crate::outcome::{Crash, Outcome};
@@ -34,8 +33,9 @@ impl Monitor {
         self.settle_update();
         // The child's lease is taken first, on descriptions the child inherits and the parent
         // closes: whatever happens next, it is held by one process at most.
-        let lease = match self.family.admit_fork(self.mem.size()) {
-            Ok(lease) => lease,
+        // With the child's outcome pipe (both made ahead when the monitor last waited).
+        let (lease, (from_child, to_parent)) = match self.family.admit_fork(self.mem.size()) {
+            Ok(admitted) => admitted,
             Err(LedgerError::Memory { .. }) => return -errno::ENOMEM,
             Err(LedgerError::Io(e)) => {
                 tracing::warn!(error = %e, "fork: resource ledger unavailable");
@@ -43,12 +43,8 @@ impl Monitor {
             }
             Err(_) => return -errno::EAGAIN,
         };
-        let prepared = self.prepare_fork().and_then(|state| {
-            let pipe = outcome_pipe().map_err(|e| MonitorError::Family(FamilyError::Setup(e)))?;
-            Ok((state, pipe))
-        });
-        let (state, (from_child, to_parent)) = match prepared {
-            Ok(p) => p,
+        let state = match self.prepare_fork() {
+            Ok(state) => state,
             Err(e) => {
                 tracing::warn!(error = %e, "fork failed before forking");
                 lease.release();

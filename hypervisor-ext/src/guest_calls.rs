@@ -128,6 +128,10 @@ impl Host for Monitor {
     /// Blocks in `waitpid` (a signal interrupts it: one the guest handles makes it return
     /// `EINTR`, one that ends the pVM ends it).
     fn wait(&mut self, child: Option<u32>, nohang: bool) -> Flow<Result<Option<Reaped>, i64>> {
+        if !nohang {
+            // Waiting anyway: the next fork's lease descriptions and pipe now, not in its pause.
+            self.family.prepare_fork();
+        }
         loop {
             if !nohang && self.guest_signals_pending() {
                 return Flow::Continue(Err(-errno::EINTR));
