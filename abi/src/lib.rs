@@ -15,7 +15,7 @@
 
 /// Version of this ABI. A guest image carries it in a `.note.pvm` ELF note; the monitor refuses
 /// an image without the note or with another version.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Owner name of the pvm ELF note (with its terminating NUL, as ELF notes store it).
 pub const NOTE_NAME: &str = "pvm";
@@ -374,8 +374,13 @@ pub struct ForkArgs {
     /// OUT: in the parent the child's id (> 0); in the child 0; on failure a negated [`errno`]
     /// (`EAGAIN`: a pVM limit is reached; `ENOMEM`: the host is out of memory; `EIO`: other).
     pub result: i64,
+    /// OUT: this pVM's id after the call (the child's own in the child). The boot block keeps
+    /// the root's ids: rewriting it would copy a page of the parent's into every child.
+    pub id: u64,
+    /// OUT: this pVM's parent's id after the call (0 for a family's root).
+    pub parent_id: u64,
 }
-// SAFETY: repr(C), one 8-byte integer.
+// SAFETY: repr(C), three 8-byte integers.
 unsafe impl Plain for ForkArgs {}
 
 /// How a child pVM ended, in [`WaitArgs::kind`].
@@ -854,9 +859,9 @@ pub struct BootInfo {
     pub magic: u64,
     /// [`ABI_VERSION`] of the monitor.
     pub abi_version: u64,
-    /// Host-unique id of this pVM (rewritten by the child's monitor after a fork).
+    /// Host-unique id of the pVM booted (a forked child learns its own from [`ForkArgs`]).
     pub pvm_id: u64,
-    /// Id of the parent pVM, 0 for the root of a family.
+    /// Id of the booted pVM's parent: 0, it is a family's root (as [`BootInfo::pvm_id`]).
     pub parent_id: u64,
     /// Id of the family (its root's id).
     pub family_id: u64,

@@ -135,6 +135,9 @@ impl Host for Fake<'_> {
     fn id(&self) -> u32 {
         ME
     }
+    fn parent_id(&self) -> u32 {
+        0
+    }
     fn has_child(&self, id: u32) -> bool {
         self.children.contains(&id)
     }

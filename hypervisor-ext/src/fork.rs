@@ -10,7 +10,7 @@
 //! and 0 in the child. The monitor is single-threaded when it forks.
 use std::io::Write;
 
-use pvm_abi::{errno, layout, BootInfo, GuestStatus};
+use pvm_abi::{errno, layout, GuestStatus};
 
 use crate::control::ControlSocket;
 use crate::ledger::{Lease, LedgerError};
@@ -166,18 +166,9 @@ impl Monitor {
         self.control =
             Some(ControlSocket::create(self.family.registry.dir(), id).map_err(MonitorError::Control)?);
 
+        // The guest learns its ids from the fork's answer (`ForkArgs`), not from the boot
+        // block: rewriting that would copy one more page of the parent's into every child.
         let ids = self.family.ids;
-        for (offset, value) in [
-            (std::mem::offset_of!(BootInfo, pvm_id), ids.id),
-            (std::mem::offset_of!(BootInfo, parent_id), ids.parent),
-            (std::mem::offset_of!(BootInfo, family_id), ids.family),
-        ] {
-            self.mem.write_obj(
-                layout::BOOT_INFO_ADDR + offset as u64,
-                &u64::from(value),
-                Access::Monitor,
-            )?;
-        }
         // Signals pending for the parent's handlers, and the parent's library update, are not
         // the child's. (Written only if set: an untouched page stays shared with the parent.)
         let status: GuestStatus = self.mem.read_obj(layout::STATUS_ADDR, Access::Monitor)?;

@@ -80,6 +80,10 @@ impl Host for Monitor {
         self.family.ids.id
     }
 
+    fn parent_id(&self) -> u32 {
+        self.family.ids.parent
+    }
+
     fn has_child(&self, id: u32) -> bool {
         self.family.has_child(id)
     }

@@ -167,6 +167,8 @@ pub trait Host {
     fn memory(&self) -> &GuestMemory;
     /// This pVM's id.
     fn id(&self) -> u32;
+    /// Its parent's id (0 for a family's root).
+    fn parent_id(&self) -> u32;
     /// Whether `id` is a child not yet waited for.
     fn has_child(&self, id: u32) -> bool;
     /// Whether this pVM has any child not yet waited for.
@@ -337,6 +339,8 @@ pub fn dispatch<H: Host>(host: &mut H, call: Call) -> Result<Option<Outcome>, Cr
         }
         Hypercall::Fork => with_args(host, call, |h, a: &mut ForkArgs| {
             a.result = h.fork();
+            a.id = u64::from(h.id());
+            a.parent_id = u64::from(h.parent_id());
             Continue(())
         }),
         Hypercall::Wait => with_args(host, call, |h, a: &mut WaitArgs| {

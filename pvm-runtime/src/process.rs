@@ -153,7 +153,10 @@ pub fn fork() -> Result<Fork, Error> {
     raw(Hypercall::Fork, &mut args as *mut ForkArgs as u64);
     crate::signal::dispatch();
     match args.result {
-        0 => Ok(Fork::Child),
+        0 => {
+            crate::rt::set_ids(args.id, args.parent_id);
+            Ok(Fork::Child)
+        }
         id if id > 0 => Ok(Fork::Parent(Child { id: id as u64 })),
         err => Err(Error::from_result(err)),
     }
@@ -191,12 +194,12 @@ pub fn wait_any() -> Result<(u64, ExitStatus), Error> {
 
 /// This pVM's host-unique id.
 pub fn id() -> u64 {
-    boot_info().pvm_id
+    crate::rt::ids().0
 }
 
 /// The parent pVM's id; 0 for the root of a family.
 pub fn parent_id() -> u64 {
-    boot_info().parent_id
+    crate::rt::ids().1
 }
 
 /// The family's id (its root's id).

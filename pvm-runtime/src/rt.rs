@@ -1,5 +1,5 @@
 //! Entry point, heap, exit, arguments and the panic handler.
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use linked_list_allocator::LockedHeap;
 use pvm_abi::{BootInfo, ABI_VERSION, BOOT_MAGIC, NOTE_TYPE_ABI_VERSION};
@@ -36,6 +36,18 @@ pub(crate) fn heap() -> &'static LockedHeap {
 
 static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
 
+/// This pVM's id and its parent's: the boot block's at boot, a fork's answer in a child.
+static IDS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+pub(crate) fn ids() -> (u64, u64) {
+    (IDS[0].load(Ordering::Relaxed), IDS[1].load(Ordering::Relaxed))
+}
+
+pub(crate) fn set_ids(id: u64, parent: u64) {
+    IDS[0].store(id, Ordering::Relaxed);
+    IDS[1].store(parent, Ordering::Relaxed);
+}
+
 // The monitor enters here at CPL3 with rdi = &BootInfo and rsp at the top of the stack.
 core::arch::global_asm!(
     ".section .text._start,\"ax\",@progbits",
@@ -63,6 +75,7 @@ extern "C" fn rt_start(boot: *const BootInfo) -> ! {
         hypercall::exit(127);
     }
     BOOT_INFO.store(boot as *mut BootInfo, Ordering::Relaxed);
+    set_ids(info.pvm_id, info.parent_id);
     // On one host CPU a waiter that spins only keeps the peer it waits for from running.
     if info.host_cpus == 1 {
         crate::ipc::set_spin(0);
