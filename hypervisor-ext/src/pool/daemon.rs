@@ -189,8 +189,10 @@ impl Pool {
     fn run(mut self, to_starter: OwnedFd) -> ! {
         sys::new_session();
         // Neither the starter's terminal nor its pipes: a test reading `pool start`'s output
-        // must see its end when `pool start` exits.
+        // must see its end when `pool start` exits. Nor its working directory (a member takes
+        // its client's).
         sys::detach_stdio();
+        let _ = std::env::set_current_dir("/");
         let _ = sys::set_name(POOL_NAME);
         let fail = |why: String| -> ! {
             StatusMsg::Failed(why).send(to_starter.as_fd());
