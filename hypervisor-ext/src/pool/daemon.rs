@@ -201,9 +201,8 @@ impl Pool {
         if sys::lock_process(self.lock.as_fd()).is_err() {
             fail("another pool took this runtime directory meanwhile".into());
         }
-        let _ = self.dir.remove(SOCKET);
-        let listener = match sys::unix_listener(self.dir.fd(), SOCKET, true) {
-            Ok(l) => l,
+        let mut listener = match self.listen() {
+            Ok(l) => Some(l),
             Err(e) => fail(format!("cannot listen on {SOCKET}: {e}")),
         };
         let (from_members, to_pool) = match sys::pipe(false) {
@@ -219,13 +218,18 @@ impl Pool {
             if retry_at.is_some_and(|t| Instant::now() >= t) {
                 retry_at = None;
                 self.failures = 0;
+                if listener.is_none() {
+                    listener = self.listen().ok();
+                }
             }
             // Refill at once when no member is ready (a client may be waiting), else once the
             // last take is a little in the past.
             let refill =
                 self.count(Member::Ready) == 0 || self.last_taken.is_none_or(|t| t.elapsed() >= REFILL_DELAY);
-            while refill && self.members.len() < self.config.size && self.failures < MAX_FAILURES {
-                self.spawn(&listener, &to_pool);
+            if let Some(l) = listener.as_ref().filter(|_| refill) {
+                while self.members.len() < self.config.size && self.failures < MAX_FAILURES {
+                    self.spawn(l, &to_pool);
+                }
             }
             self.write_state();
             let ready = self.count(Member::Ready);
@@ -242,15 +246,29 @@ impl Pool {
                     sys::exit_now(1);
                 }
                 retry_at.get_or_insert_with(|| Instant::now() + RETRY_AFTER);
+                // Nobody would answer a client: stop listening until the next try, so that runs
+                // boot cold at once instead of waiting for an answer first.
+                if self.members.is_empty() && listener.take().is_some() {
+                    let _ = self.dir.remove(SOCKET);
+                }
             }
-            let wait = match self.last_taken {
-                Some(t) if self.members.len() < self.config.size => REFILL_DELAY.saturating_sub(t.elapsed()),
+            let wait = match (retry_at, self.last_taken) {
+                (Some(t), _) => t.saturating_duration_since(Instant::now()).min(REAP_INTERVAL),
+                (None, Some(t)) if self.members.len() < self.config.size => {
+                    REFILL_DELAY.saturating_sub(t.elapsed())
+                }
                 _ => REAP_INTERVAL,
             };
             let _ = sys::wait_readable(from_members.as_fd(), wait.as_nanos() as i64);
             self.read_messages(&from_members);
             self.reap();
         }
+    }
+
+    /// Listens on [`SOCKET`] (in place of whatever was there: the lock makes it ours).
+    fn listen(&self) -> std::io::Result<OwnedFd> {
+        let _ = self.dir.remove(SOCKET);
+        sys::unix_listener(self.dir.fd(), SOCKET, true)
     }
 
     fn count(&self, which: Member) -> usize {
