@@ -408,3 +408,64 @@ fn a_warm_pvm_serves_a_published_port_and_its_backend_keeps_nothing_of_the_vm() 
     drop(pool);
     assert_no_leaks(test);
 }
+
+#[test]
+fn a_pool_whose_builds_fail_stops_answering_until_they_work_again() {
+    let test = "pool-failing";
+    let dir = run_dir(test);
+    // The pool's members open KVM through a link the test breaks and mends.
+    let link = dir.join("kvm-link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/dev/kvm", &link).unwrap();
+    let out = finish(
+        pvmctl(test)
+            .env("PVM_KVM_DEVICE", &link)
+            .args(["pool", "start", "--size", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    out.expect_status(0);
+    let pool = Pool(test);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/kvm", &link).unwrap();
+    // This run takes the one member (which builds a VM of its own on the runner's device);
+    // the refills then fail.
+    run_guest(test, &[], "exit", &["3"]).expect_status(3);
+    assert_eq!(pool.served(), 1);
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        let s = pool.status();
+        if s["failed"].as_u64() >= Some(3) && s["ready"] == 0 && s["building"] == 0 {
+            assert!(
+                s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("kvm-link not found")),
+                "{s:#?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Nobody would answer: the pool no longer listens, and a run boots cold at once.
+    assert!(!dir.join("pool.sock").exists());
+    run_guest(test, &[], "exit", &["4"]).expect_status(4);
+    assert_eq!(pool.served(), 1);
+    // Mended, the pool builds members again on its next try and serves.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/dev/kvm", &link).unwrap();
+    loop {
+        if pool.status()["ready"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:#?}", pool.status());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run_guest(test, &[], "exit", &["5"]).expect_status(5);
+    assert_eq!(pool.served(), 2);
+    drop(pool);
+    std::fs::remove_file(&link).unwrap();
+    assert_no_leaks(test);
+}
