@@ -30,10 +30,19 @@ impl Pool {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:#?}"))
     }
 
-    fn served(&self) -> u64 {
-        self.status()["served"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{:#?}", self.status()))
+    /// Runs served so far. The pool counts a run when its member's word reaches it, which may
+    /// be after the run ended: this waits (at most [`TIME_LIMIT`]) while the count is below
+    /// `expected`, then returns it (a count past it shows at once).
+    fn served_as(&self, expected: u64) -> u64 {
+        let deadline = Instant::now() + TIME_LIMIT;
+        loop {
+            let status = self.status();
+            let served = status["served"].as_u64().unwrap_or_else(|| panic!("{status:#?}"));
+            if served >= expected || Instant::now() > deadline {
+                return served;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -52,6 +61,15 @@ fn id_of(test: &str, name: &str) -> u32 {
         .and_then(|r| r["id"].as_u64())
         .unwrap_or_else(|| panic!("no pVM {name}: {rows:#?}"));
     u32::try_from(id).expect("a pid")
+}
+
+/// Starts the `spin` guest named `name` (warm when a pool runs); returns it, once it spins,
+/// with its pVM id.
+fn spinning(test: &str, name: &str) -> (Running, u32) {
+    let mut spin = Running::start(test, &["--name", name], "spin", &[]);
+    spin.expect("spinning");
+    let id = id_of(test, name);
+    (spin, id)
 }
 
 /// Sends `sig` to process `pid`.
@@ -150,10 +168,10 @@ fn a_warm_run_behaves_as_a_cold_one() {
     let (pool, _) = Pool::start(test, "2");
     let runs = behaves_as_a_process(test);
     // Every run went to a member (the usage error too: the member parses the arguments).
-    assert_eq!(pool.served(), runs);
+    assert_eq!(pool.served_as(runs), runs);
     // `--cold` does not.
     run_guest(test, &["--cold"], "exit", &["3"]).expect_status(3);
-    assert_eq!(pool.served(), runs);
+    assert_eq!(pool.served_as(runs), runs);
     drop(pool);
     assert_no_leaks(test);
 }
@@ -172,7 +190,7 @@ fn a_warm_pvm_sees_nothing_of_the_pvm_before_it() {
     assert!(second.stdout.contains(": all zero"), "{second:#?}");
     let at = |out: &Output| out.stdout.split(" at ").nth(1).map(str::to_string);
     assert_eq!(at(&first), at(&second), "the runs checked different addresses");
-    assert_eq!(pool.served(), 2);
+    assert_eq!(pool.served_as(2), 2);
     drop(pool);
     assert_no_leaks(test);
 }
@@ -181,10 +199,8 @@ fn a_warm_pvm_sees_nothing_of_the_pvm_before_it() {
 fn killing_the_pool_leaves_its_runs_running_and_nothing_else() {
     let test = "pool-killed";
     let (pool, pid) = Pool::start(test, "2");
-    let mut spin = Running::start(test, &["--name", "survivor"], "spin", &[]);
-    spin.expect("spinning");
-    assert_eq!(pool.served(), 1);
-    let id = id_of(test, "survivor");
+    let (spin, id) = spinning(test, "survivor");
+    assert_eq!(pool.served_as(1), 1);
     signal(pid, libc::SIGKILL);
     wait_gone(pid);
     // The idle members die with the pool: soon only the run it handed out uses the directory.
@@ -213,7 +229,7 @@ fn killing_the_pool_leaves_its_runs_running_and_nothing_else() {
     // A new pool takes the directory over.
     let (pool, _) = Pool::start(test, "1");
     run_guest(test, &[], "exit", &["5"]).expect_status(5);
-    assert_eq!(pool.served(), 1);
+    assert_eq!(pool.served_as(1), 1);
     drop(pool);
     assert_no_leaks(test);
 }
@@ -222,9 +238,7 @@ fn killing_the_pool_leaves_its_runs_running_and_nothing_else() {
 fn killing_a_warm_runs_launcher_kills_its_pvm() {
     let test = "pool-launcher";
     let (pool, _) = Pool::start(test, "1");
-    let mut spin = Running::start(test, &["--name", "orphan"], "spin", &[]);
-    spin.expect("spinning");
-    let id = id_of(test, "orphan");
+    let (spin, id) = spinning(test, "orphan");
     assert_ne!(
         id,
         spin.child.id(),
@@ -247,9 +261,7 @@ fn killing_a_warm_runs_launcher_kills_its_pvm() {
 fn a_warm_pvm_killed_outright_ends_its_launcher() {
     let test = "pool-member-killed";
     let (pool, _) = Pool::start(test, "1");
-    let mut spin = Running::start(test, &["--name", "victim"], "spin", &[]);
-    spin.expect("spinning");
-    let id = id_of(test, "victim");
+    let (spin, id) = spinning(test, "victim");
     ctl(test, &["kill", "-9", &id.to_string()]).expect_status(0);
     let out = spin.finish();
     out.expect_status(137).expect_no_host_panic();
@@ -284,9 +296,9 @@ fn a_pool_serves_only_the_pvmctl_build_that_started_it() {
             .unwrap(),
     );
     out.expect_status(6);
-    assert_eq!(pool.served(), 0, "the copy's run went to the pool");
+    assert_eq!(pool.served_as(0), 0, "the copy's run went to the pool");
     run_guest(test, &[], "exit", &["6"]).expect_status(6);
-    assert_eq!(pool.served(), 1, "this build's run did not go to the pool");
+    assert_eq!(pool.served_as(1), 1, "this build's run did not go to the pool");
     std::fs::remove_file(&copy).unwrap();
     drop(pool);
     assert_no_leaks(test);
@@ -351,7 +363,7 @@ fn a_warm_pvm_serves_a_published_port_and_its_backend_keeps_nothing_of_the_vm() 
     let (pool, _) = Pool::start(test, "1");
     let mut pvm = Running::start(test, &["--publish=127.0.0.1:0:7"], "netecho", &["--conns", "1"]);
     pvm.expect("listening on guest port 7");
-    assert_eq!(pool.served(), 1);
+    assert_eq!(pool.served_as(1), 1);
     let rows = ps_json(test, false);
     let root = rows
         .iter()
@@ -433,7 +445,7 @@ fn a_pool_whose_builds_fail_stops_answering_until_they_work_again() {
     // This run takes the one member (which builds a VM of its own on the runner's device);
     // the refills then fail.
     run_guest(test, &[], "exit", &["3"]).expect_status(3);
-    assert_eq!(pool.served(), 1);
+    assert_eq!(pool.served_as(1), 1);
     let deadline = Instant::now() + TIME_LIMIT;
     loop {
         let s = pool.status();
@@ -452,7 +464,7 @@ fn a_pool_whose_builds_fail_stops_answering_until_they_work_again() {
     // Nobody would answer: the pool no longer listens, and a run boots cold at once.
     assert!(!dir.join("pool.sock").exists());
     run_guest(test, &[], "exit", &["4"]).expect_status(4);
-    assert_eq!(pool.served(), 1);
+    assert_eq!(pool.served_as(1), 1);
     // Mended, the pool builds members again on its next try and serves.
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink("/dev/kvm", &link).unwrap();
@@ -464,7 +476,7 @@ fn a_pool_whose_builds_fail_stops_answering_until_they_work_again() {
         std::thread::sleep(Duration::from_millis(5));
     }
     run_guest(test, &[], "exit", &["5"]).expect_status(5);
-    assert_eq!(pool.served(), 2);
+    assert_eq!(pool.served_as(2), 2);
     drop(pool);
     std::fs::remove_file(&link).unwrap();
     assert_no_leaks(test);
