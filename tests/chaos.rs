@@ -77,7 +77,14 @@ fn kill_randomly(test: &str, spare: &[u32], seconds: u64, rng: &mut Rng) -> usiz
 fn start_family(test: &str, workers: usize) -> (Running, u32, Vec<u32>) {
     let mut family = Running::start(test, &["--max-family", "64"], "chaos", &[&workers.to_string()]);
     family.expect(&format!("root: {workers} workers started"));
-    let root = family.id();
+    // The family's root: the `pvmctl run` process, or in a warm run the pool member it handed
+    // the run to.
+    let rows = ps_until(test, false, |rows| rows.iter().any(|r| r["parent"] == 0));
+    let root = rows
+        .iter()
+        .find(|r| r["parent"] == 0)
+        .and_then(|r| r["id"].as_u64())
+        .expect("the root is listed") as u32;
     let rows = ps_until(test, false, |rows| {
         rows.iter().filter(|r| r["parent"] == root).count() >= workers
     });
@@ -92,7 +99,19 @@ fn start_family(test: &str, workers: usize) -> (Running, u32, Vec<u32>) {
 
 #[test]
 fn random_sigkills_under_fork_and_ipc_load_leave_nothing_behind() {
-    let test = "chaos";
+    sigkills_under_load("chaos");
+}
+
+/// The same in a warm run: the pool and its idle members are fair game too (the run it handed
+/// out must not care), and what is left of the pool is stopped before the leak check.
+#[test]
+fn random_sigkills_of_a_warm_family_and_of_its_pool_leave_nothing_behind() {
+    let test = "chaos-warm";
+    ctl(test, &["pool", "start", "--size", "2"]).expect_status(0);
+    sigkills_under_load(test);
+}
+
+fn sigkills_under_load(test: &str) {
     let mut rng = Rng::new();
     // Two workers are spared, so that some survive to show they kept working; the other two,
     // their children and everyone's teardown helpers are fair game.
@@ -127,6 +146,8 @@ fn random_sigkills_under_fork_and_ipc_load_leave_nothing_behind() {
         survivors >= 2 && forks > 0,
         "the spared workers kept working: {out:#?}"
     );
+    // A pool the kills spared (a warm run's) goes now; `stop` says whether one was left.
+    let _ = ctl(test, &["pool", "stop"]);
     assert_no_leaks(test);
 }
 

@@ -129,9 +129,11 @@ pub fn status(run_dir: &Path) -> Result<Option<Status>, PoolError> {
 }
 
 /// Stops the pool of `run_dir`: kills it (its idle members die with it; runs it handed out go
-/// on), waits until it is gone, removes its socket. `false` when none ran.
+/// on), waits until it is gone, removes its socket. `false` when none ran (what a pool killed
+/// otherwise left, its socket and state file, is removed then).
 pub fn stop(run_dir: &Path) -> Result<bool, PoolError> {
     let Some(status) = status(run_dir)? else {
+        remove_leftovers(run_dir)?;
         return Ok(false);
     };
     let pidfd = match sys::pidfd_open(status.pid) {
@@ -157,6 +159,23 @@ pub fn stop(run_dir: &Path) -> Result<bool, PoolError> {
         let _ = dir.remove(name);
     }
     Ok(true)
+}
+
+/// Removes the socket and state file of a pool that is gone, holding its lock meanwhile (a pool
+/// starting now waits for it, or this finds it running and leaves its files).
+fn remove_leftovers(run_dir: &Path) -> Result<(), PoolError> {
+    let dir = RunDir::open(run_dir)?;
+    let lock = match dir.open_file(LOCK, Open::ReadWrite) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("open the pool's lock")(e)),
+    };
+    if sys::lock_process(lock.as_fd()).is_ok() {
+        for name in [SOCKET, STATE] {
+            let _ = dir.remove(name);
+        }
+    }
+    Ok(())
 }
 
 /// A member the pool counts.
