@@ -358,7 +358,7 @@ impl Session {
             Some(file) => {
                 let mut text = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
                 text.push(b'\n');
-                sys::send_with_fd(self.conn.as_fd(), &text, file).map_err(io_err)
+                sys::send_all_with_fds(self.conn.as_fd(), &text, &[file]).map_err(io_err)
             }
             None => write_line(self.conn.as_fd(), request).map_err(io_err),
         }

@@ -187,9 +187,9 @@ fn id_of(name: &str) -> Option<u32> {
     (id > 0 && file_name(id) == name).then_some(id)
 }
 
-/// What /proc says of process `pid` (a zombie included): whether it is a pvm monitor, and its
+/// What /proc says of process `pid` (a zombie included): whether it is named `name`, and its
 /// parent's pid.
-fn proc_stat(pid: u32) -> Option<(bool, u32)> {
+fn proc_stat(pid: u32, name: &CStr) -> Option<(bool, u32)> {
     let stat = sys::proc_stat(pid).ok()?;
     // "PID (COMM) STATE PPID ...": the name is between the first '(' and the last ')'.
     let open = stat.iter().position(|&b| b == b'(')?;
@@ -197,21 +197,27 @@ fn proc_stat(pid: u32) -> Option<(bool, u32)> {
     if open >= close {
         return None;
     }
-    let monitor = &stat[open + 1..close] == MONITOR_NAME.to_bytes();
+    let named = &stat[open + 1..close] == name.to_bytes();
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-    Some((monitor, ppid))
+    Some((named, ppid))
+}
+
+/// Whether process `pid` exists (a zombie counts) and is named `name` (read after opening a
+/// pidfd of `pid`: a recycled pid then shows as another name or as gone).
+pub(crate) fn process_named(pid: u32, name: &CStr) -> bool {
+    proc_stat(pid, name).is_some_and(|(named, _)| named)
 }
 
 /// Whether process `pid` exists (a zombie counts) and is a pvm monitor.
 fn is_monitor(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(monitor, _)| monitor)
+    process_named(pid, MONITOR_NAME)
 }
 
 /// Whether pVM `pid` ended and a monitor can still collect its status (its parent, or its
 /// family's root): an ended pVM whose reaper is gone (its parent is now init) is stale.
 fn awaits_reaper(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(monitor, ppid)| monitor && is_monitor(ppid))
+    proc_stat(pid, MONITOR_NAME).is_some_and(|(monitor, ppid)| monitor && is_monitor(ppid))
 }
 
 /// What reading an entry file found.

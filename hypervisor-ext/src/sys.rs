@@ -641,12 +641,24 @@ pub fn unix_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
 /// Makes input on `fd` (a connection on a listening socket) raise SIGIO in this process
 /// (`F_SETOWN`, then `O_ASYNC`). libc for `F_SETOWN`: rustix has no call for it.
 pub fn sigio_on_input(fd: BorrowedFd<'_>) -> io::Result<()> {
+    signal_on_io(fd, None, OFlags::NONBLOCK)
+}
+
+/// Makes I/O on `fd` signal this process: `F_SETOWN` this process, `F_SETSIG` `sig` (SIGIO when
+/// `None`), then `O_ASYNC` with `flags`. libc: rustix has neither `F_SETOWN` nor `F_SETSIG`.
+fn signal_on_io(fd: BorrowedFd<'_>, sig: Option<i32>, flags: OFlags) -> io::Result<()> {
+    /// `F_SETSIG` of linux/fcntl.h (the libc crate does not define it).
+    const F_SETSIG: i32 = 10;
     let me = rustix::process::getpid().as_raw_nonzero().get();
-    // SAFETY: an fcntl command with an integer argument on an open descriptor.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, me) } != 0 {
-        return Err(io::Error::last_os_error());
+    let own = [(libc::F_SETOWN, me)];
+    let set_sig = sig.map(|s| (F_SETSIG, s));
+    for (cmd, arg) in own.into_iter().chain(set_sig) {
+        // SAFETY: an fcntl command with an integer argument on an open descriptor.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
-    Ok(rustix::fs::fcntl_setfl(fd, OFlags::ASYNC | OFlags::NONBLOCK)?)
+    Ok(rustix::fs::fcntl_setfl(fd, OFlags::ASYNC | flags)?)
 }
 
 /// A pending connection on the non-blocking listener `fd`, if any (close-on-exec; it blocks).
@@ -658,10 +670,10 @@ pub fn accept(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// Sends `bytes` on the Unix socket `sock` with the descriptor `fd` attached (`SCM_RIGHTS`).
-pub fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
-    let n = send_with_fds(sock, bytes, &[fd])?;
-    // The descriptor went with the first byte; the rest is plain data.
+/// Sends all of `bytes` on the Unix stream socket `sock` with `fds` attached (`SCM_RIGHTS`).
+pub fn send_all_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let n = send_with_fds(sock, bytes, fds)?;
+    // The descriptors went with the first byte; the rest is plain data.
     write_all(sock, &bytes[n..]).map(drop)
 }
 
@@ -1592,19 +1604,9 @@ pub fn set_stdio(fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
 }
 
 /// Makes the kernel kill this process (`SIGKILL`) as soon as `fd`, a connected socket, has
-/// input or hangs up: `F_SETOWN` this process, `F_SETSIG` SIGKILL, `O_ASYNC`. libc: rustix has
-/// neither `F_SETOWN` nor `F_SETSIG`.
+/// input or hangs up.
 pub fn kill_on_hangup(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    /// `F_SETSIG` of linux/fcntl.h (the libc crate does not define it).
-    const F_SETSIG: i32 = 10;
-    for (cmd, arg) in [(libc::F_SETOWN, me), (F_SETSIG, libc::SIGKILL)] {
-        // SAFETY: an fcntl command with an integer argument on an open descriptor.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(rustix::fs::fcntl_setfl(fd, OFlags::ASYNC)?)
+    signal_on_io(fd, Some(libc::SIGKILL), OFlags::empty())
 }
 
 /// Undoes [`kill_on_hangup`]: no signal on `fd`'s input any more.
@@ -1636,14 +1638,6 @@ pub fn accept_blocking(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             other => return Ok(other?),
         }
     }
-}
-
-/// `/proc/PID/comm` of process `id` (read it after opening a pidfd of `id`: a recycled pid then
-/// shows as another name or as gone).
-pub fn process_name(id: u32) -> io::Result<String> {
-    Ok(std::fs::read_to_string(format!("/proc/{id}/comm"))?
-        .trim_end()
-        .to_string())
 }
 
 /// Takes a process-owned write lock on the whole of `fd`, waiting for it.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use hypervisor_ext::parse_mem_size;
 use hypervisor_ext::pool::{self, Launch, PoolConfig, PoolError};
-use hypervisor_ext::{parse_mem_size, DEFAULT_MEM_SIZE};
 
 use crate::run::RunDir;
 
@@ -35,7 +35,7 @@ pub struct StartArgs {
     size: usize,
     /// Guest RAM of the members' VMs: runs with this `--mem` start warm, others build their VM
     /// themselves (still without starting pvmctl).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_mem_size)]
+    #[arg(long, value_name = "SIZE", default_value = crate::run::DEFAULT_MEM, value_parser = parse_mem_size)]
     mem: u64,
     #[command(flatten)]
     run_dir: RunDir,
@@ -129,35 +129,27 @@ pub fn pool(cmd: PoolCommand) -> Result<ExitCode, PoolCmdError> {
 /// `Some(status)` when a member ran it, `None` to boot cold (no pool, `--cold`, a member that
 /// refused, or pvmctl's bench descriptor, which only this process has).
 pub fn try_warm(args: &[OsString]) -> Option<u8> {
-    let mut rest = args.iter().skip(1).peekable();
+    // `pvmctl [--run-dir DIR] run [OPTIONS] IMAGE [-- ARGS]`, `--run-dir` also after `run`
+    // (or `--run-dir=DIR`); the guest's arguments, after `--`, are not looked at.
     let mut run_dir = None;
-    // `--run-dir DIR` (or `=DIR`) may come before `run`.
-    loop {
-        let arg = rest.next()?;
-        if arg == "run" {
-            break;
-        }
+    let mut is_run = false;
+    let mut words = args.iter().skip(1).take_while(|a| *a != "--");
+    while let Some(arg) = words.next() {
         if arg == "--run-dir" {
-            run_dir = Some(PathBuf::from(rest.next()?));
-        } else if let Some(dir) = arg.to_str()?.strip_prefix("--run-dir=") {
+            run_dir = Some(PathBuf::from(words.next()?));
+        } else if let Some(dir) = arg.to_str().and_then(|a| a.strip_prefix("--run-dir=")) {
             run_dir = Some(PathBuf::from(dir));
-        } else {
+        } else if !is_run {
+            if arg != "run" {
+                return None;
+            }
+            is_run = true;
+        } else if arg == "--cold" || arg == "--help" || arg == "-h" {
             return None;
         }
     }
-    let mut words = rest.take_while(|a| *a != "--");
-    let mut after = None;
-    for arg in words.by_ref() {
-        if arg == "--cold" || arg == "--help" || arg == "-h" {
-            return None;
-        }
-        if after.take().is_some() {
-            run_dir = Some(PathBuf::from(arg));
-        } else if arg == "--run-dir" {
-            after = Some(());
-        } else if let Some(dir) = arg.to_str().and_then(|a| a.strip_prefix("--run-dir=")) {
-            run_dir = Some(PathBuf::from(dir));
-        }
+    if !is_run {
+        return None;
     }
     if std::env::var_os("PVM_BENCH_FD").is_some() {
         return None;
@@ -176,6 +168,3 @@ pub fn try_warm(args: &[OsString]) -> Option<u8> {
 /// Exit status of a warm run whose monitor was killed outright: what a shell reports for a
 /// process killed by SIGKILL, as a cold `pvmctl run` killed so would end.
 const EXIT_KILLED: u8 = 128 + 9;
-
-/// The default of `pool start --mem` is the default of `run --mem`.
-const _: () = assert!(DEFAULT_MEM_SIZE == 64 << 20);

@@ -13,11 +13,14 @@ use hypervisor_ext::{
 
 use crate::image::{self, ImageError};
 
+/// Guest RAM of `run` (and of the pool's members) unless `--mem` says otherwise.
+pub const DEFAULT_MEM: &str = "64M";
+
 /// Arguments of `pvmctl run`.
 #[derive(Args)]
 pub struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (a multiple of 2 MiB).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_mem_size)]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEM, value_parser = parse_mem_size)]
     mem: u64,
     /// Name of the pVM (argv[0] in the guest; defaults to the image's file name). A name given
     /// here must be free: no live pVM of another family has it (its forked children share it).
@@ -304,9 +307,6 @@ fn detach(run_dir: &std::path::Path) -> Result<(), RunError> {
 
 /// Exits with `code`, telling a warm run's `pvmctl run` first.
 fn exit(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     hypervisor_ext::pool::report_exit(code);
     std::process::exit(code)
 }

@@ -371,7 +371,7 @@ impl Prebuilt {
     pub(crate) fn new(mem_size: u64) -> Result<Prebuilt, MonitorError> {
         check_mem_size(mem_size)?;
         let device = vstate::kvm_device();
-        let kvm = vstate::open_kvm()?;
+        let kvm = vstate::open_kvm_at(device.clone())?;
         let mem = GuestMemory::new(mem_size)?;
         // The seccomp filters are compiled there too, after the query.
         let (helper, built) = std::thread::scope(|s| {

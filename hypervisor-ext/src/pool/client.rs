@@ -4,6 +4,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::proto::{Reply, Request, MAX_BODY, REPLY_LEN};
 use super::SOCKET;
@@ -11,7 +12,7 @@ use crate::sys;
 
 /// How long `pvmctl run` waits for a member to accept before it boots cold. A member building
 /// its VM takes a few milliseconds; a pool whose members all fail would otherwise hold the run.
-const ACCEPT_TIMEOUT_MS: u64 = 250;
+const ACCEPT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The signals `pvmctl run` passes on to its warm monitor: those a cold monitor would get as
 /// the same process (Ctrl-C, `kill`, a closed terminal).
@@ -86,9 +87,8 @@ pub fn launch(run_dir: &Path, argv: &[OsString]) -> Launch {
         sys::set_signal_handler(sig, forward);
     }
     let fds = [sys::stdio(0), sys::stdio(1), sys::stdio(2), cwd.as_fd()];
-    let sent = sys::send_with_fds(sock.as_fd(), &request, &fds)
-        .and_then(|n| sys::write_all(sock.as_fd(), &request[n..]));
-    let pid = match sent.ok().and_then(|_| accepted(&sock)) {
+    let sent = sys::send_all_with_fds(sock.as_fd(), &request, &fds);
+    let pid = match sent.ok().and_then(|()| accepted(&sock)) {
         Some(pid) => pid,
         None => return cold(sock),
     };
@@ -107,9 +107,9 @@ pub fn launch(run_dir: &Path, argv: &[OsString]) -> Launch {
 
 /// The member's pid once it accepted; `None` if it refused, or none answered in time.
 fn accepted(sock: &OwnedFd) -> Option<u32> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ACCEPT_TIMEOUT_MS);
+    let deadline = Instant::now() + ACCEPT_TIMEOUT;
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         match sys::wait_readable(sock.as_fd(), left.as_nanos() as i64) {
             Ok(true) => break,
             Ok(false) => return None,

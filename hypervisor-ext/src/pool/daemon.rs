@@ -106,7 +106,10 @@ pub fn start(run_dir: &Path, config: PoolConfig, job: Job) -> Result<u32, PoolEr
 
 /// The pool of `run_dir`, if one runs: what it last said, with the pid of its lock's holder.
 pub fn status(run_dir: &Path) -> Result<Option<Status>, PoolError> {
-    let dir = RunDir::open(run_dir)?;
+    status_in(&RunDir::open(run_dir)?)
+}
+
+fn status_in(dir: &RunDir) -> Result<Option<Status>, PoolError> {
     let lock = match dir.open_file(LOCK, Open::Read) {
         Ok(fd) => fd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -129,53 +132,50 @@ pub fn status(run_dir: &Path) -> Result<Option<Status>, PoolError> {
 }
 
 /// Stops the pool of `run_dir`: kills it (its idle members die with it; runs it handed out go
-/// on), waits until it is gone, removes its socket. `false` when none ran (what a pool killed
-/// otherwise left, its socket and state file, is removed then).
+/// on), waits until it is gone, removes its socket and state file. `false` when none ran (what a
+/// pool killed otherwise left is removed then).
 pub fn stop(run_dir: &Path) -> Result<bool, PoolError> {
-    let Some(status) = status(run_dir)? else {
-        remove_leftovers(run_dir)?;
-        return Ok(false);
-    };
-    let pidfd = match sys::pidfd_open(status.pid) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return stop(run_dir),
-        Err(e) => return Err(io_err("open the pool process")(e)),
-    };
-    // Read after the pidfd was opened: a recycled pid shows as another name.
-    if sys::process_name(status.pid).ok().as_deref() != POOL_NAME.to_str().ok() {
-        return Err(PoolError::NotAPool(status.pid));
-    }
-    match sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL) {
-        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => return Err(io_err("kill the pool")(e)),
-        _ => {}
-    }
     let dir = RunDir::open(run_dir)?;
-    let lock = dir
-        .open_file(LOCK, Open::ReadWrite)
-        .map_err(io_err("open the pool's lock"))?;
-    // The lock is free once the pool is gone; holding it, nothing else starts meanwhile.
-    sys::lock_process_wait(lock.as_fd()).map_err(io_err("wait for the pool to end"))?;
-    for name in [SOCKET, STATE] {
-        let _ = dir.remove(name);
+    let running = status_in(&dir)?;
+    if let Some(status) = &running {
+        match sys::pidfd_open(status.pid) {
+            Ok(pidfd) => {
+                // Checked after the pidfd was opened: a recycled pid shows as another name.
+                if !crate::registry::process_named(status.pid, POOL_NAME) {
+                    return Err(PoolError::NotAPool(status.pid));
+                }
+                match sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL) {
+                    Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                        return Err(io_err("kill the pool")(e))
+                    }
+                    _ => {}
+                }
+            }
+            // Gone meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(io_err("open the pool process")(e)),
+        }
     }
-    Ok(true)
-}
-
-/// Removes the socket and state file of a pool that is gone, holding its lock meanwhile (a pool
-/// starting now waits for it, or this finds it running and leaves its files).
-fn remove_leftovers(run_dir: &Path) -> Result<(), PoolError> {
-    let dir = RunDir::open(run_dir)?;
     let lock = match dir.open_file(LOCK, Open::ReadWrite) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_err("open the pool's lock")(e)),
     };
-    if sys::lock_process(lock.as_fd()).is_ok() {
+    // Holding the lock, nothing starts meanwhile. A pool just killed frees it when it is gone;
+    // without one, a pool starting now keeps it, and its files stay.
+    let locked = if running.is_some() {
+        sys::lock_process_wait(lock.as_fd())
+            .map_err(io_err("wait for the pool to end"))
+            .map(|()| true)?
+    } else {
+        sys::lock_process(lock.as_fd()).is_ok()
+    };
+    if locked {
         for name in [SOCKET, STATE] {
             let _ = dir.remove(name);
         }
     }
-    Ok(())
+    Ok(running.is_some())
 }
 
 /// A member the pool counts.

@@ -39,11 +39,17 @@ pub(crate) fn client_fd() -> Option<RawFd> {
 }
 
 /// Tells this process's `pvmctl run`, if it is a member serving one, that the run ended with
-/// `code`, and lets the connection go: call right before exiting, after flushing the console.
-/// Elsewhere (a cold run, a forked child) it does nothing.
+/// `code` (the console flushed first, so that all of it is out before the status), and lets the
+/// connection go: call right before exiting. Elsewhere (a cold run, a forked child) it does
+/// nothing.
 pub fn report_exit(code: i32) {
     if client_fd().is_none() {
         return;
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
     }
     let fd = CLIENT.swap(-1, Ordering::SeqCst);
     if fd < 0 {
@@ -76,7 +82,7 @@ pub(super) struct Setup {
 
 /// The member's life, in the child the pool just forked: build, wait, serve one run, exit.
 pub(super) fn run(setup: Setup) -> ! {
-    // An idle member dies with its pool; one that took a run does not (see `take`).
+    // An idle member dies with its pool; one that took a run does not (below).
     if sys::set_parent_death_signal(Some(libc::SIGKILL)).is_err() || sys::getppid() != setup.pool {
         sys::exit_now(1);
     }
@@ -142,15 +148,8 @@ pub(super) fn run(setup: Setup) -> ! {
             sys::exit_now(i32::from(EXIT_ERROR));
         }
     };
-    flush_stdio();
     report_exit(i32::from(code));
     sys::exit_now(i32::from(code))
-}
-
-fn flush_stdio() {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
 }
 
 /// Reads the request of the client on `conn`, and accepts it if this member may serve it
@@ -181,7 +180,7 @@ fn receive(setup: &Setup, conn: OwnedFd) -> Option<(OwnedFd, Request, Vec<OwnedF
         return refuse(&conn, Refusal::Malformed);
     };
     let mut body = vec![0u8; len];
-    if !sys::read_exact(conn.as_fd(), &mut body).unwrap_or(false) && len > 0 {
+    if !sys::read_exact(conn.as_fd(), &mut body).unwrap_or(false) {
         return None;
     }
     let Ok(request) = Request::decode(&body) else {

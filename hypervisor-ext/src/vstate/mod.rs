@@ -73,7 +73,11 @@ pub fn kvm_device() -> String {
 /// Opens the KVM device (`/dev/kvm` or `$PVM_KVM_DEVICE`), turning the common failures into
 /// errors that say how to fix them.
 pub fn open_kvm() -> Result<Kvm, KvmError> {
-    let path = kvm_device();
+    open_kvm_at(kvm_device())
+}
+
+/// [`open_kvm`] of the device at `path`.
+pub fn open_kvm_at(path: String) -> Result<Kvm, KvmError> {
     let Ok(cpath) = std::ffi::CString::new(path.clone()) else {
         return Err(KvmError::Missing(path));
     };
