@@ -519,12 +519,7 @@ fn monitors_run_confined_without_inherited_descriptors() {
         );
         assert!(status.contains("\nNoNewPrivs:\t1\n"), "pVM {id}:\n{status}");
         assert!(status.starts_with("Name:\tpvm-monitor\n"), "pVM {id}:\n{status}");
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{id}/fd"))
-            .unwrap()
-            .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .map(|p| p.display().to_string())
-            .collect();
+        let fds = fd_targets(u32::try_from(id).expect("a pid"));
         assert!(
             !fds.iter().any(|f| f == "/etc/hostname"),
             "pVM {id} kept an inherited descriptor: {fds:#?}"

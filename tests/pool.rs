@@ -378,23 +378,8 @@ fn a_warm_pvm_serves_a_published_port_and_its_backend_keeps_nothing_of_the_vm() 
         .unwrap_or_else(|| panic!("{root:#?}"));
     // The family's network backend, forked by the member after its VM was built ahead, holds
     // none of it: no KVM descriptor, no mapping of guest RAM's size.
-    let backend = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (name, rest) = stat.split_once(") ")?;
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (name.ends_with("(pvm-net") && ppid == id).then_some(pid)
-        })
-        .expect("the family's backend runs");
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{backend}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .map(|t| t.display().to_string())
-        .collect();
+    let backend = backend_of(id).expect("the family's backend runs");
+    let fds = fd_targets(backend);
     assert!(fds.iter().all(|t| !t.contains("kvm")), "{fds:#?}");
     let maps = std::fs::read_to_string(format!("/proc/{backend}/maps")).unwrap();
     let guest_ram = maps.lines().find(|l| {

@@ -383,3 +383,24 @@ pub fn processes_using(dir: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// Where the descriptors of process `pid` point (`/proc/PID/fd`).
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("descriptors of {pid}: {e}"))
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
+/// The network backend of the family whose root is `root` (its child named `pvm-net`).
+pub fn backend_of(root: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (name.ends_with("(pvm-net") && ppid == root).then_some(pid)
+    })
+}
