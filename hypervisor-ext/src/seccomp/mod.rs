@@ -13,18 +13,29 @@ use std::collections::BTreeMap;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-    SeccompFilter, SeccompRule,
+    SeccompRule,
 };
+
+mod search;
 
 /// Why the filter could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// Building the BPF program failed.
     #[error("cannot build the seccomp filter: {0}")]
-    Build(String),
+    Build(#[from] search::SearchError),
+    /// `no_new_privs` could not be set.
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
     /// The kernel refused it.
     #[error("cannot install the seccomp filter: {0}")]
-    Install(String),
+    Install(#[from] seccompiler::Error),
+}
+
+impl From<seccompiler::BackendError> for SeccompError {
+    fn from(e: seccompiler::BackendError) -> Self {
+        Self::Build(e.into())
+    }
 }
 
 /// `_IOC` of Linux's asm-generic ioctl.h: the number of an ioctl.
@@ -70,17 +81,19 @@ fn kvm_ioctls() -> Vec<u64> {
 }
 
 fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<Cond, SeccompError> {
-    Cond::new(arg, len, op, value).map_err(|e| SeccompError::Build(e.to_string()))
+    Ok(Cond::new(arg, len, op, value)?)
+}
+
+/// A rule: all of `conditions` hold.
+fn rule(conditions: Vec<Cond>) -> Result<SeccompRule, SeccompError> {
+    Ok(SeccompRule::new(conditions)?)
 }
 
 /// One rule per allowed value of argument `arg`.
 fn one_of(arg: u8, len: Len, values: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
     values
         .iter()
-        .map(|&v| {
-            SeccompRule::new(vec![cond(arg, len.clone(), Op::Eq, v)?])
-                .map_err(|e| SeccompError::Build(e.to_string()))
-        })
+        .map(|&v| rule(vec![cond(arg, len.clone(), Op::Eq, v)?]))
         .collect()
 }
 
@@ -89,25 +102,18 @@ fn kill_rules(signals: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
     signals
         .iter()
         .map(|&sig| {
-            SeccompRule::new(vec![
+            rule(vec![
                 cond(0, Len::Dword, Op::Gt, 0)?,
                 cond(0, Len::Dword, Op::Le, i32::MAX as u64)?,
                 cond(1, Len::Dword, Op::Eq, sig)?,
             ])
-            .map_err(|e| SeccompError::Build(e.to_string()))
         })
         .collect()
 }
 
 /// A rule: argument `arg` has none of the bits of `mask`.
 fn without_bits(arg: u8, mask: u64) -> Result<Vec<SeccompRule>, SeccompError> {
-    Ok(vec![SeccompRule::new(vec![cond(
-        arg,
-        Len::Qword,
-        Op::MaskedEq(mask),
-        0,
-    )?])
-    .map_err(|e| SeccompError::Build(e.to_string()))?])
+    Ok(vec![rule(vec![cond(arg, Len::Qword, Op::MaskedEq(mask), 0)?])?])
 }
 
 /// Signals a monitor sends: the guest-visible ones (a guest's `Kill`, a root passing on what
@@ -259,11 +265,10 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     );
     r.insert(
         libc::SYS_getsockopt,
-        vec![SeccompRule::new(vec![
+        vec![rule(vec![
             cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?,
             cond(2, Len::Dword, Op::Eq, libc::SO_PEERCRED as u64)?,
-        ])
-        .map_err(|e| SeccompError::Build(e.to_string()))?],
+        ])?],
     );
     Ok(r)
 }
@@ -282,30 +287,19 @@ pub fn program() -> Result<Filters, SeccompError> {
 }
 
 /// Compiles `allow_list` (anything else kills the process) and the filter that answers
-/// `clone3` with ENOSYS.
+/// `clone3` with ENOSYS, each laid out as a binary search over the call numbers (`search.rs`).
 fn filters(allow_list: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Filters, SeccompError> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
-    let compile =
-        |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, SeccompError> {
-            filter
-                .and_then(TryInto::try_into)
-                .map_err(|e| SeccompError::Build(e.to_string()))
-        };
+        .map_err(search::SearchError::from)?;
     Ok(Filters {
-        allow_list: compile(SeccompFilter::new(
-            allow_list,
-            SeccompAction::KillProcess,
-            SeccompAction::Allow,
-            arch,
-        ))?,
-        no_clone3: compile(SeccompFilter::new(
-            [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        allow_list: search::compile(allow_list, SeccompAction::KillProcess, SeccompAction::Allow, arch)?,
+        no_clone3: search::compile(
+            [(libc::SYS_clone3, vec![])].into(),
             SeccompAction::Allow,
             SeccompAction::Errno(libc::ENOSYS as u32),
             arch,
-        ))?,
+        )?,
     })
 }
 
@@ -361,34 +355,30 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(
         libc::SYS_socket,
         vec![
-            SeccompRule::new(vec![
+            rule(vec![
                 cond(0, Len::Dword, Op::Eq, libc::AF_INET as u64)?,
                 cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
-            ])
-            .map_err(|e| SeccompError::Build(e.to_string()))?,
-            SeccompRule::new(vec![
+            ])?,
+            rule(vec![
                 cond(0, Len::Dword, Op::Eq, libc::AF_INET6 as u64)?,
                 cond(1, Len::Dword, Op::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
-            ])
-            .map_err(|e| SeccompError::Build(e.to_string()))?,
+            ])?,
         ],
     );
     r.insert(libc::SYS_connect, any());
     r.insert(
         libc::SYS_getsockopt,
-        vec![SeccompRule::new(vec![
+        vec![rule(vec![
             cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64)?,
             cond(2, Len::Dword, Op::Eq, libc::SO_ERROR as u64)?,
-        ])
-        .map_err(|e| SeccompError::Build(e.to_string()))?],
+        ])?],
     );
     r.insert(
         libc::SYS_setsockopt,
-        vec![SeccompRule::new(vec![
+        vec![rule(vec![
             cond(1, Len::Dword, Op::Eq, libc::IPPROTO_TCP as u64)?,
             cond(2, Len::Dword, Op::Eq, libc::TCP_NODELAY as u64)?,
-        ])
-        .map_err(|e| SeccompError::Build(e.to_string()))?],
+        ])?],
     );
     // The end, signals std may handle, and what std's panic report reads.
     r.insert(libc::SYS_exit, any());
@@ -411,10 +401,10 @@ pub fn backend_program() -> Result<Filters, SeccompError> {
 /// Confines this process: `no_new_privs`, then the filters. Threads started later (a library
 /// update's helper) and forked children inherit them.
 pub fn install(filters: &Filters) -> Result<(), SeccompError> {
-    crate::sys::set_no_new_privs().map_err(|e| SeccompError::Install(e.to_string()))?;
+    crate::sys::set_no_new_privs().map_err(SeccompError::NoNewPrivs)?;
     // The allow-list last: applying a filter makes a prctl the allow-list refuses.
     for program in [&filters.no_clone3, &filters.allow_list] {
-        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(e.to_string()))?;
+        seccompiler::apply_filter(program)?;
     }
     Ok(())
 }
@@ -450,6 +440,21 @@ mod tests {
             }
             sys::Forked::Parent(child) => sys::waitpid(Some(child), false).unwrap().unwrap().1,
         }
+    }
+
+    #[test]
+    fn the_lists_laid_out_as_a_search_answer_as_seccompilers_chain() {
+        for (rules, what) in [(rules(), "monitor"), (backend_rules(), "network backend")] {
+            let longest =
+                search::tests::same_answers(rules.unwrap(), SeccompAction::KillProcess, SeccompAction::Allow);
+            // A refused call is found in a handful of steps, not after every allowed one.
+            assert!(longest <= 24, "{what}: {longest} instructions");
+        }
+        search::tests::same_answers(
+            [(libc::SYS_clone3, vec![])].into(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+        );
     }
 
     #[test]
