@@ -9,17 +9,16 @@
 //!   each open a full load: the last close unloads), cold (the first user of the library on the
 //!   host: its shared part is written to the store) and warm (another pVM holds it: the shared
 //!   part is mapped and compared), against `dlopen(RTLD_NOW)` + `dlsym`, then `dlclose`, of the
-//!   host build; the runtime directory on a tmpfs when the host has one (as pvm's default,
+//!   host build by a C program (`BASELINE_C`); the runtime directory on a tmpfs when the host has one (as pvm's default,
 //!   `$XDG_RUNTIME_DIR` or `/run`, is on systemd hosts);
 //! - update pause: `pvmctl lib update` of a pVM calling the library in a loop (the pause is
 //!   what the monitor measures from the safe point to the commit; no state hooks);
 //! - a call through a `dl` handle against a direct call of the same function in the pVM, and a
 //!   direct call of the host build on the host.
-use std::ffi::CString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hypervisor_ext::control::{self, Request, Response, Session};
 use hypervisor_ext::trust::{self, TrustRef};
@@ -93,13 +92,15 @@ fn source() -> String {
     s
 }
 
-fn cc(dir: &Path, out: &str, extra: &[&str]) -> Result<PathBuf, BenchError> {
+/// Compiles `source` (in `dir`) with `cc -O2` and `flags` into `dir/out`.
+fn cc(dir: &Path, source: &str, out: &str, flags: &[&str]) -> Result<PathBuf, BenchError> {
     let path = dir.join(out);
     let status = Command::new("cc")
-        .args(["-O2", "-fPIC", "-shared", "-o"])
+        .arg("-O2")
+        .args(flags)
+        .arg("-o")
         .arg(&path)
-        .arg(dir.join("bench.c"))
-        .args(extra)
+        .arg(dir.join(source))
         .status()
         .map_err(|e| DynlinkBenchError::Compiler(e.to_string()))?;
     if !status.success() {
@@ -108,54 +109,93 @@ fn cc(dir: &Path, out: &str, extra: &[&str]) -> Result<PathBuf, BenchError> {
     Ok(path)
 }
 
-/// dlopen + dlsym, and dlclose, of `lib`, timed `n` times each.
-fn linux_loads(lib: &Path, n: usize) -> Result<(Vec<Duration>, Vec<Duration>), BenchError> {
-    let name =
-        CString::new(lib.as_os_str().as_encoded_bytes()).map_err(|e| step("library path")(e.to_string()))?;
-    let (mut opens, mut closes) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..n {
-        let t = Instant::now();
-        // SAFETY: dlopen of a library built above from our own C source, which has no
-        // constructors; dlsym of a symbol it defines; dlclose of the handle dlopen gave.
-        unsafe {
-            let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-            if h.is_null() {
-                return Err(step("dlopen")("failed".into()));
+/// The Linux baseline, a C program of its own: `LIB LOADS CALLS` times `dlopen(RTLD_NOW)` +
+/// `dlsym`, then `dlclose`, `LOADS` times (a line `load OPEN_NS CLOSE_NS` each), then the best
+/// of 5 runs of `CALLS` direct calls of `f0` (a line `call NS_PER_CALL`). A process of its own,
+/// dynamically linked as a C program that loads libraries is: pvmctl itself may be a static
+/// build, whose libc cannot load a library.
+const BASELINE_C: &str = r#"#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static long long ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+typedef unsigned long (*fn_t)(unsigned long);
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    long loads = atol(argv[2]), calls = atol(argv[3]);
+    for (long i = 0; i < loads; i++) {
+        long long t0 = ns();
+        void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+        if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+        void *volatile sym = dlsym(h, "f0");
+        (void)sym;
+        long long t1 = ns();
+        dlclose(h);
+        long long t2 = ns();
+        printf("load %lld %lld\n", t1 - t0, t2 - t1);
+    }
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    fn_t f = (fn_t)dlsym(h, "f0");
+    __asm__ volatile("" : "+r"(f));
+    double best = 1e18;
+    for (int r = 0; r < 5; r++) {
+        long long t0 = ns();
+        unsigned long acc = 0;
+        for (long i = 0; i < calls; i++) acc += f((unsigned long)i);
+        __asm__ volatile("" : : "r"(acc));
+        double per = (double)(ns() - t0) / (double)calls;
+        if (per < best) best = per;
+    }
+    printf("call %.4f\n", best);
+    return 0;
+}
+"#;
+
+/// The Linux baseline's samples of one run of `baseline` on `lib`: load + link and close
+/// times, and nanoseconds per direct call.
+type LinuxRun = (Vec<Duration>, Vec<Duration>, f64);
+
+/// Runs the Linux baseline (`BASELINE_C`, built as `baseline`) on `lib`.
+fn linux_baseline(baseline: &Path, lib: &Path, loads: usize) -> Result<LinuxRun, BenchError> {
+    let out = Command::new(baseline)
+        .arg(lib)
+        .arg(loads.to_string())
+        .arg(CALLS.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| step("run the dlopen baseline")(e.to_string()))?;
+    if !out.status.success() {
+        return Err(step("the dlopen baseline")(format!(
+            "it exited with {}",
+            out.status
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut opens, mut closes, mut call_ns) = (Vec::new(), Vec::new(), None);
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("load"), Some(open), Some(close)) => {
+                let ns = |w: &str| w.parse().map(Duration::from_nanos);
+                let bad = |_| step("the dlopen baseline")(format!("bad line {line:?}"));
+                opens.push(ns(open).map_err(bad)?);
+                closes.push(ns(close).map_err(bad)?);
             }
-            std::hint::black_box(libc::dlsym(h, c"f0".as_ptr()));
-            opens.push(t.elapsed());
-            let t = Instant::now();
-            libc::dlclose(h);
-            closes.push(t.elapsed());
+            (Some("call"), Some(ns), None) => call_ns = ns.parse().ok(),
+            _ => return Err(step("the dlopen baseline")(format!("bad line {line:?}"))),
         }
     }
-    Ok((opens, closes))
-}
-
-/// Nanoseconds per direct call of the host build's `f0`.
-fn linux_call_ns(lib: &Path) -> Result<f64, BenchError> {
-    let name =
-        CString::new(lib.as_os_str().as_encoded_bytes()).map_err(|e| step("library path")(e.to_string()))?;
-    // SAFETY: as in `linux_loads`; f0 has this type; the handle stays open while it is used.
-    unsafe {
-        let h = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if h.is_null() {
-            return Err(step("dlopen")("failed".into()));
-        }
-        let f: extern "C" fn(u64) -> u64 = std::mem::transmute(libc::dlsym(h, c"f0".as_ptr()));
-        let f = std::hint::black_box(f);
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let t = Instant::now();
-            let mut acc = 0u64;
-            for i in 0..CALLS as u64 {
-                acc = acc.wrapping_add(f(std::hint::black_box(i)));
-            }
-            std::hint::black_box(acc);
-            best = best.min(t.elapsed().as_nanos() as f64 / CALLS as f64);
-        }
-        libc::dlclose(h);
-        Ok(best)
+    match call_ns {
+        Some(ns) if opens.len() == loads => Ok((opens, closes, ns)),
+        _ => Err(step("the dlopen baseline")(format!(
+            "{} of {loads} loads, then no call time",
+            opens.len()
+        ))),
     }
 }
 
@@ -263,9 +303,17 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
     std::fs::write(dir.join("bench.c"), source()).map_err(|e| step("write bench.c")(e.to_string()))?;
     std::fs::write(dir.join("pvmlib.ld"), include_str!("../../pvm-runtime/pvmlib.ld"))
         .map_err(|e| step("write pvmlib.ld")(e.to_string()))?;
-    let host_lib = cc(dir, "libbench-host.so", &[])?;
+    std::fs::write(dir.join("baseline.c"), BASELINE_C)
+        .map_err(|e| step("write baseline.c")(e.to_string()))?;
+    let host_lib = cc(dir, "bench.c", "libbench-host.so", &["-fPIC", "-shared"])?;
+    let baseline = cc(dir, "baseline.c", "dlopen-baseline", &["-ldl"])?;
     let script = format!("-Wl,-T,{}", dir.join("pvmlib.ld").display());
-    let lib = cc(dir, "libbench.so", &["-nostdlib", &script])?;
+    let lib = cc(
+        dir,
+        "bench.c",
+        "libbench.so",
+        &["-fPIC", "-shared", "-nostdlib", &script],
+    )?;
     let size = std::fs::metadata(&lib).map(|m| m.len()).unwrap_or(0);
     let env = Env {
         dir: dir.to_path_buf(),
@@ -318,14 +366,14 @@ fn run(exe: &Path, dir: &Path, run_dir: &Path, args: &RoundsArgs) -> Result<Exit
             parse_ns(&out, "median").unwrap_or(f64::NAN),
             parse_ns(&out, "p99").unwrap_or(f64::NAN),
         ));
-        let (opens, closed) = linux_loads(&host_lib, LOADS)?;
+        let (opens, closed, call_ns) = linux_baseline(&baseline, &host_lib, LOADS)?;
         linux.extend(opens);
         linux_closes.extend(closed);
+        native_ns = native_ns.min(call_ns);
         // Calls.
         let out = run_dlbench(exe, &env, &["call", &calls])?;
         handle_ns.push(parse_ns(&out, "handle").unwrap_or(f64::NAN));
         direct_ns.push(parse_ns(&out, "direct").unwrap_or(f64::NAN));
-        native_ns = native_ns.min(linux_call_ns(&host_lib)?);
         // Update pauses.
         let mut server = start_dlbench(exe, &env, "serve")?;
         let file = std::fs::File::open(&env.lib).map_err(|e| step("open the library")(e.to_string()))?;

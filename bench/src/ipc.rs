@@ -167,7 +167,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// After the kill, how long to wait for its output.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Most time a Linux message-queue receive may block (the peer died).
-const MQ_TIMEOUT_S: libc::time_t = 60;
+const MQ_TIMEOUT_S: i64 = 60;
 
 /// pVM pipe round trips with the default adaptive spinning, and with spinning off.
 const PVM_PIPE_ROUNDS: usize = 10_000;
@@ -1113,7 +1113,7 @@ fn linux_mq(rounds: usize) -> Result<Latency, IpcBenchError> {
     // The parent's receives give up after MQ_TIMEOUT_S: the child may have died.
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
     let deadline = libc::timespec {
-        tv_sec: now.tv_sec + MQ_TIMEOUT_S,
+        tv_sec: (now.tv_sec + MQ_TIMEOUT_S) as _, // time_t: i64 in glibc and musl alike
         tv_nsec: now.tv_nsec,
     };
     let mut samples = Vec::with_capacity(rounds);

@@ -68,6 +68,8 @@ pub unsafe fn fork() -> io::Result<Forked> {
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
+            // A warm pVM's connection is its parent's alone (its hang-up is not the child's).
+            HANGUP_FD.store(-1, std::sync::atomic::Ordering::SeqCst);
             let fd = CLOSE_IN_CHILDREN.swap(-1, std::sync::atomic::Ordering::SeqCst);
             if fd >= 0 {
                 // SAFETY: the descriptor registered by `close_in_forked_children`, which no
@@ -234,14 +236,14 @@ pub fn raise_fd_limit() {
 }
 
 /// Closes every descriptor from `first` on except those of `keep`. libc: rustix 1.1 has no
-/// `close_range`.
+/// `close_range` (and musl no wrapper: the raw call).
 pub fn close_fds_except(first: RawFd, keep: &[RawFd]) {
     let close = |lo: RawFd, hi: RawFd| {
         if lo <= hi {
             // SAFETY: closes descriptors this process owns and no live object refers to (the
             // caller runs this before it opens anything past the standard ones, and keeps the
             // descriptors of the objects it already has).
-            unsafe { libc::close_range(lo as u32, hi as u32, 0) };
+            unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32) };
         }
     };
     let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
@@ -263,10 +265,14 @@ pub fn close_stdio() {
     }
 }
 
-/// One malloc arena for the whole process. libc: a glibc setting with no system call.
+/// One malloc arena for the whole process. libc: a glibc setting with no system call (the
+/// lean build's allocator, dlmalloc on musl, has one heap already).
 pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt has no memory-safety preconditions.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
 }
 
 /// Bytes of RAM of the host.
@@ -888,7 +894,7 @@ pub fn send_from_runs(fd: BorrowedFd<'_>, runs: &[(*const u8, usize)]) -> io::Re
     // SAFETY: msghdr is plain data; all zeroes is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len();
+    msg.msg_iovlen = iov.len() as _; // size_t in glibc, int in musl
     moved(|| {
         // SAFETY: the header points at the iovecs above, each a readable run the caller
         // vouches for; the kernel only reads them.
@@ -1095,7 +1101,7 @@ impl Timer {
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_sec: (ns / 1_000_000_000) as _,
                 tv_nsec: (ns % 1_000_000_000) as libc::c_long,
             },
         };
@@ -1603,14 +1609,50 @@ pub fn set_stdio(fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes the kernel kill this process (`SIGKILL`) as soon as `fd`, a connected socket, has
-/// input or hangs up.
-pub fn kill_on_hangup(fd: BorrowedFd<'_>) -> io::Result<()> {
-    signal_on_io(fd, Some(libc::SIGKILL), OFlags::empty())
+/// The connection [`kill_on_hangup`] watches (-1: none).
+static HANGUP_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The signal the kernel raises for [`kill_on_hangup`]'s connection (no other use in a
+/// monitor: pause and resume are `SIGRTMIN` + 1 and + 2).
+fn hangup_signal() -> i32 {
+    libc::SIGRTMIN() + 3
 }
 
-/// Undoes [`kill_on_hangup`]: no signal on `fd`'s input any more.
+extern "C" fn on_hangup_signal(_: libc::c_int) {
+    let fd = HANGUP_FD.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `fd` is the connection `kill_on_hangup` was given, open until `no_signal_on_io`
+    // (which clears HANGUP_FD first) or the end of the process; it is only polled.
+    if fd >= 0 && hung_up(unsafe { BorrowedFd::borrow_raw(fd) }) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
+/// Makes this process die (`SIGKILL`) as soon as `fd`, a connected socket, hangs up. The kernel
+/// raises a signal for any event on it; its handler checks for the hang-up. (`F_SETSIG` of
+/// SIGKILL itself would also fire for input: even for the tail of data already read, whose
+/// sender's notification can come after this process read it and armed this.)
+pub fn kill_on_hangup(fd: BorrowedFd<'_>) -> io::Result<()> {
+    HANGUP_FD.store(fd.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (an atomic load,
+    // ppoll, kill). SA_RESTART: it interrupts nothing that it does not end.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_hangup_signal as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(hangup_signal(), &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    signal_on_io(fd, Some(hangup_signal()), OFlags::empty())?;
+    // A hang-up before it was armed raised nothing.
+    on_hangup_signal(0);
+    Ok(())
+}
+
+/// Undoes [`kill_on_hangup`]: no signal on `fd`'s events any more.
 pub fn no_signal_on_io(fd: BorrowedFd<'_>) -> io::Result<()> {
+    HANGUP_FD.store(-1, std::sync::atomic::Ordering::SeqCst);
     Ok(rustix::fs::fcntl_setfl(fd, OFlags::empty())?)
 }
 
@@ -1647,5 +1689,73 @@ pub fn lock_process_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
             Err(rustix::io::Errno::INTR) => {}
             other => return Ok(other?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// How a child that armed [`kill_on_hangup`] on one end of a stream pair ends when the
+    /// other end first sends a byte, then (`then_close`) hangs up or (else) lets it exit.
+    fn armed_child_after(then_close: bool) -> WaitStatus {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let _forks = fork_test_lock();
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let (ready_r, ready_w) = pipe(false).unwrap();
+        let (go_r, go_w) = pipe(false).unwrap();
+        // SAFETY: the child makes system calls only, then exits.
+        match unsafe { fork() }.unwrap() {
+            Forked::Child => {
+                drop((ours, ready_r, go_w));
+                if kill_on_hangup(theirs.as_fd()).is_err() || write_all(ready_w.as_fd(), b"r").is_err() {
+                    exit_now(2);
+                }
+                // Until told to go; a hang-up kills it meanwhile.
+                let mut b = [0u8; 1];
+                let _ = read_exact(go_r.as_fd(), &mut b);
+                exit_now(0);
+            }
+            Forked::Parent(child) => {
+                drop(theirs);
+                let mut b = [0u8; 1];
+                assert!(read_exact(ready_r.as_fd(), &mut b).unwrap());
+                // Input after it armed: the kernel signals the child during this send.
+                write_all(ours.as_fd(), b"x").unwrap();
+                if then_close {
+                    drop(ours);
+                } else {
+                    write_all(go_w.as_fd(), b"g").unwrap();
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                loop {
+                    if let Some((_, status)) = waitpid(Some(child), true).unwrap() {
+                        return status;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let _ = kill(child, libc::SIGKILL);
+                        panic!("the armed child did not end");
+                    }
+                    yield_now();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kill_on_hangup_ignores_input_and_kills_on_hang_up() {
+        // Input is not a hang-up (a launcher's request, whose notification may come after the
+        // member read it and armed this, killed warm runs now and then).
+        let status = armed_child_after(false);
+        assert_eq!((status.signal(), status.code()), (None, 0));
+        // A hang-up kills.
+        assert_eq!(armed_child_after(true).signal(), Some(libc::SIGKILL));
     }
 }

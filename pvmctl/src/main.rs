@@ -3,6 +3,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The lean build's allocator (`cargo lean`, on musl): musl's own malloc maps and unmaps a
+/// page at a time where glibc's reuses its heap, a system call each on the paths of a boot and
+/// a fork. dlmalloc is the allocator Rust's own std uses where there is no libc one; see `main`
+/// for fork.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 mod ctl;
 mod guest_build;
 mod image;
@@ -91,6 +99,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // dlmalloc's lock is taken around fork (pthread_atfork), as glibc's and musl's mallocs do
+    // theirs: a thread that allocates while another forks cannot leave the child a held lock.
+    #[cfg(target_env = "musl")]
+    // SAFETY: called first, while this process has one thread (dlmalloc asks for it before any
+    // allocation; std's start-up allocated on this same thread, which holds no lock now).
+    unsafe {
+        dlmalloc::enable_alloc_after_fork()
+    };
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // `pvmctl run` goes to a warm monitor of the pool when one runs, before any parsing.
     if let Some(code) = pool_cmd::try_warm(&args) {

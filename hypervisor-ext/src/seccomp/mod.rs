@@ -134,6 +134,7 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let signals: Vec<u64> = SENT_SIGNALS.iter().map(|&s| s as u64).collect();
     let fcntl_cmds = [
         libc::F_GETFD,         // std checks descriptors it closes (debug builds)
+        libc::F_SETFD,         // musl's open() sets FD_CLOEXEC again after O_CLOEXEC
         libc::F_GETFL,         // rustix reads a directory's flags before listing it
         libc::F_GETLK,         // registry: who holds an entry (sys::process_lock_holder)
         libc::F_SETLK,         // registry: an entry's lock (sys::lock_process, rustix)
@@ -166,6 +167,17 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
             | libc::CLONE_SETTLS
             | libc::CLONE_PARENT_SETTID
             | libc::CLONE_CHILD_CLEARTID) as u64,
+        // the same thread made by musl's pthread_create (the lean build)
+        (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID
+            | libc::CLONE_DETACHED) as u64,
     ];
     let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // KVM: the vCPU loop, fork's capture/restore/new VM, IPC memory slots. Nothing else.
@@ -180,25 +192,32 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_madvise, one_of(2, Len::Dword, &madvice)?);
     // Processes: a pVM's fork, the teardown helper, waits, signals to verified pVMs only.
     r.insert(libc::SYS_clone, one_of(0, Len::Qword, &clone_flags)?);
-    r.insert(libc::SYS_set_robust_list, any()); // glibc, in a forked child and a new thread
-                                                // clone3's flags are in memory the filter cannot read: allowed here, answered ENOSYS by the
-                                                // second filter (glibc then uses clone, filtered above).
+    // musl's fork() (the lean build): what glibc's clone above does, with no flags to filter.
+    r.insert(libc::SYS_fork, any());
+    r.insert(libc::SYS_set_tid_address, any()); // musl, in a forked child
+                                                // glibc, in a forked child and a new thread.
+    r.insert(libc::SYS_set_robust_list, any());
+    // clone3's flags are in memory the filter cannot read: allowed here, answered ENOSYS by the
+    // second filter (glibc then uses clone, filtered above).
     r.insert(libc::SYS_clone3, any());
     r.insert(libc::SYS_rseq, any()); // glibc, in a new thread
     r.insert(libc::SYS_sigaltstack, any()); // std, in a new thread (its stack-overflow guard)
     r.insert(libc::SYS_sched_getaffinity, any()); // glibc, in a new thread (read-only)
-                                                  // placement.rs: a forked child pins itself to its CPU (`--cpu-spread`); pid 0 is the
-                                                  // caller only, never another process.
+
+    // placement.rs: a forked child pins itself to its CPU (`--cpu-spread`); pid 0 is the caller
+    // only, never another process.
     r.insert(libc::SYS_sched_setaffinity, one_of(0, Len::Dword, &[0])?);
+    // std names a new thread.
     r.insert(
         libc::SYS_prctl,
         one_of(0, Len::Dword, &[libc::PR_SET_NAME as u64])?,
-    ); // std names a new thread
-    r.insert(
-        libc::SYS_tgkill,
-        one_of(2, Len::Dword, &[libc::SIGABRT as u64, libc::SIGIO as u64])?,
-    ); // abort(); the update helper kicks the vCPU thread (sys::signal_thread)
-       // A library update's deadlines (sys::Timer).
+    );
+    // abort() (glibc: tgkill; musl: tkill); the update helper kicks the vCPU thread
+    // (sys::signal_thread). The signal is the second argument of tkill, the third of tgkill.
+    let thread_signals = [libc::SIGABRT as u64, libc::SIGIO as u64];
+    r.insert(libc::SYS_tgkill, one_of(2, Len::Dword, &thread_signals)?);
+    r.insert(libc::SYS_tkill, one_of(1, Len::Dword, &thread_signals)?);
+    // A library update's deadlines (sys::Timer).
     r.insert(libc::SYS_timer_create, any());
     r.insert(libc::SYS_timer_settime, any());
     r.insert(libc::SYS_timer_delete, any());
@@ -224,9 +243,10 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_clock_gettime, any()); // sys::monotonic_ns (when the vDSO falls back)
     r.insert(libc::SYS_getrandom, any()); // std's hash seeds
     r.insert(libc::SYS_getcwd, any()); // std's panic message (a monitor's bug, still reported)
-                                       // Descriptors and files: the runtime directory (rundir.rs: openat relative to its verified
-                                       // descriptor), registry entries, the ledger, named IPC objects, memfds of IPC regions, the
-                                       // outcome pipes, /proc reads (a pVM's name, the OOM count, the kernel's lock list).
+
+    // Descriptors and files: the runtime directory (rundir.rs: openat relative to its verified
+    // descriptor), registry entries, the ledger, named IPC objects, memfds of IPC regions, the
+    // outcome pipes, /proc reads (a pVM's name, the OOM count, the kernel's lock list).
     r.insert(libc::SYS_openat, any());
     r.insert(libc::SYS_open, any()); // rustix opens paths with `open`
     r.insert(libc::SYS_close, any());
@@ -237,6 +257,8 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_lseek, any());
     r.insert(libc::SYS_fstat, any());
     r.insert(libc::SYS_newfstatat, any());
+    r.insert(libc::SYS_stat, any()); // musl's stat() (the lean build)
+    r.insert(libc::SYS_lstat, any()); // musl's lstat()
     r.insert(libc::SYS_statx, any());
     r.insert(libc::SYS_getdents64, any());
     r.insert(libc::SYS_mkdirat, any()); // rundir: the ipc subdirectory
@@ -340,7 +362,12 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         one_of(
             1,
             Len::Dword,
-            &[libc::F_DUPFD_CLOEXEC as u64, libc::F_GETFD as u64],
+            // F_SETFD: musl's F_DUPFD_CLOEXEC sets FD_CLOEXEC again (the lean build)
+            &[
+                libc::F_DUPFD_CLOEXEC as u64,
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+            ],
         )?,
     );
     // Sockets: accepting clients, moving bytes, the monitors' channels.
