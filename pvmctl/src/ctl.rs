@@ -452,8 +452,9 @@ pub fn logs(args: LogsArgs) -> Result<ExitCode, CtlError> {
     }
 }
 
-/// `pvmctl pause` / `pvmctl resume`: signals the monitors, then waits (up to 2 s) until their
-/// registry entries say so, so that a `ps` right after shows the new state.
+/// `pvmctl pause` / `pvmctl resume`: asks the monitors through their control sockets; each
+/// answers once its registry entry says so, so that a `ps` (or a `resume`) right after shows the
+/// new state.
 pub fn pause(args: PauseArgs, pause: bool) -> Result<ExitCode, CtlError> {
     let registry = Registry::open(args.run_dir.path())?;
     let entries = registry.list()?;

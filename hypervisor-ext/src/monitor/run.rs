@@ -92,12 +92,15 @@ impl Monitor {
 
     /// `pvmctl pause`: the vCPU stays out of the guest until `pvmctl resume` (or a signal).
     fn pause(&mut self) {
-        if let Some(entry) = &mut self.family.entry {
-            let _ = entry.set_state(State::Paused);
-        }
+        self.show_state(State::Paused);
         signals::sleep_until(|| !signals::pause_requested() || signals::attention_without_pause());
+        self.show_state(State::Running);
+    }
+
+    /// Writes `state` into this pVM's registry entry (what `ps` shows).
+    fn show_state(&mut self, state: State) {
         if let Some(entry) = &mut self.family.entry {
-            let _ = entry.set_state(State::Running);
+            let _ = entry.set_state(state);
         }
     }
 
@@ -171,8 +174,12 @@ impl Monitor {
                         State::Running
                     },
                 },
+                // The entry says so before the answer: `ps` (or a `resume`) right after the
+                // command sees it. The vCPU is out of the guest now and pauses before it
+                // enters again.
                 (Request::Pause, false) => {
                     signals::request_pause(true);
+                    self.show_state(State::Paused);
                     Response::Done {
                         id,
                         state: State::Paused,
@@ -180,6 +187,7 @@ impl Monitor {
                 }
                 (Request::Resume, false) => {
                     signals::request_pause(false);
+                    self.show_state(State::Running);
                     Response::Done {
                         id,
                         state: State::Running,
