@@ -580,6 +580,48 @@ fn hostile_control_connections_get_errors_and_the_pvm_runs_on() {
 }
 
 #[test]
+fn a_paused_pvm_shows_paused_while_its_control_socket_is_busy() {
+    let test = "hostile-busy-paused";
+    let mut spin = Running::start(test, &[], "spin", &[]);
+    spin.expect("spinning");
+    let id = spin.id();
+    ctl(test, &["pause", &id.to_string()]).expect_status(0);
+    let state = || {
+        let rows = ps_json(test, false);
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{rows:#?}"));
+        row["state"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(state(), "paused");
+    // A connection that says nothing holds the monitor until it gives up on it (it closes it):
+    // all that time the pVM is still paused, and its entry must say so (a `resume` reads it).
+    let path = run_dir(test).join(format!("{id}.sock"));
+    let mut silent = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    silent.set_nonblocking(true).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        seen.push(state());
+        match std::io::Read::read(&mut silent, &mut [0u8; 64]) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never closed the silent connection"
+        );
+    }
+    assert!(seen.iter().all(|s| s == "paused"), "states seen: {seen:?}");
+    ctl(test, &["resume", &id.to_string()]).expect_status(0);
+    ctl(test, &["kill", &id.to_string()]).expect_status(0);
+    spin.finish().expect_status(143);
+    assert_no_leaks(test);
+}
+
+#[test]
 fn a_control_socket_not_held_by_the_pvms_monitor_is_refused() {
     let test = "hostile-impostor";
     let mut spin = Running::start(test, &[], "spin", &[]);

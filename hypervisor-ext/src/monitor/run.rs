@@ -94,7 +94,11 @@ impl Monitor {
     fn pause(&mut self) {
         self.show_state(State::Paused);
         signals::sleep_until(|| !signals::pause_requested() || signals::attention_without_pause());
-        self.show_state(State::Running);
+        // Woken for something else (a control connection, a signal), it is still paused: the
+        // entry goes on saying so while that is served (a `resume` reads it).
+        if !signals::pause_requested() {
+            self.show_state(State::Running);
+        }
     }
 
     /// Writes `state` into this pVM's registry entry (what `ps` shows).
