@@ -1,5 +1,5 @@
 //! Every host system call the monitor makes outside KVM's ioctls (which go through `kvm-ioctls`),
-//! in one place, so that the seccomp allow-list (`seccomp.rs`) can be read against it.
+//! in one place, so that the seccomp allow-list (`seccomp/`) can be read against it.
 //!
 //! Typed wrappers come from `rustix` (its `linux_raw` backend: the system call itself, not
 //! glibc's wrapper, so the number the allow-list names is the one rustix issues). Raw `libc` is
