@@ -302,16 +302,25 @@ pub fn random_u64() -> io::Result<u64> {
 // ---- signals ------------------------------------------------------------------------------
 
 /// Installs `handler` for `sig` without `SA_RESTART` (so blocking calls return `EINTR`).
-/// libc: rustix has no `sigaction` for programs that use std.
 pub fn set_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) {
+    let _ = sigaction(sig, handler, 0);
+}
+
+/// Installs `handler` for `sig` with `flags`. libc: rustix has no `sigaction` for programs that
+/// use std.
+fn sigaction(sig: i32, handler: extern "C" fn(libc::c_int), flags: i32) -> io::Result<()> {
     // SAFETY: a zeroed sigaction is valid; the handler is an `extern "C"` function that the
     // caller wrote to be async-signal-safe.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = handler as usize;
+        sa.sa_flags = flags;
         libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 /// Puts back the default action of `sig`. libc: as [`set_signal_handler`].
@@ -1633,17 +1642,9 @@ extern "C" fn on_hangup_signal(_: libc::c_int) {
 /// sender's notification can come after this process read it and armed this.)
 pub fn kill_on_hangup(fd: BorrowedFd<'_>) -> io::Result<()> {
     HANGUP_FD.store(fd.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
-    // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (an atomic load,
-    // ppoll, kill). SA_RESTART: it interrupts nothing that it does not end.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_hangup_signal as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(hangup_signal(), &sa, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // The handler is async-signal-safe (an atomic load, ppoll, kill). SA_RESTART: it
+    // interrupts nothing that it does not end.
+    sigaction(hangup_signal(), on_hangup_signal, libc::SA_RESTART)?;
     signal_on_io(fd, Some(hangup_signal()), OFlags::empty())?;
     // A hang-up before it was armed raised nothing.
     on_hangup_signal(0);

@@ -151,6 +151,15 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::MADV_POPULATE_WRITE,
     ]
     .map(|a| a as u64);
+    let thread = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_CLEARTID) as u64;
     let clone_flags = [
         // fork() (glibc): sys::fork, a pVM's fork
         (libc::CLONE_CHILD_CLEARTID | libc::CLONE_CHILD_SETTID | libc::SIGCHLD) as u64,
@@ -158,26 +167,9 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         (libc::CLONE_VM | libc::CLONE_FILES) as u64,
         // a thread (glibc's pthread_create, after clone3 answered ENOSYS): a library update's
         // helper (update.rs)
-        (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM
-            | libc::CLONE_SETTLS
-            | libc::CLONE_PARENT_SETTID
-            | libc::CLONE_CHILD_CLEARTID) as u64,
+        thread,
         // the same thread made by musl's pthread_create (the lean build)
-        (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM
-            | libc::CLONE_SETTLS
-            | libc::CLONE_PARENT_SETTID
-            | libc::CLONE_CHILD_CLEARTID
-            | libc::CLONE_DETACHED) as u64,
+        thread | libc::CLONE_DETACHED as u64,
     ];
     let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // KVM: the vCPU loop, fork's capture/restore/new VM, IPC memory slots. Nothing else.

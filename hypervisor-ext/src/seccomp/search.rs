@@ -46,6 +46,10 @@ pub enum SearchError {
     /// seccompiler's output is not shaped as this module expects (a new version of it).
     #[error("seccompiler's program for system call {0} is not laid out as expected")]
     Layout(i64),
+    /// seccompiler's program without rules is not its architecture check then the mismatch
+    /// action (a new version of it).
+    #[error("seccompiler's empty program is not laid out as expected")]
+    Prologue,
     /// Longer than the kernel takes.
     #[error("the filter has {0} instructions; the kernel takes at most {MAX_LEN}")]
     TooLong(usize),
@@ -87,7 +91,7 @@ pub fn compile(
     // seccompiler's program with no rules: its architecture check, then `refuse`.
     let mut out = linear(BTreeMap::new(), &mismatch, &matched, arch)?;
     if out.pop().as_ref() != Some(&refuse) {
-        return Err(SearchError::Layout(-1));
+        return Err(SearchError::Prologue);
     }
     let prologue = out.len();
     out.push(stmt(BPF_LD_W_ABS, NR_OFFSET));
