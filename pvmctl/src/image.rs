@@ -70,10 +70,11 @@ impl Artifact {
 
 /// The file `path` names: itself, or what the guest crate in the directory `path` builds.
 pub fn resolve_file(path: &Path, artifact: Artifact) -> Result<PathBuf, ImageError> {
-    if !path.exists() {
+    // One stat: whether it is there, and a directory.
+    let Ok(meta) = std::fs::metadata(path) else {
         return Err(ImageError::NotFound(path.into()));
-    }
-    if path.is_dir() {
+    };
+    if meta.is_dir() {
         return build_crate(path, artifact);
     }
     Ok(path.into())

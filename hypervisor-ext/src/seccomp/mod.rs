@@ -189,9 +189,8 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     r.insert(libc::SYS_set_tid_address, any()); // musl, in a forked child
                                                 // glibc, in a forked child and a new thread.
     r.insert(libc::SYS_set_robust_list, any());
-    // clone3's flags are in memory the filter cannot read: allowed here, answered ENOSYS by the
-    // second filter (glibc then uses clone, filtered above).
-    r.insert(libc::SYS_clone3, any());
+    // clone3's flags are in memory the filter cannot read: it is answered ENOSYS (`ANSWERS`),
+    // and glibc then uses clone, filtered above.
     r.insert(libc::SYS_rseq, any()); // glibc, in a new thread
     r.insert(libc::SYS_sigaltstack, any()); // std, in a new thread (its stack-overflow guard)
     r.insert(libc::SYS_sched_getaffinity, any()); // glibc, in a new thread (read-only)
@@ -287,31 +286,39 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     Ok(r)
 }
 
-/// The compiled filters (compile before forking a process that installs them: compiling
-/// allocates): the allow-list, and one that answers `clone3` with ENOSYS (the kernel applies the
-/// strictest result of all filters).
+/// The monitor's calls answered with an error whatever their arguments, instead of allowed or
+/// killing: `clone3` (std's and glibc's threads try it first, and fall back to `clone` on
+/// ENOSYS).
+fn answers() -> BTreeMap<i64, SeccompAction> {
+    [(libc::SYS_clone3, SeccompAction::Errno(libc::ENOSYS as u32))].into()
+}
+
+/// A compiled filter (compile before forking a process that installs it: compiling allocates).
 pub struct Filters {
-    allow_list: BpfProgram,
-    no_clone3: BpfProgram,
+    program: BpfProgram,
 }
 
-/// Compiles the filters.
+/// Compiles the monitor's filter.
 pub fn program() -> Result<Filters, SeccompError> {
-    filters(rules()?)
+    filters(rules()?, &answers())
 }
 
-/// Compiles `allow_list` (anything else kills the process) and the filter that answers
-/// `clone3` with ENOSYS, each laid out as a binary search over the call numbers (`search.rs`).
-fn filters(allow_list: BTreeMap<i64, Vec<SeccompRule>>) -> Result<Filters, SeccompError> {
+/// Compiles `allow_list`, with `answers` for their calls, and anything else killing the
+/// process, laid out as a binary search over the call numbers (`search.rs`): one filter, as
+/// each one installed costs the kernel a fixed amount of work besides its length.
+fn filters(
+    allow_list: BTreeMap<i64, Vec<SeccompRule>>,
+    answers: &BTreeMap<i64, SeccompAction>,
+) -> Result<Filters, SeccompError> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(search::SearchError::from)?;
     Ok(Filters {
-        allow_list: search::compile(allow_list, SeccompAction::KillProcess, SeccompAction::Allow, arch)?,
-        no_clone3: search::compile(
-            [(libc::SYS_clone3, vec![])].into(),
+        program: search::compile(
+            allow_list,
+            answers,
+            SeccompAction::KillProcess,
             SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
             arch,
         )?,
     })
@@ -412,19 +419,17 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     Ok(r)
 }
 
-/// The network backend's filters (its allow-list, and `clone3` answered with ENOSYS).
+/// The network backend's filter (it starts no thread: `clone3` kills it, as anything else
+/// off its list).
 pub fn backend_program() -> Result<Filters, SeccompError> {
-    filters(backend_rules()?)
+    filters(backend_rules()?, &BTreeMap::new())
 }
 
-/// Confines this process: `no_new_privs`, then the filters. Threads started later (a library
-/// update's helper) and forked children inherit them.
+/// Confines this process: `no_new_privs`, then the filter. Threads started later (a library
+/// update's helper) and forked children inherit it.
 pub fn install(filters: &Filters) -> Result<(), SeccompError> {
     crate::sys::set_no_new_privs().map_err(SeccompError::NoNewPrivs)?;
-    // The allow-list last: applying a filter makes a prctl the allow-list refuses.
-    for program in [&filters.no_clone3, &filters.allow_list] {
-        seccompiler::apply_filter(program)?;
-    }
+    seccompiler::apply_filter(&filters.program)?;
     Ok(())
 }
 
@@ -463,17 +468,37 @@ mod tests {
 
     #[test]
     fn the_lists_laid_out_as_a_search_answer_as_seccompilers_chain() {
-        for (rules, what) in [(rules(), "monitor"), (backend_rules(), "network backend")] {
-            let longest =
-                search::tests::same_answers(rules.unwrap(), SeccompAction::KillProcess, SeccompAction::Allow);
+        let lists = [
+            (rules(), answers(), "monitor"),
+            (backend_rules(), BTreeMap::new(), "network backend"),
+        ];
+        for (rules, answers, what) in lists {
+            let longest = search::tests::same_answers(
+                rules.unwrap(),
+                &answers,
+                SeccompAction::KillProcess,
+                SeccompAction::Allow,
+            );
             // A refused call is found in a handful of steps, not after every allowed one.
             assert!(longest <= 24, "{what}: {longest} instructions");
         }
-        search::tests::same_answers(
-            [(libc::SYS_clone3, vec![])].into(),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        );
+    }
+
+    #[test]
+    fn clone3_is_answered_enosys_for_the_monitor_and_kills_the_backend() {
+        // The monitor's threads fall back to clone; the backend makes none.
+        let monitor = confined(|| {
+            let r = raw(libc::SYS_clone3, [0; 6]);
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if r != -1 || errno != Some(libc::ENOSYS) {
+                sys::exit_now(1);
+            }
+        });
+        assert_eq!((monitor.signal(), monitor.code()), (None, 0));
+        let backend = confined_by(backend_program().unwrap(), || {
+            raw(libc::SYS_clone3, [0; 6]);
+        });
+        assert_eq!(backend.signal(), Some(libc::SIGSYS));
     }
 
     #[test]

@@ -267,6 +267,14 @@ impl Space {
         .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))
     }
 
+    /// Removes guest RAM's slot and registers it again: KVM discards every shadow page it built
+    /// for it (a pool member's warm-up guest, whose page tables were guest RAM).
+    pub fn reregister_ram(vm: &VmFd, mem: &GuestMemory) -> Result<(), KvmError> {
+        set_slot(vm, RAM_SLOT, layout::RESERVED_START, 0, 0)
+            .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION (remove)"))?;
+        Self::register_ram(vm, mem)
+    }
+
     /// Adds a region of `size` bytes mapped at `host` to the IPC window of `vm`; returns its
     /// index and guest address. The mapping must outlive the region ([`Space::remove`]).
     pub fn add(&mut self, vm: &VmFd, host: NonNull<u8>, size: u64) -> Result<(usize, u64), SpaceError> {

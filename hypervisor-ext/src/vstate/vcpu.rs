@@ -9,7 +9,7 @@ use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 use super::KvmError;
 use crate::arch;
 
-/// Where the vCPU starts.
+/// Where the vCPU starts (its system state set before, [`set_system_state`]).
 pub struct EntryState {
     /// Instruction pointer.
     pub rip: u64,
@@ -17,8 +17,6 @@ pub struct EntryState {
     pub rsp: u64,
     /// First argument register.
     pub rdi: u64,
-    /// Page-table root.
-    pub cr3: u64,
 }
 
 /// The CPUID the host's KVM supports, given to the guest as is. Slow where the host is itself
@@ -39,12 +37,33 @@ pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), KvmError> {
     vcpu.set_cpuid2(cpuid).map_err(KvmError::ioctl("KVM_SET_CPUID2"))
 }
 
-/// Gives `vcpu` (its CPUID set) the registers to enter the guest at CPL3 in 64-bit mode.
-pub fn set_entry_state(vcpu: &VcpuFd, entry: &EntryState) -> Result<(), KvmError> {
+/// Gives `vcpu` (its CPUID set) the system state of a guest entered at CPL3 in 64-bit mode,
+/// with its page tables at `cr3`: segments, descriptor tables, control registers, FPU
+/// defaults. The same for every pVM (the page tables are always at one address), so a pool
+/// member sets it ahead; [`set_entry_regs`] gives the image's entry point.
+pub fn set_system_state(vcpu: &VcpuFd, cr3: u64) -> Result<(), KvmError> {
     let mut sregs = vcpu.get_sregs().map_err(KvmError::ioctl("KVM_GET_SREGS"))?;
-    arch::setup_sregs(&mut sregs, entry.cr3);
+    arch::setup_sregs(&mut sregs, cr3);
     vcpu.set_sregs(&sregs).map_err(KvmError::ioctl("KVM_SET_SREGS"))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))
+}
 
+/// Whether KVM takes the registers through `kvm_run` (`KVM_CAP_SYNC_REGS` with general
+/// registers): then the first KVM_RUN applies them, without an ioctl of their own.
+pub fn syncs_regs(kvm: &Kvm) -> bool {
+    let offered = u64::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0);
+    offered & SyncReg::Register as u64 != 0
+}
+
+/// Gives `vcpu` the registers it enters the guest with: in `kvm_run`, marked dirty for the next
+/// KVM_RUN to apply when `sync` ([`syncs_regs`]; KVM checks them then as KVM_SET_REGS would),
+/// else with KVM_SET_REGS.
+pub fn set_entry_regs(vcpu: &mut VcpuFd, entry: &EntryState, sync: bool) -> Result<(), KvmError> {
     let regs = kvm_regs {
         rip: entry.rip,
         rsp: entry.rsp,
@@ -52,14 +71,13 @@ pub fn set_entry_state(vcpu: &VcpuFd, entry: &EntryState) -> Result<(), KvmError
         rflags: 0x2,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(KvmError::ioctl("KVM_SET_REGS"))?;
-
-    let fpu = kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    };
-    vcpu.set_fpu(&fpu).map_err(KvmError::ioctl("KVM_SET_FPU"))
+    if sync {
+        vcpu.sync_regs_mut().regs = regs;
+        vcpu.set_sync_dirty_reg(SyncReg::Register);
+        Ok(())
+    } else {
+        vcpu.set_regs(&regs).map_err(KvmError::ioctl("KVM_SET_REGS"))
+    }
 }
 
 /// The state `KVM_CAP_SYNC_REGS` hands back in `kvm_run` when a `KVM_RUN` returns: regs, sregs
