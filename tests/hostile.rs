@@ -335,6 +335,66 @@ fn hostile_runtime_directories_are_refused() {
 }
 
 #[test]
+fn a_damaged_or_planted_cpuid_cache_is_replaced_and_never_followed() {
+    // The supported CPUID is kept in the runtime directory for the host's boot: a file that is
+    // not one this boot wrote is a miss (the boot asks KVM and writes it again), and a link
+    // planted in its place is replaced, never written through.
+    let test = "hostile-cpuid-cache";
+    let cache = run_dir(test).join("cpuid");
+    let _ = std::fs::remove_file(&cache);
+    run_guest(test, &["--cold"], "hello", &[]).expect_status(0);
+    let written = std::fs::read(&cache).expect("the first cold boot writes the cache");
+    assert!(written.len() > 64, "{} bytes", written.len());
+    // Read back by the next boot: a hit leaves the file as it was (a miss would rename a new
+    // file over it).
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&cache).unwrap().ino();
+    run_guest(test, &["--cold"], "hello", &[]).expect_status(0);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().ino(),
+        inode,
+        "the cache was not used"
+    );
+    assert_eq!(std::fs::read(&cache).unwrap(), written);
+    // What a boot writes: the same header (format, boot id, device) and length each time (the
+    // entries may differ in the APIC id of the CPU that asked).
+    let header = MAGIC_AND_BOOT_ID_LEN;
+    let rewritten = |damaged: &[u8]| {
+        let now = std::fs::read(&cache).unwrap();
+        assert_ne!(now, damaged, "left as it was");
+        assert_eq!((now.len(), &now[..header]), (written.len(), &written[..header]));
+    };
+    // Cut short, garbage, another boot's (one byte of the boot id changed): each is replaced.
+    let mut other_boot = written.clone();
+    other_boot[header - 1] ^= 1;
+    for damaged in [
+        written[..written.len() - 3].to_vec(),
+        vec![0xa5; 4096],
+        other_boot,
+    ] {
+        std::fs::write(&cache, &damaged).unwrap();
+        run_guest(test, &["--cold"], "hello", &[]).expect_status(0);
+        rewritten(&damaged);
+    }
+    // A link to a file elsewhere: the file is left alone, the link replaced.
+    let target = run_dir(test).with_extension("elsewhere");
+    std::fs::write(&target, b"not a cache").unwrap();
+    std::fs::remove_file(&cache).unwrap();
+    std::os::unix::fs::symlink(&target, &cache).unwrap();
+    run_guest(test, &["--cold"], "hello", &[]).expect_status(0);
+    assert_eq!(std::fs::read(&target).unwrap(), b"not a cache");
+    assert!(!std::fs::symlink_metadata(&cache)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    rewritten(b"not a cache");
+    let _ = std::fs::remove_file(&target);
+}
+
+/// The cache file's format line and boot id (`hypervisor-ext/src/cpuid_cache.rs`).
+const MAGIC_AND_BOOT_ID_LEN: usize = 8 + 36;
+
+#[test]
 fn a_symlink_planted_for_a_named_object_is_never_followed() {
     // Defect: a guest's shared memory mapped the target of a planted link and wrote into it.
     let test = "hostile-symlink";

@@ -9,6 +9,7 @@
 mod arch;
 pub mod console_log;
 pub mod control;
+mod cpuid_cache;
 pub mod dl;
 mod family;
 mod fork;

@@ -224,6 +224,8 @@ impl Pool {
             Ok(l) => Some(l),
             Err(e) => fail(format!("cannot listen on {SOCKET}: {e}")),
         };
+        // Once for every member this pool forks.
+        crate::monitor::Prebuilt::ask_cpuid_ahead();
         let (from_members, to_pool) = match sys::pipe(false) {
             Ok(p) => p,
             Err(e) => fail(format!("cannot make a pipe: {e}")),

@@ -89,7 +89,8 @@ pub(super) fn run(setup: Setup) -> ! {
     let _ = sys::set_name(MEMBER_NAME);
     sys::single_malloc_arena();
     // Built, with the image area faulted in and the first entry's costs paid.
-    let built = Prebuilt::new(setup.mem_size).and_then(|mut p| {
+    // The pool asked KVM for its CPUID before forking this process (`Prebuilt::ask_cpuid_ahead`).
+    let built = Prebuilt::new(setup.mem_size, None).and_then(|mut p| {
         p.prefill_image_area();
         p.warm_up()?;
         Ok(p)

@@ -20,8 +20,8 @@ pub struct EntryState {
 }
 
 /// The CPUID the host's KVM supports, given to the guest as is. Slow where the host is itself
-/// virtualized (every CPUID leaf the kernel probes exits to the outer hypervisor), so the monitor
-/// asks for it on a second thread while it builds the VM.
+/// virtualized (every CPUID leaf the kernel probes exits to the outer hypervisor): ask through
+/// `cpuid_cache::supported`, which asks once per host boot.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, KvmError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))
