@@ -193,6 +193,42 @@ fn tss_base() -> u64 {
     layout::GDT_ADDR + layout::TSS_OFFSET
 }
 
+/// `mov [rax], rax`: with rax = 0, a store to the hypercall window (guest-physical 0).
+const STORE_TO_RAX: [u8; 3] = [0x48, 0x89, 0x00];
+
+/// Bytes of guest RAM a [`write_warm_up_guest`] at `code` uses: its code page and four tables.
+pub const WARM_UP_GUEST_SIZE: u64 = 5 * layout::PAGE_SIZE;
+
+/// Writes a guest of one instruction at `code` (a 2 MiB-aligned address in guest RAM), for a
+/// pool member's warm-up run: `mov [rax], rax`, which with rax = 0 exits as an MMIO store to
+/// guest-physical 0. Its four page tables follow the code page: `code`'s 2 MiB read and execute
+/// at CPL3, page 0 for the store, and the reserved area (descriptor tables, ring-0 stacks)
+/// supervisor-only, as a pVM's own tables map it. Returns the root, for CR3. The caller zeroes
+/// the [`WARM_UP_GUEST_SIZE`] bytes afterwards.
+pub fn write_warm_up_guest(mem: &GuestMemory, code: u64) -> Result<u64, ArchError> {
+    let [pml4, pdpt, pd, pt] = [1, 2, 3, 4].map(|i| code + i * layout::PAGE_SIZE);
+    let table = PTE_PRESENT | PTE_WRITE | PTE_USER;
+    let w = |addr: u64, value: u64| mem.write_obj(addr, &value, Access::Monitor);
+    mem.write_bytes(code, &STORE_TO_RAX, Access::Monitor)?;
+    w(pml4, pdpt | table)?;
+    w(pdpt, pd | table)?;
+    w(pd, pt | table)?;
+    w(
+        pd + (code / layout::LARGE_PAGE_SIZE) * 8,
+        code | PTE_PRESENT | PTE_USER | PTE_LARGE,
+    )?;
+    w(pt, table)?;
+    let mut page = layout::RESERVED_START;
+    while page < layout::BOOT_INFO_ADDR {
+        w(
+            pt + (page / layout::PAGE_SIZE) * 8,
+            page | PTE_PRESENT | PTE_WRITE,
+        )?;
+        page += layout::PAGE_SIZE;
+    }
+    Ok(pml4)
+}
+
 /// Writes the GDT with its TSS, the TSS, the IDT and the exception stubs into the reserved area.
 pub fn write_descriptor_tables(mem: &GuestMemory) -> Result<(), ArchError> {
     let tss = tss_base();

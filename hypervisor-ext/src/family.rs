@@ -323,7 +323,12 @@ impl Family {
                     .unwrap_or_else(|| describe_wait_status(status, self.oom_killed(status)));
                 Collected::Orphan(pid, outcome)
             }
-            _ => Collected::Other,
+            _ => {
+                // A monitor killed before it wrote its entry (a child makes its control socket
+                // first) leaves only its socket; any file of that name is the reaped process's.
+                self.registry.remove_socket(pid);
+                Collected::Other
+            }
         }
     }
 

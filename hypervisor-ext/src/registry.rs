@@ -187,6 +187,12 @@ fn id_of(name: &str) -> Option<u32> {
     (id > 0 && file_name(id) == name).then_some(id)
 }
 
+/// The pVM id of control socket file `name` (`ID.sock`, canonical decimal only).
+fn socket_id_of(name: &str) -> Option<u32> {
+    let id: u32 = name.strip_suffix(".sock")?.parse().ok()?;
+    (id > 0 && crate::control::socket_name(id) == name).then_some(id)
+}
+
 /// What /proc says of process `pid` (a zombie included): whether it is named `name`, and its
 /// parent's pid.
 fn proc_stat(pid: u32, name: &CStr) -> Option<(bool, u32)> {
@@ -335,19 +341,35 @@ impl Registry {
         })?;
         let me = sys::getpid();
         let mut entries = Vec::new();
-        for name in names {
-            let Some(id) = id_of(&name) else { continue };
+        for name in &names {
+            let Some(id) = id_of(name) else { continue };
             if id == me {
                 continue;
             }
-            match self.examine(&name, id) {
+            match self.examine(name, id) {
                 Found::Valid(entry) => entries.push(entry),
-                Found::Stale => self.remove_stale(&name, id),
+                Found::Stale => self.remove_stale(name, id),
                 Found::Invalid => {}
             }
         }
+        self.remove_orphan_sockets(&names, me);
         entries.sort_by_key(|e| e.id);
         Ok(entries)
+    }
+
+    /// Removes the control sockets of monitors that are gone without an entry: a forked child
+    /// killed between making its socket and its entry, or a reaper killed between removing
+    /// them (`remove` takes the socket first now; stale entries take their sockets with them).
+    /// A socket stays while a monitor of its id lives (a child makes its socket before its
+    /// entry) or its entry is there. (A process that is not a monitor never has one: a warm
+    /// pool member makes its socket once it is the run's monitor.)
+    fn remove_orphan_sockets(&self, names: &[String], me: u32) {
+        for name in names {
+            let Some(id) = socket_id_of(name) else { continue };
+            if id != me && !names.contains(&file_name(id)) && !is_monitor(id) {
+                let _ = self.dir.remove(name);
+            }
+        }
     }
 
     /// The valid entry of pVM `id` (never this process's own).
@@ -405,11 +427,20 @@ impl Registry {
         })
     }
 
-    /// Removes entry `id` and its control socket (its pVM was reaped, or is this one, ending).
+    /// Removes the control socket of `id` (a process just reaped, which left no entry).
+    pub fn remove_socket(&self, id: u32) {
+        if id != 0 {
+            let _ = self.dir.remove(&crate::control::socket_name(id));
+        }
+    }
+
+    /// Removes entry `id` and its control socket (its pVM was reaped, or is this one, ending):
+    /// the socket first, so that a kill in between leaves a stale entry, which a listing
+    /// removes, rather than a socket without one.
     pub fn remove(&self, id: u32) {
+        self.remove_socket(id);
         if id != 0 {
             let _ = self.dir.remove(&file_name(id));
-            let _ = self.dir.remove(&crate::control::socket_name(id));
         }
     }
 
@@ -546,6 +577,43 @@ mod tests {
         assert!(dir.join("12345.json").exists() && dir.join("777.json").exists());
         // Our own lock survived all that reading.
         assert!(reg.dir.names_file(&file_name(me), handle.file.as_fd()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn control_sockets_of_gone_monitors_without_entries_are_removed() {
+        // Defect: a forked child killed between making its control socket and its entry (or a
+        // reaper killed between removing them) left the socket for good (found by tests/chaos.rs).
+        let dir = scratch("sockets");
+        let reg = Registry::open(&dir).unwrap();
+        let me = std::process::id();
+        // A process that is gone: a child, reaped.
+        let gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_id = gone.id();
+        let _ = { gone }.wait();
+        let touch = |name: String| std::fs::write(dir.join(name), b"").unwrap();
+        touch(crate::control::socket_name(gone_id));
+        // Kept: this process's own, one with its entry (held by us, so valid), and names that
+        // are not canonical sockets.
+        touch(crate::control::socket_name(me));
+        touch("0042.sock".into());
+        touch("pool.sock".into());
+        touch("12345.sock".into());
+        std::fs::write(dir.join("12345.json"), b"not json").unwrap();
+        let _handle = reg.register(entry(me)).unwrap();
+        reg.list().unwrap();
+        assert!(!dir.join(crate::control::socket_name(gone_id)).exists());
+        let kept = [
+            crate::control::socket_name(me),
+            "0042.sock".into(),
+            "pool.sock".into(),
+            "12345.sock".into(),
+        ];
+        for kept in kept {
+            assert!(dir.join(&kept).exists(), "{kept}");
+        }
+        assert_eq!(socket_id_of("42.sock"), Some(42));
+        assert_eq!(socket_id_of("0.sock"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -228,9 +228,9 @@ impl Monitor {
             image = %image.path.display(),
             "boot: pVM built"
         );
-        if let Some(filters) = seccomp {
+        if let Some(filter) = seccomp {
             // Built: from here on, only the calls a running monitor needs.
-            crate::seccomp::install(&filters)?;
+            crate::seccomp::install(&filter)?;
         }
         Ok(monitor)
     }
@@ -347,17 +347,9 @@ impl Monitor {
     }
 }
 
-/// Where [`Prebuilt::warm_up`]'s guest is: inside the image area a member faults in ahead, its
-/// code, then its page tables.
-mod warm_up {
-    use pvm_abi::layout::{IMAGE_BASE, PAGE_SIZE};
-    pub const CODE: u64 = IMAGE_BASE;
-    pub const PML4: u64 = CODE + PAGE_SIZE;
-    pub const PDPT: u64 = PML4 + PAGE_SIZE;
-    pub const PD: u64 = PDPT + PAGE_SIZE;
-    pub const PT: u64 = PD + PAGE_SIZE;
-    pub const END: u64 = PT + PAGE_SIZE;
-}
+/// Where [`Prebuilt::warm_up`]'s guest is: the start of the image area, which a member faults
+/// in ahead.
+const WARM_UP_CODE: u64 = layout::IMAGE_BASE;
 
 /// Pages of page tables faulted in ahead: a pVM's take 12 (the 2 MiB chunks of the reserved
 /// area, the image and the stack, the hypercall window, the IPC and library windows), a few more
@@ -385,7 +377,7 @@ pub(crate) struct Prebuilt {
     /// The process that built it.
     owner: u32,
     /// The monitor's seccomp filter, compiled (installed once the pVM is built).
-    seccomp: Option<crate::seccomp::Filters>,
+    seccomp: Option<crate::seccomp::Filter>,
     /// KVM takes the entry registers through `kvm_run` (`vcpu::syncs_regs`).
     sync_regs: bool,
 }
@@ -399,7 +391,7 @@ impl Prebuilt {
         let device = vstate::kvm_device();
         let kvm = vstate::open_kvm_at(device.clone())?;
         let mem = GuestMemory::new(mem_size)?;
-        // The seccomp filters are compiled there too, after the query.
+        // The seccomp filter is compiled there too, after the query.
         let (helper, built) = std::thread::scope(|s| {
             let helper = s.spawn(|| {
                 let cpuid = crate::cpuid_cache::supported(&kvm, &device, cache);
@@ -492,57 +484,27 @@ impl Prebuilt {
     /// shadow page tables (discarded with the RAM slot, which is registered again).
     pub(crate) fn warm_up(&mut self) -> Result<(), MonitorError> {
         use kvm_ioctls::VcpuExit;
-        use warm_up::{CODE, END, PD, PDPT, PML4, PT};
-        const PRESENT: u64 = 1;
-        const WRITABLE: u64 = 2;
-        const USER: u64 = 4;
-        const LARGE: u64 = 0x80;
-        // mov [rax], rax: with rax = 0, a store to the hypercall window (guest-physical 0).
-        const STORE: [u8; 3] = [0x48, 0x89, 0x00];
-        let table = PRESENT | WRITABLE | USER;
-        let mem = &self.mem;
-        let w = |addr: u64, value: u64| mem.write_obj(addr, &value, Access::Monitor);
-        mem.write_bytes(CODE, &STORE, Access::Monitor)?;
-        w(PML4, PDPT | table)?;
-        w(PDPT, PD | table)?;
-        w(PD, PT | table)?;
-        // The code's 2 MiB, read and execute at CPL3.
-        w(PD + 8, CODE | PRESENT | USER | LARGE)?;
-        // Page 0 for the store; the reserved area (descriptor tables, ring-0 stacks) as the
-        // pVM's own tables map it, supervisor only.
-        w(PT, table)?;
-        let mut page = layout::RESERVED_START;
-        while page < layout::BOOT_INFO_ADDR {
-            w(PT + (page / layout::PAGE_SIZE) * 8, page | PRESENT | WRITABLE)?;
-            page += layout::PAGE_SIZE;
-        }
-        vcpu::set_system_state(&self.vcpu, PML4)?;
+        let root = arch::write_warm_up_guest(&self.mem, WARM_UP_CODE)?;
+        vcpu::set_system_state(&self.vcpu, root)?;
         let entry = EntryState {
-            rip: CODE,
+            rip: WARM_UP_CODE,
             rsp: 0,
             rdi: 0,
         };
         vcpu::set_entry_regs(&mut self.vcpu, &entry, false)?;
-        let exit = match self.vcpu.run() {
-            Ok(VcpuExit::MmioWrite(addr, _)) => Ok(addr),
-            Ok(_) => Err(None),
-            Err(e) => Err(Some(e)),
-        };
-        let addr = exit.map_err(|e| {
-            MonitorError::Kvm(crate::vstate::KvmError::Ioctl {
-                op: "KVM_RUN (warm-up)",
-                source: e.unwrap_or_else(|| kvm_ioctls::Error::new(libc::EIO)),
-            })
-        })?;
-        if addr != layout::HYPERCALL_GPA {
-            return Err(MonitorError::Kvm(crate::vstate::KvmError::Ioctl {
-                op: "KVM_RUN (warm-up)",
-                source: kvm_ioctls::Error::new(libc::EIO),
-            }));
+        match self.vcpu.run() {
+            Ok(VcpuExit::MmioWrite(layout::HYPERCALL_GPA, _)) => {}
+            Ok(other) => {
+                return Err(MonitorError::UnexpectedExit(format!(
+                    "{other:?} (the warm-up guest)"
+                )))
+            }
+            Err(e) => return Err(MonitorError::Run(e)),
         }
         vcpu::complete_pending_exit(&mut self.vcpu, false)?;
         vcpu::set_system_state(&self.vcpu, layout::PAGE_TABLES_ADDR)?;
-        mem.write_bytes(CODE, &[0u8; (END - CODE) as usize], Access::Monitor)?;
+        let zero = [0u8; arch::WARM_UP_GUEST_SIZE as usize];
+        self.mem.write_bytes(WARM_UP_CODE, &zero, Access::Monitor)?;
         Space::reregister_ram(&self.vm, &self.mem)?;
         Ok(())
     }
@@ -618,9 +580,9 @@ mod tests {
                 before,
                 "system state after warm-up {round}"
             );
-            let mut used = vec![1u8; (warm_up::END - warm_up::CODE) as usize];
+            let mut used = vec![1u8; arch::WARM_UP_GUEST_SIZE as usize];
             p.mem
-                .read_bytes(warm_up::CODE, &mut used, Access::Monitor)
+                .read_bytes(WARM_UP_CODE, &mut used, Access::Monitor)
                 .unwrap();
             assert!(
                 used.iter().all(|&b| b == 0),

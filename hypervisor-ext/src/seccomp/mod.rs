@@ -294,26 +294,26 @@ fn answers() -> BTreeMap<i64, SeccompAction> {
 }
 
 /// A compiled filter (compile before forking a process that installs it: compiling allocates).
-pub struct Filters {
+pub struct Filter {
     program: BpfProgram,
 }
 
 /// Compiles the monitor's filter.
-pub fn program() -> Result<Filters, SeccompError> {
-    filters(rules()?, &answers())
+pub fn program() -> Result<Filter, SeccompError> {
+    compile(rules()?, &answers())
 }
 
 /// Compiles `allow_list`, with `answers` for their calls, and anything else killing the
 /// process, laid out as a binary search over the call numbers (`search.rs`): one filter, as
 /// each one installed costs the kernel a fixed amount of work besides its length.
-fn filters(
+fn compile(
     allow_list: BTreeMap<i64, Vec<SeccompRule>>,
     answers: &BTreeMap<i64, SeccompAction>,
-) -> Result<Filters, SeccompError> {
+) -> Result<Filter, SeccompError> {
     let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(search::SearchError::from)?;
-    Ok(Filters {
+    Ok(Filter {
         program: search::compile(
             allow_list,
             answers,
@@ -421,15 +421,15 @@ fn backend_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
 
 /// The network backend's filter (it starts no thread: `clone3` kills it, as anything else
 /// off its list).
-pub fn backend_program() -> Result<Filters, SeccompError> {
-    filters(backend_rules()?, &BTreeMap::new())
+pub fn backend_program() -> Result<Filter, SeccompError> {
+    compile(backend_rules()?, &BTreeMap::new())
 }
 
 /// Confines this process: `no_new_privs`, then the filter. Threads started later (a library
 /// update's helper) and forked children inherit it.
-pub fn install(filters: &Filters) -> Result<(), SeccompError> {
+pub fn install(filter: &Filter) -> Result<(), SeccompError> {
     crate::sys::set_no_new_privs().map_err(SeccompError::NoNewPrivs)?;
-    seccompiler::apply_filter(&filters.program)?;
+    seccompiler::apply_filter(&filter.program)?;
     Ok(())
 }
 
@@ -451,7 +451,7 @@ mod tests {
     }
 
     /// Runs `body` in a forked child under `program`.
-    fn confined_by(program: Filters, body: fn()) -> sys::WaitStatus {
+    fn confined_by(program: Filter, body: fn()) -> sys::WaitStatus {
         let _forks = sys::fork_test_lock();
         // SAFETY: the child makes raw system calls only (no allocation, no locks) and exits.
         match unsafe { sys::fork() }.unwrap() {
