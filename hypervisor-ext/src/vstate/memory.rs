@@ -249,6 +249,16 @@ impl GuestMemory {
         Ok(unsafe { std::ptr::read_unaligned(src.as_ptr().cast::<T>()) })
     }
 
+    /// Writes consecutive plain values into guest memory with one copy.
+    pub fn write_slice<T: Plain>(&self, addr: u64, values: &[T], access: Access) -> Result<(), MemoryError> {
+        let len = std::mem::size_of_val(values);
+        let dst = self.translate(addr, len as u64, access)?;
+        // SAFETY: translate checked [addr, addr+len); T is Plain, so its bytes are all it is; the
+        // source is a host slice, which cannot overlap guest RAM.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), dst.as_ptr(), len) };
+        Ok(())
+    }
+
     /// Writes a plain struct into guest memory.
     pub fn write_obj<T: Plain>(&self, addr: u64, value: &T, access: Access) -> Result<(), MemoryError> {
         let dst = self.translate(addr, size_of::<T>() as u64, access)?;
