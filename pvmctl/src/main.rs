@@ -129,6 +129,10 @@ pub fn pvmctl_main(args: Vec<std::ffi::OsString>) -> u8 {
             .try_init();
     }
     if args.get(1).is_some_and(|a| a == "run") {
+        // The plain forms without clap; the rest with it.
+        if let Some(plain) = run::RunArgs::plain(&args[2..]) {
+            return finish(run::run(plain).map_err(Into::into));
+        }
         let argv = std::iter::once(std::ffi::OsString::from("pvmctl run")).chain(args.into_iter().skip(2));
         let mut cmd = RUN_PARSER
             .with(|p| p.borrow_mut().take())
@@ -203,5 +207,63 @@ fn exit_code(code: ExitCode) -> u8 {
         2
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    /// What clap makes of `pvmctl run REST`.
+    fn with_clap(rest: &[&str]) -> run::RunArgs {
+        let argv = std::iter::once("pvmctl run").chain(rest.iter().copied());
+        RunCli::try_parse_from(argv).expect("clap parses it").args
+    }
+
+    fn os(rest: &[&str]) -> Vec<OsString> {
+        rest.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_plain_run_forms_parse_as_clap_parses_them() {
+        let plain: [&[&str]; 6] = [
+            &["app"],
+            &["--cold", "app"],
+            &["app", "--"],
+            &["dir/app", "--", "a", "-b", "--c", "--", ""],
+            &["--cold", "./app", "--", "x y"],
+            &["app", "--", "--cold"],
+        ];
+        for rest in plain {
+            let fast = run::RunArgs::plain(&os(rest)).unwrap_or_else(|| panic!("{rest:?} is plain"));
+            assert_eq!(format!("{fast:?}"), format!("{:?}", with_clap(rest)), "{rest:?}");
+        }
+    }
+
+    #[test]
+    fn other_run_forms_go_to_clap() {
+        let others: [&[&str]; 9] = [
+            &[],
+            &["--cold"],
+            &["--help"],
+            &["-d", "app"],
+            &["--mem", "8M", "app"],
+            &["app", "extra"],
+            &["app", "--cold"],
+            &["-app"],
+            &[""],
+        ];
+        for rest in others {
+            assert!(run::RunArgs::plain(&os(rest)).is_none(), "{rest:?}");
+        }
+        // Not UTF-8: clap says so.
+        use std::os::unix::ffi::OsStringExt;
+        let bad = vec![
+            OsString::from("app"),
+            OsString::from("--"),
+            OsString::from_vec(vec![0xff]),
+        ];
+        assert!(run::RunArgs::plain(&bad).is_none());
     }
 }

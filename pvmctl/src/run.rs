@@ -17,7 +17,7 @@ use crate::image::{self, ImageError};
 pub const DEFAULT_MEM: &str = "64M";
 
 /// Arguments of `pvmctl run`.
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct RunArgs {
     /// Guest RAM, with an optional K, M or G suffix (a multiple of 2 MiB).
     #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEM, value_parser = parse_mem_size)]
@@ -94,8 +94,54 @@ pub struct RunArgs {
 
 /// The registry's runtime directory, for the commands that use it: the global `--run-dir`
 /// (which `main` passes on as `PVM_RUN_DIR`), else the default.
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct RunDir {}
+
+impl RunArgs {
+    /// The arguments of the plain forms `IMAGE`, `--cold IMAGE`, each optionally followed by
+    /// `-- ARGS`, without clap (building its parser is ~0.1 ms of a cold boot here): what clap
+    /// makes of them, with every default. `None` for anything else (options, help, an image
+    /// name that starts with `-` or is not UTF-8, a default that does not hold on this host),
+    /// which clap then parses, or explains.
+    pub fn plain(rest: &[std::ffi::OsString]) -> Option<RunArgs> {
+        let mut words = rest.iter();
+        let mut first = words.next()?;
+        let cold = first == "--cold";
+        if cold {
+            first = words.next()?;
+        }
+        let image = first.to_str().filter(|i| !i.is_empty() && !i.starts_with('-'))?;
+        let args = match words.next() {
+            None => Vec::new(),
+            Some(dashes) if dashes == "--" => words
+                .map(|a| a.to_str().map(String::from))
+                .collect::<Option<Vec<_>>>()?,
+            Some(_) => return None,
+        };
+        let limits = Limits::default();
+        Some(RunArgs {
+            mem: parse_mem_size(DEFAULT_MEM).ok()?,
+            name: None,
+            max_family: limits.per_family,
+            max_pvms: limits.per_host,
+            max_mem_total: None,
+            detach: false,
+            detach_family: false,
+            unconfined: false,
+            libs: Vec::new(),
+            lib_dir: None,
+            publish: Vec::new(),
+            connect: Vec::new(),
+            max_conns: hypervisor_ext::net::DEFAULT_MAX_CONNS,
+            cpuset_cpus: None,
+            cpu_spread: false,
+            cold,
+            run_dir: RunDir {},
+            image: PathBuf::from(image),
+            args,
+        })
+    }
+}
 
 impl RunDir {
     /// The directory to use.
