@@ -448,7 +448,7 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
     let test = "cli-bench-svg";
     let svg = run_dir(test).join("ipc.svg");
     let csv = run_dir(test).join("ipc.csv");
-    let out = ctl(
+    let out = pvmctl_run_within(
         test,
         &[
             "bench",
@@ -460,6 +460,7 @@ fn bench_ipc_draws_its_results_as_an_svg_chart() {
             "--csv",
             csv.to_str().unwrap(),
         ],
+        BENCH_TIME_LIMIT,
     );
     assert!(out.stdout.contains("targets"), "{out:#?}");
     let text = std::fs::read_to_string(&svg).expect("the chart");
@@ -629,7 +630,7 @@ fn every_bench_writes_its_samples_as_csv_and_draws_a_chart() {
         let mut all = vec!["bench", bench];
         all.extend(args);
         all.extend(["--svg", svg.to_str().unwrap(), "--csv", csv.to_str().unwrap()]);
-        let out = ctl(test, &all);
+        let out = pvmctl_run_within(test, &all, BENCH_TIME_LIMIT);
         out.expect_status(0);
         let chart = std::fs::read_to_string(&svg).unwrap_or_else(|e| panic!("{bench}: the chart: {e}"));
         assert!(chart.starts_with("<svg"), "{bench}: an SVG document");
