@@ -80,6 +80,10 @@ const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Entries in a table of any level.
 const ENTRIES: usize = 512;
 
+/// Where every pVM's PML4 is (the first page [`PageTables::new`] takes): the CR3 a vCPU's
+/// system state can be given before its image is known.
+pub const PAGE_TABLE_ROOT: u64 = layout::PAGE_TABLES_ADDR;
+
 /// Builds 4-level page tables in the reserved area, using 2 MiB pages where a range covers a
 /// whole aligned 2 MiB chunk. Upper levels allow everything; the leaf decides permissions.
 pub struct PageTables<'m> {
@@ -95,7 +99,7 @@ impl<'m> PageTables<'m> {
     pub fn new(mem: &'m GuestMemory) -> Result<Self, ArchError> {
         let mut pt = PageTables {
             mem,
-            next: layout::PAGE_TABLES_ADDR,
+            next: PAGE_TABLE_ROOT,
             root: 0,
             run: Box::new([0; ENTRIES]),
         };

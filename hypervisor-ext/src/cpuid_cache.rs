@@ -39,12 +39,14 @@ pub fn supported(kvm: &Kvm, device: &str, dir: Option<&Path>) -> Result<CpuId, K
             return Ok(cpuid.clone());
         }
     }
-    let cpuid = match dir.and_then(|d| load(d, device)) {
+    // The file's directory and this boot's id, once for the read and the write.
+    let file = dir.and_then(|d| Some((RunDir::open(d).ok()?, boot_id()?)));
+    let cpuid = match file.as_ref().and_then(|(d, boot)| load(d, boot, device)) {
         Some(cpuid) => cpuid,
         None => {
             let cpuid = vcpu::supported_cpuid(kvm)?;
-            if let Some(d) = dir {
-                store(d, device, &cpuid);
+            if let Some((d, boot)) = &file {
+                store(d, boot, device, &cpuid);
             }
             cpuid
         }
@@ -64,24 +66,19 @@ const MAX_DEVICE_LEN: usize = 4096;
 /// The bytes of one entry: function, index, flags, eax, ebx, ecx, edx (seven `u32`s).
 const ENTRY_LEN: usize = 7 * 4;
 
-/// The cached CPUID for `device`, if `dir` has one for this boot.
-fn load(dir: &Path, device: &str) -> Option<CpuId> {
-    let boot = boot_id()?;
-    let dir = RunDir::open(dir).ok()?;
+/// The cached CPUID for `device`, if `dir` has one for `boot`.
+fn load(dir: &RunDir, boot: &[u8; BOOT_ID_LEN], device: &str) -> Option<CpuId> {
     let fd = dir.open_file(FILE, Open::Read).ok()?;
     let mut bytes = Vec::new();
     let limit = (header_len(device) + KVM_MAX_CPUID_ENTRIES * ENTRY_LEN + 1) as u64;
     std::fs::File::from(fd).take(limit).read_to_end(&mut bytes).ok()?;
-    decode(&bytes, &boot, device)
+    decode(&bytes, boot, device)
 }
 
-/// Writes `cpuid` for `device` and this boot into `dir`, replacing what was there. Best effort:
-/// a boot that cannot write it asks KVM again next time.
-fn store(dir: &Path, device: &str, cpuid: &CpuId) {
-    let (Some(boot), Ok(dir)) = (boot_id(), RunDir::open(dir)) else {
-        return;
-    };
-    let Some(bytes) = encode(&boot, device, cpuid) else {
+/// Writes `cpuid` for `device` and `boot` into `dir`, replacing what was there. Best effort: a
+/// boot that cannot write it asks KVM again next time.
+fn store(dir: &RunDir, boot: &[u8; BOOT_ID_LEN], device: &str, cpuid: &CpuId) {
+    let Some(bytes) = encode(boot, device, cpuid) else {
         return;
     };
     let tmp = format!("{FILE}.{}", sys::getpid());
@@ -224,12 +221,16 @@ mod tests {
 
     #[test]
     fn a_stored_list_is_loaded_in_the_same_directory() {
-        let dir = std::env::temp_dir().join(format!("pvm-cpuid-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(load(&dir, "/dev/kvm").is_none());
-        store(&dir, "/dev/kvm", &sample());
-        assert_eq!(load(&dir, "/dev/kvm").unwrap().as_slice(), sample().as_slice());
-        assert!(load(&dir, "/dev/other").is_none());
-        let _ = std::fs::remove_dir_all(&dir);
+        let path = std::env::temp_dir().join(format!("pvm-cpuid-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = RunDir::open(&path).unwrap();
+        assert!(load(&dir, BOOT, "/dev/kvm").is_none());
+        store(&dir, BOOT, "/dev/kvm", &sample());
+        assert_eq!(
+            load(&dir, BOOT, "/dev/kvm").unwrap().as_slice(),
+            sample().as_slice()
+        );
+        assert!(load(&dir, BOOT, "/dev/other").is_none());
+        let _ = std::fs::remove_dir_all(&path);
     }
 }

@@ -1761,6 +1761,7 @@ pub fn lock_process_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn maps_lines_parse() {
@@ -1780,7 +1781,6 @@ mod tests {
         assert!(MapsLine::parse("").is_none());
         assert!(MapsLine::parse("zz-00 r-xp").is_none());
     }
-    use std::os::fd::AsFd;
 
     /// How a child that armed [`kill_on_hangup`] on one end of a stream pair ends when the
     /// other end first sends a byte, then (`then_close`) hangs up or (else) lets it exit.

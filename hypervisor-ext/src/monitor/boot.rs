@@ -275,10 +275,8 @@ impl Monitor {
             })?;
             libs.set_windows(windows);
         }
-        if space.cr3() != layout::PAGE_TABLES_ADDR {
-            // The system state set ahead has the root there (`Prebuilt::new`).
-            vcpu::set_system_state(&vcpu, space.cr3())?;
-        }
+        // The system state set ahead (`Prebuilt::new`) has the root where the tables put it.
+        debug_assert_eq!(space.cr3(), arch::PAGE_TABLE_ROOT);
         let entry = EntryState {
             rip: image.entry,
             rsp: mem.size(),
@@ -410,7 +408,7 @@ impl Prebuilt {
         let cpuid = cpuid?;
         vcpu::set_cpuid(&vcpu, &cpuid)?;
         // After the CPUID: KVM sizes the FPU state from it.
-        vcpu::set_system_state(&vcpu, layout::PAGE_TABLES_ADDR)?;
+        vcpu::set_system_state(&vcpu, arch::PAGE_TABLE_ROOT)?;
         let sync_regs = vcpu::syncs_regs(&kvm);
         Self::prepare_process()?;
         Ok(Prebuilt {
@@ -502,7 +500,7 @@ impl Prebuilt {
             Err(e) => return Err(MonitorError::Run(e)),
         }
         vcpu::complete_pending_exit(&mut self.vcpu, false)?;
-        vcpu::set_system_state(&self.vcpu, layout::PAGE_TABLES_ADDR)?;
+        vcpu::set_system_state(&self.vcpu, arch::PAGE_TABLE_ROOT)?;
         let zero = [0u8; arch::WARM_UP_GUEST_SIZE as usize];
         self.mem.write_bytes(WARM_UP_CODE, &zero, Access::Monitor)?;
         Space::reregister_ram(&self.vm, &self.mem)?;

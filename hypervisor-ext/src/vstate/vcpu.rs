@@ -56,8 +56,12 @@ pub fn set_system_state(vcpu: &VcpuFd, cr3: u64) -> Result<(), KvmError> {
 /// Whether KVM takes the registers through `kvm_run` (`KVM_CAP_SYNC_REGS` with general
 /// registers): then the first KVM_RUN applies them, without an ioctl of their own.
 pub fn syncs_regs(kvm: &Kvm) -> bool {
-    let offered = u64::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0);
-    offered & SyncReg::Register as u64 != 0
+    offered_sync_regs(kvm) & SyncReg::Register as u64 != 0
+}
+
+/// The registers KVM hands over through `kvm_run` (`KVM_CAP_SYNC_REGS`'s mask; 0 without it).
+fn offered_sync_regs(kvm: &Kvm) -> u64 {
+    u64::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0)
 }
 
 /// Gives `vcpu` the registers it enters the guest with: in `kvm_run`, marked dirty for the next
@@ -171,7 +175,7 @@ impl CaptureSetup {
             indices.drain(..(n + 1).min(indices.len()));
         }
         let sync_mask = SYNC_REGS.iter().fold(0u64, |m, r| m | *r as u64);
-        let offered = u64::try_from(kvm.check_extension_int(Cap::SyncRegs)).unwrap_or(0);
+        let offered = offered_sync_regs(kvm);
         Ok(CaptureSetup {
             msrs: readable,
             xsave: kvm.check_extension(Cap::Xsave) && kvm.check_extension_int(Cap::Xsave2) <= 4096,
